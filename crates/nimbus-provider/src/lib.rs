@@ -1,0 +1,134 @@
+//! Machine providers: where machines come from.
+//!
+//! The [`Provider`] trait keeps the seeds' operations (`provision`, `terminate`,
+//! `can_terminate`, `list_machines`, `get_machine`, plus `exec` to reach the machine) and
+//! learns from GitLab's fleeting interface: the provider reports what exists through a listing
+//! filtered by Nimbus's tags, and errors say whether retrying can help.
+//!
+//! Providers are the source of truth for what exists. They must not touch the store: the
+//! lifecycle layer (`nimbus-fleet`) records intent and reconciles.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use nimbus_setup::exec::Exec;
+use nimbus_types::{
+    CanTerminate, Machine, MachineId, MachineSpec, ProviderConfig, ProviderId, ProviderMetadata,
+    ProviderType, TenantId,
+};
+use time::OffsetDateTime;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Worth retrying later: throttling, capacity, timeouts, a machine still booting.
+    #[error("{0} (retryable)")]
+    Retryable(String),
+    /// Retrying will not help: bad credentials, a spec the provider cannot satisfy.
+    #[error("{0}")]
+    Permanent(String),
+    /// The provider's configuration is invalid; `field` names the offending setting.
+    #[error("invalid provider config: {field}: {message}")]
+    InvalidConfig { field: String, message: String },
+    #[error("machine {0} not found at the provider")]
+    NotFound(MachineId),
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::Retryable(_))
+    }
+}
+
+/// Everything a provider needs to create one machine. `machine_id` is the intent id: providers
+/// tag resources with it and derive idempotency tokens from it.
+#[derive(Clone, Debug)]
+pub struct ProvisionRequest {
+    pub machine_id: MachineId,
+    pub tenant_id: TenantId,
+    pub provider_id: ProviderId,
+    pub spec: MachineSpec,
+}
+
+/// What the provider reports of a machine it holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderMachine {
+    /// From the resource's `nimbus:machine` tag; `None` for resources Nimbus did not tag.
+    pub machine_id: Option<MachineId>,
+    pub tenant_id: Option<TenantId>,
+    pub status: ProviderStatus,
+    pub ip_address: Option<String>,
+    pub ssh_public_key: Option<String>,
+    pub created_at: OffsetDateTime,
+    pub metadata: ProviderMetadata,
+}
+
+/// The provider's own view of a machine's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderStatus {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    fn provider_type(&self) -> ProviderType;
+
+    /// Creates the machine. Idempotent per `request.machine_id`: a retry after a crash returns
+    /// the machine created by the first attempt instead of creating a second one.
+    async fn provision(&self, request: &ProvisionRequest) -> Result<ProviderMachine>;
+
+    /// Destroys the machine and everything it runs. Idempotent: a machine that is already gone
+    /// is not an error.
+    async fn terminate(&self, machine: &Machine) -> Result<()>;
+
+    /// Whether terminating now is allowed (e.g. dedicated hosts' minimum allocation period).
+    async fn can_terminate(&self, machine: &Machine) -> Result<CanTerminate>;
+
+    /// Every machine this provider holds for the tenant, found by Nimbus's tags.
+    async fn list_machines(&self, tenant_id: TenantId) -> Result<Vec<ProviderMachine>>;
+
+    /// One machine, or `None` when the provider has no such machine.
+    async fn get_machine(&self, id: MachineId) -> Result<Option<ProviderMachine>>;
+
+    /// A way to run commands on the machine, for setup.
+    async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>>;
+}
+
+/// Settings that apply to providers of every tenant, resolved by the daemon at start-up.
+#[derive(Clone, Debug)]
+pub struct ProviderEnv {
+    /// Where local machines live: `$XDG_STATE_HOME/nimbus/machines`.
+    pub local_machines_dir: std::path::PathBuf,
+}
+
+/// Builds the provider implementation for a stored configuration.
+pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provider>> {
+    match config.provider_type {
+        ProviderType::Local => Ok(Arc::new(local::LocalProvider::new(
+            env.local_machines_dir.clone(),
+            config.id,
+            local::LocalConfig::from_json(&config.config)?,
+        ))),
+        other => Err(Error::Permanent(format!(
+            "provider type {other} is not available in this build"
+        ))),
+    }
+}
+
+/// Checks a provider's settings before they are stored, so a bad config is a 4xx at creation
+/// rather than a failure at the first provision.
+pub fn validate_config(config: &ProviderConfig) -> Result<()> {
+    match config.provider_type {
+        ProviderType::Local => local::LocalConfig::from_json(&config.config).map(drop),
+        other => Err(Error::InvalidConfig {
+            field: "type".into(),
+            message: format!("provider type {other} is not available in this build"),
+        }),
+    }
+}
