@@ -1,0 +1,131 @@
+//! Nimbus storage: what was asked and when (tenants, providers, forge configuration, machine
+//! intent and state history), sealed credentials, tenant tokens and the event log.
+//!
+//! The store holds intent and history, not the truth about what exists: providers are the
+//! source of truth for machines (DESIGN.md, "Lean state"). One [`Storage`] trait, implemented by
+//! [`SqlStore`] over SQLite (default, embedded) and PostgreSQL (scale-out).
+//!
+//! This crate must not call providers, forges or the network, and must never log a credential.
+
+mod seal;
+mod sql;
+
+use async_trait::async_trait;
+use nimbus_types::api::StateChange;
+use nimbus_types::event::Event;
+use nimbus_types::{
+    ForgeConfig, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId,
+    Tenant, TenantId,
+};
+
+pub use seal::{KeyError, SealKey, Sealer};
+pub use sql::{SqlStore, StoreOptions};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{entity} not found")]
+    NotFound { entity: &'static str },
+    /// A uniqueness rule was violated, e.g. a duplicate tenant or provider name.
+    #[error("{entity} already exists")]
+    Conflict { entity: &'static str },
+    /// The stored state changed underneath a conditional update, or a transition is illegal.
+    #[error(transparent)]
+    Transition(#[from] nimbus_types::TransitionError),
+    /// The machine's state is not the one the caller expected (someone else moved it).
+    #[error("machine {id} is {actual}, expected {expected}")]
+    StaleState {
+        id: MachineId,
+        expected: MachineState,
+        actual: MachineState,
+    },
+    /// A sealed credential could not be opened: wrong key or tampered data.
+    #[error("sealed credentials could not be opened (wrong NIMBUS_SECRET_KEY?)")]
+    Unseal,
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A machine as recorded: the intent (its spec) and what Nimbus last knew of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineRecord {
+    pub machine: Machine,
+    pub spec: MachineSpec,
+}
+
+/// Which machines to list.
+#[derive(Clone, Debug, Default)]
+pub struct MachineFilter {
+    pub tenant_id: Option<TenantId>,
+    pub provider_id: Option<ProviderId>,
+    /// Include machines in the `terminated` state (history); off by default.
+    pub include_terminated: bool,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub tenant_id: Option<TenantId>,
+    pub machine_id: Option<MachineId>,
+    /// Only events with `seq` greater than this.
+    pub after_seq: Option<i64>,
+    pub limit: Option<u32>,
+}
+
+/// The storage contract. The first four methods are the seeds' contract; the rest hold machine
+/// intent and history, tokens and the event log.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    async fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
+    async fn list_tenant_providers(&self, tenant_id: TenantId) -> Result<Vec<ProviderConfig>>;
+    /// A provider of the given tenant; another tenant's provider is `NotFound`.
+    async fn get_provider(&self, tenant_id: TenantId, id: ProviderId) -> Result<ProviderConfig>;
+    async fn get_tenant_forge_config(&self, tenant_id: TenantId) -> Result<Option<ForgeConfig>>;
+
+    async fn create_tenant(&self, name: &str) -> Result<Tenant>;
+    async fn get_tenant_by_name(&self, name: &str) -> Result<Tenant>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+
+    /// Stores the SHA-256 hash of a tenant token (the token itself is never stored).
+    async fn add_tenant_token(&self, tenant_id: TenantId, token_sha256: &[u8]) -> Result<()>;
+    async fn tenant_for_token(&self, token_sha256: &[u8]) -> Result<Option<TenantId>>;
+
+    /// Creates a provider; `Conflict` when the tenant already has one with that name.
+    async fn create_provider(&self, provider: &ProviderConfig) -> Result<()>;
+    async fn get_provider_by_name(&self, tenant_id: TenantId, name: &str)
+    -> Result<ProviderConfig>;
+    /// Every provider of every tenant, for reconcilers.
+    async fn list_all_providers(&self) -> Result<Vec<ProviderConfig>>;
+    /// Deletes a provider; `Conflict` while it still has live machines.
+    async fn delete_provider(&self, tenant_id: TenantId, id: ProviderId) -> Result<()>;
+
+    async fn set_tenant_forge_config(&self, forge: &ForgeConfig) -> Result<()>;
+
+    /// Records the intent to create a machine, before any side effect. The machine's state is
+    /// recorded as the first entry of its history.
+    async fn insert_machine(&self, machine: &Machine, spec: &MachineSpec) -> Result<()>;
+    /// Looks a machine up; with `tenant_id`, another tenant's machine is `NotFound`.
+    async fn get_machine(&self, tenant_id: Option<TenantId>, id: MachineId)
+    -> Result<MachineRecord>;
+    async fn list_machines(&self, filter: &MachineFilter) -> Result<Vec<MachineRecord>>;
+    /// Saves what is known of a machine (address, metadata, image, error). When `state`
+    /// differs from the stored one, the move must be legal (`MachineState::transition`) and is
+    /// appended to the history with `reason`; the update only applies if the stored state is
+    /// still `machine`'s previous state `expected` (optimistic concurrency), else `StaleState`.
+    async fn update_machine(
+        &self,
+        machine: &Machine,
+        expected: MachineState,
+        reason: Option<&str>,
+    ) -> Result<()>;
+    async fn machine_history(&self, id: MachineId) -> Result<Vec<StateChange>>;
+
+    /// Appends an event and returns its sequence number.
+    async fn append_event(&self, event: &Event) -> Result<i64>;
+    async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+}
