@@ -2,6 +2,8 @@
 //! process and removes its files when dropped. A peer that is not installed fails with a
 //! message naming the package and the README's test command, which installs it.
 
+pub mod sshd;
+
 pub mod postgres;
 
 use std::net::{TcpListener, TcpStream};
