@@ -1,0 +1,522 @@
+//! Provision, set up, terminate: the operations behind the API, each recorded before it acts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_provider::{Provider, ProvisionRequest};
+use nimbus_setup::exec::Command;
+use nimbus_store::{MachineFilter, MachineRecord};
+use nimbus_types::api::StateChange;
+use nimbus_types::event::{self, Event};
+use nimbus_types::{
+    CanTerminate, Image, ImageState, Machine, MachineId, MachineSpec, MachineState,
+    ProviderConfig, ProviderId, ProviderMetadata, ProviderType, Secret, SpecError, Tenant,
+    TenantId, validate_name,
+};
+
+use crate::telemetry::EventSink;
+use crate::{Error, Fleet, Result};
+
+/// Which tenant a caller may see: `None` for the admin, who sees all.
+pub type Scope = Option<TenantId>;
+
+impl Fleet {
+    /// Records the intent to create a machine and starts provisioning it in the background.
+    /// Returns at once with the machine in `provisioning`; watch it with [`Fleet::get_machine`]
+    /// or the event stream.
+    pub async fn provision_machine(
+        &self,
+        tenant: &Tenant,
+        provider: &ProviderConfig,
+        spec: MachineSpec,
+    ) -> Result<Machine> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        spec.validate()?;
+        if provider.tenant_id != tenant.id {
+            return Err(Error::NotFound("provider"));
+        }
+        // Fails before any intent is written when the provider cannot be built at all.
+        self.inner.providers.get(provider)?;
+
+        let now = nimbus_types::now();
+        let machine = Machine {
+            id: MachineId::new(),
+            tenant_id: tenant.id,
+            provider_id: provider.id,
+            os: spec.os,
+            arch: spec.arch,
+            state: MachineState::Provisioning,
+            ip_address: None,
+            ssh_public_key: None,
+            labels: spec.labels.clone(),
+            instance_type: spec.instance_type.clone(),
+            image: Image {
+                id: spec.image_id.clone(),
+                image_type: spec.image_type,
+                state: ImageState::Pending,
+                installed_at: None,
+            },
+            created_at: now,
+            updated_at: now,
+            provider_metadata: ProviderMetadata::default(),
+            error: None,
+            setup_progress: None,
+        };
+        self.inner.store.insert_machine(&machine, &spec).await?;
+        self.emit(
+            Event::new(event::MACHINE_PROVISION_START)
+                .tenant(machine.tenant_id)
+                .machine(machine.id)
+                .meta("provider", provider.name.as_str())
+                .meta("provider_type", provider.provider_type.as_str()),
+        );
+        self.spawn_provision(machine.id);
+        Ok(machine)
+    }
+
+    pub(crate) fn spawn_provision(&self, id: MachineId) {
+        let fleet = self.clone();
+        self.inner.tasks.spawn(async move {
+            let slot = fleet.slot(id);
+            {
+                let _guard = slot.lock.lock().await;
+                if let Err(err) = fleet.drive_provision(id, &slot.cancel).await {
+                    tracing::warn!(machine.id = %id, error = %err, "provisioning stopped");
+                }
+            }
+            fleet.release_slot(id, slot);
+        });
+    }
+
+    /// Takes a machine from `provisioning` to `ready` (or `failed`). Safe to run again after a
+    /// crash: the provider call is idempotent per machine id, and a machine that has moved on
+    /// is left alone.
+    async fn drive_provision(
+        &self,
+        id: MachineId,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<()> {
+        let record = self.inner.store.get_machine(None, id).await?;
+        let mut machine = record.machine;
+        if !matches!(
+            machine.state,
+            MachineState::Provisioning | MachineState::ImageInstalling
+        ) {
+            return Ok(());
+        }
+        let (config, provider) = self.provider_of(&machine).await?;
+        let started = Instant::now();
+        let requested_at = machine.created_at;
+
+        let request = ProvisionRequest {
+            machine_id: machine.id,
+            tenant_id: machine.tenant_id,
+            provider_id: machine.provider_id,
+            spec: record.spec.clone(),
+        };
+        let created = self
+            .provider_call(&machine, &config, "provision", provider.provision(&request))
+            .await;
+        let created = match created {
+            Ok(created) => created,
+            Err(err) => {
+                let reason = format!("provider refused the machine: {err}");
+                return self
+                    .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                    .await;
+            }
+        };
+        let provider_accepted = started.elapsed();
+        machine.ip_address = created.ip_address.clone();
+        machine.ssh_public_key = created.ssh_public_key.clone();
+        machine.created_at = created.created_at;
+        machine.provider_metadata = created.metadata.clone();
+
+        let needs_setup = !record.spec.skip_setup && record.spec.setup_script.is_some();
+        let mut setup_time = Duration::ZERO;
+        if needs_setup {
+            if machine.state == MachineState::Provisioning {
+                machine.image.state = ImageState::Installing;
+                self.move_to(&mut machine, MachineState::ImageInstalling, Some("provider accepted the machine; setting up"))
+                    .await?;
+            }
+            let setup_started = Instant::now();
+            self.emit(
+                Event::new(event::MACHINE_SETUP_START)
+                    .tenant(machine.tenant_id)
+                    .machine(machine.id),
+            );
+            let outcome = tokio::select! {
+                outcome = self.run_setup(provider.as_ref(), &machine, &record.spec) => outcome,
+                () = cancel.cancelled() => {
+                    // Terminate (or shutdown) took over; the machine's state says what's next.
+                    return Ok(());
+                }
+            };
+            setup_time = setup_started.elapsed();
+            if let Err(reason) = outcome {
+                self.emit(
+                    Event::new(event::MACHINE_SETUP_FAILURE)
+                        .tenant(machine.tenant_id)
+                        .machine(machine.id)
+                        .duration(setup_time)
+                        .error(&reason),
+                );
+                machine.image.state = ImageState::Failed;
+                let reason = format!("setup failed: {reason}");
+                return self
+                    .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                    .await;
+            }
+            self.emit(
+                Event::new(event::MACHINE_SETUP_SUCCESS)
+                    .tenant(machine.tenant_id)
+                    .machine(machine.id)
+                    .duration(setup_time),
+            );
+        }
+        machine.image.state = ImageState::Installed;
+        machine.image.installed_at = Some(nimbus_types::now());
+        machine.error = None;
+        self.move_to(&mut machine, MachineState::Ready, Some("machine is ready")).await?;
+        let total = (nimbus_types::now() - requested_at).unsigned_abs();
+        self.emit(
+            Event::new(event::MACHINE_PROVISION_SUCCESS)
+                .tenant(machine.tenant_id)
+                .machine(machine.id)
+                .duration(started.elapsed()),
+        );
+        self.emit(
+            Event::new(event::MACHINE_READY)
+                .tenant(machine.tenant_id)
+                .machine(machine.id)
+                .duration(total)
+                .meta("provider_accepted", provider_accepted.as_secs_f64())
+                .meta("setup", setup_time.as_secs_f64())
+                .meta("total", total.as_secs_f64()),
+        );
+        Ok(())
+    }
+
+    /// Runs the machine's setup. The error is a reason a person can act on.
+    async fn run_setup(
+        &self,
+        provider: &dyn Provider,
+        machine: &Machine,
+        spec: &MachineSpec,
+    ) -> std::result::Result<(), String> {
+        let exec = provider
+            .exec(machine)
+            .await
+            .map_err(|err| format!("cannot reach the machine: {err}"))?;
+        if let Some(script) = &spec.setup_script {
+            let output = exec
+                .run(&Command::new(script.as_str()).timeout(self.inner.config.setup_timeout))
+                .await
+                .map_err(|err| format!("setup_script: {err}"))?;
+            if !output.success() {
+                let stderr = output.stderr_str();
+                let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                return Err(format!(
+                    "setup_script exited with status {}{}",
+                    output.exit_code,
+                    if tail.is_empty() { String::new() } else { format!(": {tail}") }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a machine failed and makes sure nothing is left running at the provider.
+    async fn fail(
+        &self,
+        machine: &mut Machine,
+        provider: &dyn Provider,
+        event_name: &str,
+        reason: &str,
+        started: Instant,
+    ) -> Result<()> {
+        if let Err(err) = provider.terminate(machine).await {
+            // The reconciler removes it on its next pass (failed machines with resources).
+            tracing::warn!(machine.id = %machine.id, error = %err, "cleanup after a failed provision did not finish");
+        }
+        machine.error = Some(reason.to_owned());
+        self.move_to(machine, MachineState::Failed, Some(reason)).await?;
+        self.emit(
+            Event::new(event_name)
+                .tenant(machine.tenant_id)
+                .machine(machine.id)
+                .duration(started.elapsed())
+                .error(reason),
+        );
+        Ok(())
+    }
+
+    /// Saves `machine` in state `to`, expecting the store to still hold its current state.
+    pub(crate) async fn move_to(
+        &self,
+        machine: &mut Machine,
+        to: MachineState,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let from = machine.state;
+        machine.state = to;
+        machine.updated_at = nimbus_types::now();
+        if let Err(err) = self.inner.store.update_machine(machine, from, reason).await {
+            machine.state = from;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Starts terminating a machine: records `stopping`, interrupts a running setup, and removes
+    /// the machine at its provider in the background. Terminating a terminated machine is a
+    /// no-op; a provider that refuses (e.g. a dedicated host's minimum allocation period) makes
+    /// this fail with [`Error::CannotTerminate`] and changes nothing.
+    pub async fn terminate_machine(&self, scope: Scope, id: MachineId) -> Result<Machine> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        // A concurrent change (the provision task moving on) is retried a few times.
+        for _ in 0..5 {
+            let mut machine = self.inner.store.get_machine(scope, id).await?.machine;
+            match machine.state {
+                MachineState::Terminated => return Ok(machine),
+                MachineState::Stopping => {
+                    if !self.is_busy(id) {
+                        self.spawn_terminate(id);
+                    }
+                    return Ok(machine);
+                }
+                _ => {}
+            }
+            let answer = self.can_terminate(&machine).await?;
+            if !answer.can_terminate {
+                return Err(Error::CannotTerminate(answer));
+            }
+            match self
+                .move_to(&mut machine, MachineState::Stopping, Some("terminate requested"))
+                .await
+            {
+                Ok(()) => {}
+                Err(Error::Store(nimbus_store::Error::StaleState { .. })) => continue,
+                Err(err) => return Err(err),
+            }
+            self.emit(
+                Event::new(event::MACHINE_TERMINATE_START)
+                    .tenant(machine.tenant_id)
+                    .machine(machine.id),
+            );
+            self.slot(id).cancel.cancel();
+            self.spawn_terminate(id);
+            return Ok(machine);
+        }
+        Err(Error::Conflict(format!(
+            "machine {id} keeps changing state; try again"
+        )))
+    }
+
+    pub(crate) fn spawn_terminate(&self, id: MachineId) {
+        let fleet = self.clone();
+        self.inner.tasks.spawn(async move {
+            let slot = fleet.slot(id);
+            {
+                let _guard = slot.lock.lock().await;
+                if let Err(err) = fleet.drive_terminate(id).await {
+                    tracing::warn!(machine.id = %id, error = %err, "termination stopped; the reconciler retries");
+                }
+            }
+            fleet.release_slot(id, slot);
+        });
+    }
+
+    async fn drive_terminate(&self, id: MachineId) -> Result<()> {
+        let mut machine = self.inner.store.get_machine(None, id).await?.machine;
+        if machine.state != MachineState::Stopping {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let (config, provider) = self.provider_of(&machine).await?;
+        match self
+            .provider_call(&machine, &config, "terminate", provider.terminate(&machine))
+            .await
+        {
+            Ok(()) => {
+                self.move_to(&mut machine, MachineState::Terminated, Some("removed at the provider"))
+                    .await?;
+                self.emit(
+                    Event::new(event::MACHINE_TERMINATE_SUCCESS)
+                        .tenant(machine.tenant_id)
+                        .machine(machine.id)
+                        .duration(started.elapsed()),
+                );
+                Ok(())
+            }
+            Err(err) => {
+                self.emit(
+                    Event::new(event::MACHINE_TERMINATE_FAILURE)
+                        .tenant(machine.tenant_id)
+                        .machine(machine.id)
+                        .duration(started.elapsed())
+                        .error(&err),
+                );
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Whether the machine may be terminated now.
+    pub async fn can_terminate_machine(&self, scope: Scope, id: MachineId) -> Result<CanTerminate> {
+        let machine = self.inner.store.get_machine(scope, id).await?.machine;
+        self.can_terminate(&machine).await
+    }
+
+    async fn can_terminate(&self, machine: &Machine) -> Result<CanTerminate> {
+        match machine.state {
+            MachineState::Terminated => Ok(CanTerminate::no(
+                "already_terminated",
+                "the machine is already terminated",
+            )),
+            MachineState::Stopping => Ok(CanTerminate::no(
+                "already_stopping",
+                "the machine is already being terminated",
+            )),
+            _ => {
+                let (_, provider) = self.provider_of(machine).await?;
+                Ok(provider.can_terminate(machine).await?)
+            }
+        }
+    }
+
+    pub async fn get_machine(&self, scope: Scope, id: MachineId) -> Result<MachineRecord> {
+        Ok(self.inner.store.get_machine(scope, id).await?)
+    }
+
+    pub async fn list_machines(&self, filter: &MachineFilter) -> Result<Vec<Machine>> {
+        Ok(self
+            .inner
+            .store
+            .list_machines(filter)
+            .await?
+            .into_iter()
+            .map(|record| record.machine)
+            .collect())
+    }
+
+    pub async fn machine_history(&self, scope: Scope, id: MachineId) -> Result<Vec<StateChange>> {
+        // Checks the scope first so another tenant's machine stays invisible.
+        self.inner.store.get_machine(scope, id).await?;
+        Ok(self.inner.store.machine_history(id).await?)
+    }
+
+    /// Validates and stores a provider configuration.
+    pub async fn create_provider(
+        &self,
+        tenant_id: TenantId,
+        name: &str,
+        provider_type: ProviderType,
+        config: Option<serde_json::Value>,
+        credentials: Option<serde_json::Value>,
+    ) -> Result<ProviderConfig> {
+        validate_name(name).map_err(|message| SpecError::new("name", message))?;
+        let credentials = match credentials {
+            None | Some(serde_json::Value::Null) => None,
+            Some(value @ serde_json::Value::Object(_)) => Some(Secret::new(value.to_string())),
+            Some(_) => {
+                return Err(SpecError::new("credentials", "must be a JSON object").into());
+            }
+        };
+        let provider = ProviderConfig {
+            id: ProviderId::new(),
+            tenant_id,
+            name: name.to_owned(),
+            provider_type,
+            credentials,
+            config: config.unwrap_or(serde_json::Value::Null),
+            created_at: nimbus_types::now(),
+        };
+        self.inner
+            .providers
+            .validate(&provider)
+            .map_err(|err| match err {
+                nimbus_provider::Error::InvalidConfig { field, message } => {
+                    Error::Invalid(SpecError::new(field, message))
+                }
+                other => Error::Invalid(SpecError::new("config", other.to_string())),
+            })?;
+        self.inner.store.create_provider(&provider).await?;
+        Ok(provider)
+    }
+
+    /// Deletes a provider that has no live machines.
+    pub async fn delete_provider(&self, tenant_id: TenantId, id: ProviderId) -> Result<()> {
+        match self.inner.store.delete_provider(tenant_id, id).await {
+            Ok(()) => {
+                self.inner.providers.evict(id);
+                Ok(())
+            }
+            Err(nimbus_store::Error::Conflict { .. }) => Err(Error::Conflict(
+                "the provider still has live machines; terminate them first".into(),
+            )),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Live machines of a provider, for callers that need the count.
+    pub async fn live_machines(&self, provider_id: ProviderId) -> Result<usize> {
+        let filter = MachineFilter {
+            provider_id: Some(provider_id),
+            ..MachineFilter::default()
+        };
+        Ok(self.inner.store.list_machines(&filter).await?.len())
+    }
+
+    pub(crate) async fn provider_of(
+        &self,
+        machine: &Machine,
+    ) -> Result<(ProviderConfig, Arc<dyn Provider>)> {
+        let config = self
+            .inner
+            .store
+            .get_provider(machine.tenant_id, machine.provider_id)
+            .await?;
+        let provider = self.inner.providers.get(&config)?;
+        Ok((config, provider))
+    }
+
+    /// Runs one provider operation with `nimbus.cloud_provider.api_call_*` events around it.
+    pub(crate) async fn provider_call<T>(
+        &self,
+        machine: &Machine,
+        config: &ProviderConfig,
+        operation: &str,
+        call: impl Future<Output = nimbus_provider::Result<T>>,
+    ) -> nimbus_provider::Result<T> {
+        let base = |name: &str| {
+            Event::new(name)
+                .tenant(machine.tenant_id)
+                .machine(machine.id)
+                .meta("operation", operation)
+                .meta("provider_type", config.provider_type.as_str())
+        };
+        self.emit(base(event::CLOUD_PROVIDER_API_CALL_START));
+        let started = Instant::now();
+        let result = call.await;
+        match &result {
+            Ok(_) => self.emit(base(event::CLOUD_PROVIDER_API_CALL_SUCCESS).duration(started.elapsed())),
+            Err(err) => self.emit(
+                base(event::CLOUD_PROVIDER_API_CALL_FAILURE)
+                    .duration(started.elapsed())
+                    .error(err)
+                    .meta("retryable", err.is_retryable()),
+            ),
+        }
+        result
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        self.inner.telemetry.emit(event);
+    }
+}

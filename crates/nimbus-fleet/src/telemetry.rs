@@ -1,0 +1,197 @@
+//! The one event bus. Every event goes to four sinks: a `tracing` log line, Prometheus metrics,
+//! the stored event log, and a live broadcast (the `GET /v1/events` stream).
+//!
+//! `emit` never blocks and never fails: persisting happens on a background writer task, which
+//! then broadcasts the event with the sequence number the store gave it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nimbus_store::Storage;
+use nimbus_types::event::Event;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::{broadcast, mpsc};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: String,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    events: Family<EventLabels, Counter>,
+    durations: Family<EventLabels, Histogram>,
+    stages: Family<StageLabels, Histogram>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 1 ms … ~9 h: API calls and whole provisions share one bucket layout.
+    Histogram::new(exponential_buckets(0.001, 2.5, 18))
+}
+
+impl Metrics {
+    fn register(registry: &mut Registry) -> Metrics {
+        let metrics = Metrics {
+            events: Family::default(),
+            durations: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            stages: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+        };
+        registry.register(
+            "nimbus_events",
+            "Telemetry events emitted, by event name",
+            metrics.events.clone(),
+        );
+        registry.register(
+            "nimbus_operation_duration_seconds",
+            "Duration of operations, by the event that ended them",
+            metrics.durations.clone(),
+        );
+        registry.register(
+            "nimbus_machine_stage_seconds",
+            "Time-to-ready per stage: provider_accepted, setup, total",
+            metrics.stages.clone(),
+        );
+        metrics
+    }
+
+    fn record(&self, event: &Event) {
+        let labels = EventLabels {
+            event: event.name.clone(),
+        };
+        self.events.get_or_create(&labels).inc();
+        if let Some(duration) = event.duration {
+            self.durations.get_or_create(&labels).observe(duration);
+        }
+        if event.name == nimbus_types::event::MACHINE_READY {
+            for stage in ["provider_accepted", "setup", "total"] {
+                if let Some(seconds) = event.metadata.get(stage).and_then(|v| v.as_f64()) {
+                    self.stages
+                        .get_or_create(&StageLabels {
+                            stage: stage.to_owned(),
+                        })
+                        .observe(seconds);
+                }
+            }
+        }
+    }
+}
+
+/// Something that accepts telemetry events; implemented by [`Telemetry`] and by test sinks.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
+/// The event bus. Cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    metrics: Metrics,
+    to_writer: mpsc::UnboundedSender<Event>,
+    live: broadcast::Sender<Event>,
+    dropped: AtomicU64,
+}
+
+impl Telemetry {
+    /// Starts the writer task that persists events to `store` and broadcasts them. The task ends
+    /// when every `Telemetry` clone is dropped, after writing what was queued.
+    pub fn start(store: Arc<dyn Storage>, registry: &mut Registry) -> Telemetry {
+        let (to_writer, mut from_emitters) = mpsc::unbounded_channel::<Event>();
+        let (live, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            metrics: Metrics::register(registry),
+            to_writer,
+            live: live.clone(),
+            dropped: AtomicU64::new(0),
+        });
+        tokio::spawn(async move {
+            while let Some(mut event) = from_emitters.recv().await {
+                match store.append_event(&event).await {
+                    Ok(seq) => event.seq = seq,
+                    Err(err) => {
+                        tracing::warn!(event.name = %event.name, error = %err, "could not store event")
+                    }
+                }
+                // No subscribers is fine.
+                let _ = live.send(event);
+            }
+        });
+        Telemetry { inner }
+    }
+
+    /// A live stream of events as they are stored. Slow subscribers skip events (they are told
+    /// how many through `RecvError::Lagged`) instead of holding the bus back.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.live.subscribe()
+    }
+}
+
+impl EventSink for Telemetry {
+    fn emit(&self, event: Event) {
+        log(&event);
+        self.inner.metrics.record(&event);
+        if self.inner.to_writer.send(event).is_err() {
+            self.inner.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn log(event: &Event) {
+    let tenant = event.tenant_id.map(|id| id.to_string());
+    let machine = event.machine_id.map(|id| id.to_string());
+    let meta = if event.metadata.is_empty() {
+        String::new()
+    } else {
+        serde_json::Value::Object(event.metadata.clone()).to_string()
+    };
+    match &event.error {
+        Some(error) => tracing::warn!(
+            event.name = %event.name,
+            tenant.id = tenant.as_deref(),
+            machine.id = machine.as_deref(),
+            duration = event.duration,
+            error = %error,
+            meta = %meta,
+            "event"
+        ),
+        None => tracing::info!(
+            event.name = %event.name,
+            tenant.id = tenant.as_deref(),
+            machine.id = machine.as_deref(),
+            duration = event.duration,
+            meta = %meta,
+            "event"
+        ),
+    }
+}
+
+/// Collects events in memory, for tests.
+#[derive(Clone, Default)]
+pub struct MemorySink(Arc<std::sync::Mutex<Vec<Event>>>);
+
+impl MemorySink {
+    pub fn events(&self) -> Vec<Event> {
+        self.0.lock().expect("sink lock").clone()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.events().into_iter().map(|event| event.name).collect()
+    }
+}
+
+impl EventSink for MemorySink {
+    fn emit(&self, event: Event) {
+        self.0.lock().expect("sink lock").push(event);
+    }
+}

@@ -1,0 +1,587 @@
+//! `nimbusctl`: the Nimbus CLI, a thin client of the `/v1` REST API.
+//!
+//! Tables for people, `--json` for scripts; errors are one line on stderr and a non-zero exit.
+
+mod client;
+mod output;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use nimbus_types::api::{
+    CreateProvider, CreateTenant, ForgeView, MachineList, ProviderView, ProvisionMachine,
+    StateChange, TenantToken,
+};
+use nimbus_types::{
+    Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Tenant,
+};
+
+use crate::client::Client;
+use crate::output::Printer;
+
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8720";
+
+#[derive(Debug, Parser)]
+#[command(name = "nimbusctl", version, about = "Control Nimbus: tenants, providers and runner machines")]
+pub struct Cli {
+    /// URL of nimbusd.
+    #[arg(long, global = true, env = "NIMBUS_URL", default_value = DEFAULT_URL)]
+    pub url: String,
+    /// Bearer token [default: the admin token in $XDG_CONFIG_HOME/nimbus/admin-token, if readable].
+    #[arg(long, global = true, env = "NIMBUS_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Noun,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Noun {
+    /// Tenants and their tokens.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Where machines come from.
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+    /// Where runners register.
+    #[command(subcommand)]
+    Forge(ForgeCmd),
+    /// Runner machines.
+    #[command(subcommand)]
+    Machine(MachineCmd),
+    /// Follow telemetry events as they happen.
+    Events(EventsArgs),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TenantCmd {
+    /// Create a tenant (admin).
+    Create { name: String },
+    /// List tenants.
+    List,
+    /// Show a tenant.
+    Show { name: String },
+    /// Issue a new token for a tenant (admin); it is shown once.
+    Token { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    /// Add a provider to a tenant.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type", value_parser = parse_provider_type)]
+        provider_type: ProviderType,
+        #[arg(long)]
+        name: String,
+        /// Provider settings: a TOML (or JSON) file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Provider secrets: a TOML (or JSON) file; sealed by the server, never shown again.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+    },
+    /// List providers.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Show a provider.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Remove a provider that has no live machines.
+    Remove {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ForgeCmd {
+    /// Set a tenant's forge.
+    Set {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long = "type", value_parser = parse_forge_type)]
+        forge_type: ForgeType,
+        #[arg(long)]
+        org: String,
+        /// Forge settings: a TOML (or JSON) file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Forge secrets: a TOML (or JSON) file; sealed by the server, never shown again.
+        #[arg(long)]
+        credentials: Option<PathBuf>,
+    },
+    /// Show a tenant's forge (without its secrets).
+    Show {
+        #[arg(long)]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// Provision a machine.
+    Provision(ProvisionArgs),
+    /// List machines.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long, value_parser = parse_state)]
+        state: Option<MachineState>,
+        /// Include terminated machines.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show a machine and its state history.
+    Show { id: String },
+    /// Terminate a machine.
+    Terminate {
+        id: String,
+        /// Wait until it is terminated.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long, e.g. `5m`.
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Whether a machine may be terminated now.
+    CanTerminate { id: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ProvisionArgs {
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    provider: String,
+    /// Operating system [default: this host's].
+    #[arg(long, value_parser = parse_os)]
+    os: Option<Os>,
+    /// CPU architecture [default: this host's].
+    #[arg(long, value_parser = parse_arch)]
+    arch: Option<Arch>,
+    /// Runner label; repeat for several.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long)]
+    instance_type: Option<String>,
+    #[arg(long)]
+    image_id: Option<String>,
+    #[arg(long, value_parser = parse_image_type)]
+    image_type: Option<ImageType>,
+    /// A shell script file run on the machine as the last setup step.
+    #[arg(long)]
+    setup_script: Option<PathBuf>,
+    /// The image is prebuilt: skip setup entirely.
+    #[arg(long)]
+    no_setup: bool,
+    /// Wait until the machine is ready (or failed), showing its progress.
+    #[arg(long)]
+    wait: bool,
+    /// Give up waiting after this long, e.g. `30m`.
+    #[arg(long, default_value = "30m", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Replay stored events after this sequence number first (0 for all).
+    #[arg(long)]
+    after: Option<i64>,
+    /// Only events of this machine.
+    #[arg(long)]
+    machine: Option<String>,
+}
+
+fn parse_os(s: &str) -> Result<Os, String> {
+    s.parse()
+}
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse()
+}
+fn parse_image_type(s: &str) -> Result<ImageType, String> {
+    s.parse()
+}
+fn parse_state(s: &str) -> Result<MachineState, String> {
+    s.parse()
+}
+fn parse_provider_type(s: &str) -> Result<ProviderType, String> {
+    s.parse()
+}
+fn parse_forge_type(s: &str) -> Result<ForgeType, String> {
+    s.parse()
+}
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}, e.g. 90s, 5m, 1h"))?;
+    match unit {
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("invalid duration {s:?}, e.g. 90s, 5m, 1h")),
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Noun::Completions { shell } = &cli.command {
+        let mut cmd = Cli::command();
+        clap_complete::generate(*shell, &mut cmd, "nimbusctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let token = match cli.token.clone() {
+        Some(token) => Some(token),
+        None => default_token(),
+    };
+    let client = Client::new(&cli.url, token)?;
+    let printer = Printer::new(cli.json);
+    runtime.block_on(dispatch(&client, &printer, cli.command))
+}
+
+/// The local admin token, when this user can read it: convenient on the server's own host.
+fn default_token() -> Option<String> {
+    let path = dirs::config_dir()?.join("nimbus/admin-token");
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::Result<()> {
+    match command {
+        Noun::Tenant(cmd) => tenant(client, printer, cmd).await,
+        Noun::Provider(cmd) => provider(client, printer, cmd).await,
+        Noun::Forge(cmd) => forge(client, printer, cmd).await,
+        Noun::Machine(cmd) => machine(client, printer, cmd).await,
+        Noun::Events(args) => events(client, printer, args).await,
+        Noun::Completions { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+async fn tenant(client: &Client, printer: &Printer, cmd: TenantCmd) -> anyhow::Result<()> {
+    match cmd {
+        TenantCmd::Create { name } => {
+            let tenant: Tenant = client.post("/v1/tenants", &CreateTenant { name }).await?;
+            printer.tenants(&[tenant])
+        }
+        TenantCmd::List => {
+            let tenants: Vec<Tenant> = client.get("/v1/tenants").await?;
+            printer.tenants(&tenants)
+        }
+        TenantCmd::Show { name } => {
+            let tenant: Tenant = client.get(&format!("/v1/tenants/{}", seg(&name))).await?;
+            printer.tenants(&[tenant])
+        }
+        TenantCmd::Token { name } => {
+            let token: TenantToken = client
+                .post(&format!("/v1/tenants/{}/tokens", seg(&name)), &serde_json::json!({}))
+                .await?;
+            printer.token(&token)
+        }
+    }
+}
+
+async fn provider(client: &Client, printer: &Printer, cmd: ProviderCmd) -> anyhow::Result<()> {
+    match cmd {
+        ProviderCmd::Add {
+            tenant,
+            provider_type,
+            name,
+            config,
+            credentials,
+        } => {
+            let body = CreateProvider {
+                name,
+                provider_type,
+                config: config.as_deref().map(read_settings).transpose()?,
+                credentials: credentials.as_deref().map(read_settings).transpose()?,
+            };
+            let provider: ProviderView = client
+                .post(&format!("/v1/tenants/{}/providers", seg(&tenant)), &body)
+                .await?;
+            printer.providers(&[provider])
+        }
+        ProviderCmd::List { tenant } => {
+            let path = match tenant {
+                Some(tenant) => format!("/v1/providers?tenant={}", seg(&tenant)),
+                None => "/v1/providers".to_owned(),
+            };
+            let providers: Vec<ProviderView> = client.get(&path).await?;
+            printer.providers(&providers)
+        }
+        ProviderCmd::Show { tenant, name } => {
+            let provider: ProviderView = client
+                .get(&format!("/v1/tenants/{}/providers/{}", seg(&tenant), seg(&name)))
+                .await?;
+            printer.providers(&[provider])
+        }
+        ProviderCmd::Remove { tenant, name } => {
+            client
+                .delete_empty(&format!("/v1/tenants/{}/providers/{}", seg(&tenant), seg(&name)))
+                .await?;
+            printer.done(&format!("removed provider {name}"))
+        }
+    }
+}
+
+async fn forge(client: &Client, printer: &Printer, cmd: ForgeCmd) -> anyhow::Result<()> {
+    match cmd {
+        ForgeCmd::Set {
+            tenant,
+            forge_type,
+            org,
+            config,
+            credentials,
+        } => {
+            let body = nimbus_types::api::SetForge {
+                forge_type,
+                org,
+                config: config.as_deref().map(read_settings).transpose()?,
+                credentials: credentials.as_deref().map(read_settings).transpose()?,
+            };
+            let forge: ForgeView = client
+                .put(&format!("/v1/tenants/{}/forge", seg(&tenant)), &body)
+                .await?;
+            printer.forge(&forge)
+        }
+        ForgeCmd::Show { tenant } => {
+            let forge: ForgeView = client
+                .get(&format!("/v1/tenants/{}/forge", seg(&tenant)))
+                .await?;
+            printer.forge(&forge)
+        }
+    }
+}
+
+async fn machine(client: &Client, printer: &Printer, cmd: MachineCmd) -> anyhow::Result<()> {
+    match cmd {
+        MachineCmd::Provision(args) => {
+            let setup_script = match &args.setup_script {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let body = ProvisionMachine {
+                tenant: args.tenant,
+                provider: args.provider,
+                os: match args.os {
+                    Some(os) => os,
+                    None => Os::host().context("cannot tell this host's OS; pass --os")?,
+                },
+                arch: match args.arch {
+                    Some(arch) => arch,
+                    None => Arch::host().context("cannot tell this host's architecture; pass --arch")?,
+                },
+                labels: args.labels,
+                instance_type: args.instance_type,
+                image_id: args.image_id,
+                image_type: args.image_type.unwrap_or_default(),
+                setup_script,
+                skip_setup: args.no_setup,
+            };
+            let machine: Machine = client.post("/v1/machines", &body).await?;
+            if !args.wait {
+                return printer.machines(&[machine]);
+            }
+            let machine = wait_for(client, printer, machine, args.timeout, |state| {
+                matches!(state, MachineState::Ready | MachineState::Running)
+            })
+            .await?;
+            printer.machines(std::slice::from_ref(&machine))?;
+            if machine.state == MachineState::Failed {
+                bail!(
+                    "machine {} failed: {}",
+                    machine.id,
+                    machine.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+            Ok(())
+        }
+        MachineCmd::List {
+            tenant,
+            provider,
+            state,
+            all,
+        } => {
+            let mut query = Vec::new();
+            if let Some(tenant) = tenant {
+                query.push(format!("tenant={}", seg(&tenant)));
+            }
+            if let Some(provider) = provider {
+                query.push(format!("provider={}", seg(&provider)));
+            }
+            if let Some(state) = state {
+                query.push(format!("state={state}"));
+            }
+            if all {
+                query.push("include_terminated=true".into());
+            }
+            let path = if query.is_empty() {
+                "/v1/machines".to_owned()
+            } else {
+                format!("/v1/machines?{}", query.join("&"))
+            };
+            let list: MachineList = client.get(&path).await?;
+            printer.machines(&list.machines)
+        }
+        MachineCmd::Show { id } => {
+            let machine: Machine = client.get(&format!("/v1/machines/{}", seg(&id))).await?;
+            let history: Vec<StateChange> = client
+                .get(&format!("/v1/machines/{}/history", seg(&id)))
+                .await?;
+            printer.machine_detail(&machine, &history)
+        }
+        MachineCmd::Terminate { id, wait, timeout } => {
+            let machine: Machine = client
+                .delete(&format!("/v1/machines/{}", seg(&id)))
+                .await?;
+            if !wait {
+                return printer.machines(&[machine]);
+            }
+            let machine = wait_for(client, printer, machine, timeout, |state| {
+                state == MachineState::Terminated
+            })
+            .await?;
+            printer.machines(std::slice::from_ref(&machine))?;
+            if machine.state != MachineState::Terminated {
+                bail!(
+                    "machine {} ended {} instead of terminated: {}",
+                    machine.id,
+                    machine.state,
+                    machine.error.as_deref().unwrap_or("no reason recorded")
+                );
+            }
+            Ok(())
+        }
+        MachineCmd::CanTerminate { id } => {
+            let answer: CanTerminate = client
+                .get(&format!("/v1/machines/{}/can-terminate", seg(&id)))
+                .await?;
+            printer.can_terminate(&answer)
+        }
+    }
+}
+
+/// Polls a machine until `done(state)` or a final state, printing each state change to stderr.
+async fn wait_for(
+    client: &Client,
+    printer: &Printer,
+    mut machine: Machine,
+    timeout: Duration,
+    done: impl Fn(MachineState) -> bool,
+) -> anyhow::Result<Machine> {
+    let started = Instant::now();
+    let mut last = None;
+    loop {
+        if last != Some(machine.state) {
+            printer.progress(&machine, started.elapsed());
+            last = Some(machine.state);
+        }
+        if done(machine.state)
+            || matches!(machine.state, MachineState::Failed | MachineState::Terminated)
+        {
+            return Ok(machine);
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "gave up waiting after {}s; machine {} is still {}",
+                timeout.as_secs(),
+                machine.id,
+                machine.state
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        machine = client.get(&format!("/v1/machines/{}", machine.id)).await?;
+    }
+}
+
+async fn events(client: &Client, printer: &Printer, args: EventsArgs) -> anyhow::Result<()> {
+    let mut query = Vec::new();
+    if let Some(after) = args.after {
+        query.push(format!("after={after}"));
+    }
+    if let Some(machine) = &args.machine {
+        query.push(format!("machine={}", seg(machine)));
+    }
+    let path = if query.is_empty() {
+        "/v1/events".to_owned()
+    } else {
+        format!("/v1/events?{}", query.join("&"))
+    };
+    let mut stdout = std::io::stdout();
+    client
+        .follow_events(&path, |event| {
+            printer.event(&mut stdout, &event)?;
+            stdout.flush()?;
+            Ok(())
+        })
+        .await
+}
+
+/// Reads a settings file: TOML, or JSON when the name ends in `.json`.
+fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|ext| ext == "json") {
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
+    } else {
+        let value: toml::Value =
+            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        serde_json::to_value(value).context("cannot convert TOML to JSON")
+    }
+}
+
+/// Percent-encodes a path segment or query value.
+fn seg(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_and_segments() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert!(parse_duration("5 minutes").is_err());
+        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,232 @@
+//! Tables for people, JSON for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use comfy_table::{Table, presets::NOTHING};
+use nimbus_types::api::{ForgeView, ProviderView, StateChange, TenantToken};
+use nimbus_types::event::Event;
+use nimbus_types::{CanTerminate, Machine, Tenant};
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+
+pub struct Printer {
+    json: bool,
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(NOTHING).set_header(header.to_vec());
+    table
+}
+
+fn ts(at: time::OffsetDateTime) -> String {
+    at.replace_nanosecond(0)
+        .unwrap_or(at)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+fn print_table(table: Table) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", table.to_string().trim_end())?;
+    Ok(())
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Self {
+        Printer { json }
+    }
+
+    fn json<T: Serialize + ?Sized>(&self, value: &T) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, value)?;
+        writeln!(out)?;
+        Ok(())
+    }
+
+    pub fn tenants(&self, tenants: &[Tenant]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(tenants);
+        }
+        let mut t = table(&["NAME", "ID", "CREATED"]);
+        for tenant in tenants {
+            t.add_row(vec![tenant.name.clone(), tenant.id.to_string(), ts(tenant.created_at)]);
+        }
+        print_table(t)
+    }
+
+    pub fn token(&self, token: &TenantToken) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(token);
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", token.token)?;
+        eprintln!("(shown once: store it now, e.g. export NIMBUS_TOKEN=…)");
+        Ok(())
+    }
+
+    pub fn providers(&self, providers: &[ProviderView]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(providers);
+        }
+        let mut t = table(&["NAME", "TYPE", "ID", "TENANT", "CREDENTIALS"]);
+        for p in providers {
+            t.add_row(vec![
+                p.name.clone(),
+                p.provider_type.to_string(),
+                p.id.to_string(),
+                p.tenant_id.to_string(),
+                if p.has_credentials { "sealed" } else { "none" }.to_owned(),
+            ]);
+        }
+        print_table(t)
+    }
+
+    pub fn forge(&self, forge: &ForgeView) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(forge);
+        }
+        let mut t = table(&["TYPE", "ORG", "CREDENTIALS", "UPDATED"]);
+        t.add_row(vec![
+            forge.forge_type.to_string(),
+            forge.org.clone(),
+            if forge.has_credentials { "sealed" } else { "none" }.to_owned(),
+            ts(forge.updated_at),
+        ]);
+        print_table(t)
+    }
+
+    pub fn machines(&self, machines: &[Machine]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(machines);
+        }
+        let mut t = table(&["ID", "STATE", "PLATFORM", "LABELS", "IP", "CREATED"]);
+        for m in machines {
+            t.add_row(vec![
+                m.id.to_string(),
+                m.state.to_string(),
+                format!("{}/{}", m.os, m.arch),
+                m.labels.join(","),
+                m.ip_address.clone().unwrap_or_default(),
+                ts(m.created_at),
+            ]);
+        }
+        print_table(t)
+    }
+
+    pub fn machine_detail(&self, m: &Machine, history: &[StateChange]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(&serde_json::json!({ "machine": m, "history": history }));
+        }
+        let mut t = table(&["FIELD", "VALUE"]);
+        let rows = [
+            ("id", m.id.to_string()),
+            ("state", m.state.to_string()),
+            ("tenant", m.tenant_id.to_string()),
+            ("provider", m.provider_id.to_string()),
+            ("platform", format!("{}/{}", m.os, m.arch)),
+            ("labels", m.labels.join(",")),
+            ("ip", m.ip_address.clone().unwrap_or_default()),
+            ("instance type", m.instance_type.clone().unwrap_or_default()),
+            ("image", format!("{} ({}, {})", m.image.id.clone().unwrap_or_else(|| "-".into()), m.image.image_type, m.image.state)),
+            ("instance id", m.provider_metadata.instance_id.clone().unwrap_or_default()),
+            ("host id", m.provider_metadata.host_id.clone().unwrap_or_default()),
+            ("created", ts(m.created_at)),
+            ("updated", ts(m.updated_at)),
+            ("error", m.error.clone().unwrap_or_default()),
+        ];
+        for (field, value) in rows {
+            if !value.is_empty() {
+                t.add_row(vec![field.to_owned(), value]);
+            }
+        }
+        print_table(t)?;
+        if let Some(progress) = &m.setup_progress {
+            println!("\nSETUP");
+            let mut t = table(&["STEP", "STATUS", "STARTED", "TOOK", "ERROR"]);
+            for step in &progress.steps {
+                let took = match (step.started_at, step.finished_at) {
+                    (Some(start), Some(end)) => format!("{:.1}s", (end - start).as_seconds_f64()),
+                    _ => String::new(),
+                };
+                t.add_row(vec![
+                    step.name.clone(),
+                    step.status.to_string(),
+                    step.started_at.map(ts).unwrap_or_default(),
+                    took,
+                    step.error.clone().unwrap_or_default(),
+                ]);
+            }
+            print_table(t)?;
+        }
+        if !history.is_empty() {
+            println!("\nHISTORY");
+            let mut t = table(&["AT", "STATE", "REASON"]);
+            for change in history {
+                t.add_row(vec![
+                    ts(change.at),
+                    change.state.to_string(),
+                    change.reason.clone().unwrap_or_default(),
+                ]);
+            }
+            print_table(t)?;
+        }
+        Ok(())
+    }
+
+    pub fn can_terminate(&self, answer: &CanTerminate) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(answer);
+        }
+        if answer.can_terminate {
+            println!("yes");
+        } else {
+            let mut line = format!(
+                "no: {}",
+                answer.message.as_deref().or(answer.error.as_deref()).unwrap_or("refused")
+            );
+            if let Some(hours) = answer.hours_remaining {
+                line.push_str(&format!(" ({hours:.1} hours remaining)"));
+            }
+            println!("{line}");
+        }
+        Ok(())
+    }
+
+    pub fn done(&self, message: &str) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(&serde_json::json!({ "ok": true, "message": message }));
+        }
+        println!("{message}");
+        Ok(())
+    }
+
+    /// Progress while waiting goes to stderr, so stdout stays the final result.
+    pub fn progress(&self, machine: &Machine, elapsed: Duration) {
+        if self.json {
+            return;
+        }
+        eprintln!("{:>7.1}s  {}  {}", elapsed.as_secs_f64(), machine.id, machine.state);
+    }
+
+    pub fn event(&self, out: &mut impl Write, event: &Event) -> anyhow::Result<()> {
+        if self.json {
+            serde_json::to_writer(&mut *out, event)?;
+            writeln!(out)?;
+            return Ok(());
+        }
+        let mut line = format!("{:>6} {} {}", event.seq, ts(event.at), event.name);
+        if let Some(machine) = event.machine_id {
+            line.push_str(&format!(" machine={machine}"));
+        }
+        if let Some(duration) = event.duration {
+            line.push_str(&format!(" duration={duration:.3}s"));
+        }
+        if let Some(error) = &event.error {
+            line.push_str(&format!(" error={error:?}"));
+        }
+        writeln!(out, "{line}")?;
+        Ok(())
+    }
+}

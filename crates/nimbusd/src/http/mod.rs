@@ -1,0 +1,151 @@
+//! The REST API: `fn app(state) -> Router`, built apart from serving so tests drive it with
+//! `tower::ServiceExt::oneshot`. One module per resource; the middleware stack is here.
+
+pub mod auth;
+pub mod error;
+mod events;
+pub mod json;
+mod machines;
+pub mod openapi;
+mod ops;
+mod providers;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use nimbus_fleet::Fleet;
+use nimbus_store::{SqlStore, Storage};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::http::error::ApiError;
+
+/// Largest request body accepted (a setup script is at most 64 KiB).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub fleet: Fleet,
+    pub store: Arc<dyn Storage>,
+    /// The concrete store, for `/readyz`.
+    pub ping: Arc<SqlStore>,
+    pub admin_token_sha256: [u8; 32],
+    pub metrics: Arc<Registry>,
+    pub http_metrics: HttpMetrics,
+    pub request_timeout: Duration,
+    /// Cancelled when the server starts shutting down; ends event streams.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+/// Request counts and latencies by route.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram>,
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> HttpMetrics {
+        let metrics = HttpMetrics {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "nimbus_http_requests",
+            "HTTP requests served",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "nimbus_http_request_duration_seconds",
+            "HTTP request latency",
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn app(state: AppState) -> Router {
+    let api = Router::new()
+        .merge(tenants::router())
+        .merge(providers::router())
+        .merge(machines::router())
+        .merge(openapi::router())
+        .merge(ops::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            state.request_timeout,
+        ));
+    // The event stream is long-lived: no request timeout, but it ends on shutdown.
+    let streams = events::router();
+    Router::new()
+        .merge(api)
+        .merge(streams)
+        .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                        let id = req
+                            .headers()
+                            .get(REQUEST_ID)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("");
+                        tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request.id = %id)
+                    }),
+                )
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+        )
+        .with_state(state)
+}
+
+async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(req).await;
+    let labels = RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    state.http_metrics.requests.get_or_create(&labels).inc();
+    state
+        .http_metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response.into_response()
+}

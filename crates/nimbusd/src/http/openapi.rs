@@ -1,0 +1,49 @@
+//! `/v1/openapi.json`, generated from the handlers' annotations and the DTO types.
+
+use axum::routing::get;
+use axum::{Json, Router};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::http::AppState;
+use crate::http::{events, machines, ops, providers, tenants};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Nimbus API", description = "Elastic CI runner machines on demand"),
+    paths(
+        tenants::create, tenants::list, tenants::show, tenants::create_token,
+        tenants::show_forge, tenants::set_forge,
+        providers::create, providers::list, providers::list_all, providers::show, providers::delete,
+        machines::provision, machines::list, machines::show, machines::terminate,
+        machines::can_terminate, machines::history,
+        events::stream,
+        ops::healthz, ops::readyz, ops::metrics,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tenants", description = "Tenants and their tokens"),
+        (name = "providers", description = "Where machines come from"),
+        (name = "forge", description = "Where runners register"),
+        (name = "machines", description = "Runner machines"),
+        (name = "events", description = "Telemetry events"),
+        (name = "ops", description = "Health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+}

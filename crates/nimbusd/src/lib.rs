@@ -1,0 +1,164 @@
+//! `nimbusd`: the Nimbus daemon. `nimbusd server` runs the control plane; `nimbusd migrate`
+//! applies the store's migrations.
+//!
+//! Only this crate knows about HTTP and process start-up (signals, directories, the admin token,
+//! the secret key). The lifecycle lives in `nimbus-fleet`; this crate wires it to the network.
+
+pub mod config;
+pub mod http;
+mod secrets;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use nimbus_fleet::{Fleet, FleetConfig, ProviderRegistry, Telemetry};
+use nimbus_provider::ProviderEnv;
+use nimbus_store::{SqlStore, Storage, StoreOptions};
+use nimbus_types::ProviderType;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Cli, Command, LogFormat, Settings};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_tracing(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    match cli.command {
+        Command::Server(args) => runtime.block_on(serve(Settings::resolve(&args)?)),
+        Command::Migrate(args) => runtime.block_on(async {
+            let settings = Settings::resolve(&args)?;
+            let store = open_store(&settings).await?;
+            tracing::info!(backend = store.backend(), "migrations applied");
+            store.close().await;
+            Ok(())
+        }),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<SqlStore> {
+    let key = secrets::load_seal_key(&settings.config_dir)?;
+    SqlStore::connect(
+        &settings.database_url.0,
+        StoreOptions::default(),
+        nimbus_store::Sealer::new(key),
+    )
+    .await
+    .context("cannot open the store")
+}
+
+/// The provider types this build runs.
+pub fn provider_registry(env: ProviderEnv) -> ProviderRegistry {
+    let mut registry = ProviderRegistry::new();
+    for kind in [ProviderType::Local] {
+        let build_env = env.clone();
+        registry.register(
+            kind,
+            Arc::new(move |config| nimbus_provider::build(&build_env, config)),
+            Arc::new(nimbus_provider::validate_config),
+        );
+    }
+    registry
+}
+
+/// Everything a running server holds, built from settings. Tests build it on temp dirs.
+pub struct Server {
+    pub state: http::AppState,
+    pub store: SqlStore,
+}
+
+impl Server {
+    pub async fn start(settings: &Settings) -> anyhow::Result<Server> {
+        for dir in [&settings.data_dir, &settings.config_dir, &settings.state_dir] {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        let admin_token = secrets::load_or_create_admin_token(&settings.config_dir)?;
+        let store = open_store(settings).await?;
+        let dyn_store: Arc<dyn Storage> = Arc::new(store.clone());
+        let mut registry = Registry::default();
+        let telemetry = Telemetry::start(dyn_store.clone(), &mut registry);
+        let http_metrics = http::HttpMetrics::register(&mut registry);
+        let providers = provider_registry(ProviderEnv {
+            local_machines_dir: settings.state_dir.join("machines"),
+        });
+        let fleet = Fleet::new(
+            dyn_store.clone(),
+            providers,
+            telemetry,
+            FleetConfig {
+                setup_timeout: settings.setup_timeout,
+                reconcile_interval: settings.reconcile_interval,
+                orphan_grace: settings.orphan_grace,
+                shutdown_timeout: settings.shutdown_timeout,
+            },
+        );
+        let state = http::AppState {
+            fleet,
+            store: dyn_store,
+            ping: Arc::new(store.clone()),
+            admin_token_sha256: secrets::sha256(admin_token.expose().as_bytes()),
+            metrics: Arc::new(registry),
+            http_metrics,
+            request_timeout: settings.request_timeout,
+            shutdown: CancellationToken::new(),
+        };
+        Ok(Server { state, store })
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let server = Server::start(&settings).await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    server.state.fleet.start_reconciler();
+    tracing::info!(
+        listen = %addr,
+        store = server.store.backend(),
+        data_dir = %settings.data_dir.display(),
+        admin_token = %settings.config_dir.join(secrets::ADMIN_TOKEN_FILE).display(),
+        "nimbusd server ready"
+    );
+    let shutdown = server.state.shutdown.clone();
+    let app = http::app(server.state.clone());
+    let signal = async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests and operations");
+        shutdown.cancel();
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await
+        .context("server error")?;
+    server.state.fleet.shutdown().await;
+    server.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
