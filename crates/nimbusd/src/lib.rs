@@ -136,6 +136,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         admin_token = %settings.config_dir.join(secrets::ADMIN_TOKEN_FILE).display(),
         "nimbusd server ready"
     );
+    // One plain line on stdout for people and scripts (tests bind port 0 and read it).
+    println!("nimbusd listening on http://{addr}");
     let shutdown = server.state.shutdown.clone();
     let app = http::app(server.state.clone());
     let signal = async move {
