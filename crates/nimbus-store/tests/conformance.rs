@@ -1,0 +1,896 @@
+//! The store conformance suite: every case runs against SQLite (a file in a temp dir) and
+//! PostgreSQL (one server per test process, started here through `nimbus-testkit`, a fresh
+//! database per test).
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use nimbus_store::{
+    Error, EventFilter, MachineFilter, SealKey, Sealer, SqlStore, Storage, StoreOptions,
+};
+use nimbus_testkit::postgres::Postgres;
+use nimbus_types::event::{self, Event};
+use nimbus_types::{
+    Arch, ForgeConfig, ForgeType, Image, ImageState, ImageType, Machine, MachineId, MachineSpec,
+    MachineState, Os, ProviderConfig, ProviderId, ProviderMetadata, ProviderType, Secret,
+    SetupProgress, SetupStep, StepStatus, TenantId,
+};
+use sqlx::Row;
+
+/// One test's database: the store plus what is needed to look under it or reopen it.
+struct TestDb {
+    store: SqlStore,
+    url: String,
+    key: SealKey,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    async fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("create a temp dir");
+        let url = SqlStore::sqlite_path_url(&dir.path().join("data/nimbus.db"));
+        TestDb::open(url, Some(dir)).await
+    }
+
+    async fn postgres(test: &str) -> TestDb {
+        static SERVER: OnceLock<Result<Postgres, String>> = OnceLock::new();
+        let server = SERVER
+            .get_or_init(|| Postgres::start().map_err(|err| format!("{err:#}")))
+            .as_ref()
+            .unwrap_or_else(|err| panic!("cannot start the test PostgreSQL server: {err}"));
+        let name = format!("t_{}", test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let url = tokio::task::block_in_place(|| server.create_database(&name))
+            .unwrap_or_else(|err| panic!("create database {name}: {err:#}"));
+        TestDb::open(url, None).await
+    }
+
+    async fn open(url: String, dir: Option<tempfile::TempDir>) -> TestDb {
+        let key = SealKey::generate();
+        let store = SqlStore::connect(&url, StoreOptions::default(), Sealer::new(key.clone()))
+            .await
+            .unwrap_or_else(|err| panic!("connect to {url}: {err}"));
+        TestDb {
+            store,
+            url,
+            key,
+            _dir: dir,
+        }
+    }
+
+    /// A second store on the same database (after closing the first one), with `key`.
+    async fn reopen(&self, key: SealKey) -> SqlStore {
+        self.store.close().await;
+        SqlStore::connect(&self.url, StoreOptions::default(), Sealer::new(key))
+            .await
+            .unwrap_or_else(|err| panic!("reopen {}: {err}", self.url))
+    }
+
+    /// A plain connection that bypasses the store, to look at raw columns.
+    async fn raw(&self) -> sqlx::AnyPool {
+        sqlx::any::install_default_drivers();
+        sqlx::AnyPool::connect(&self.url)
+            .await
+            .unwrap_or_else(|err| panic!("raw connect to {}: {err}", self.url))
+    }
+}
+
+macro_rules! conformance {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::TestDb::sqlite().await;
+                    super::$case(&db).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let db = super::TestDb::postgres(stringify!($case)).await;
+                    assert_eq!(db.store.backend(), "postgres");
+                    super::$case(&db).await;
+                }
+            )+
+        }
+    };
+}
+
+conformance!(
+    backend_answers_ping,
+    tenants_crud_and_duplicate_names,
+    tenant_tokens,
+    providers_round_trip_with_sealed_credentials,
+    provider_names_are_unique_per_tenant,
+    tenants_are_isolated,
+    delete_provider_conflicts_while_machines_are_live,
+    forge_config_upsert,
+    machines_insert_get_and_list_filters,
+    machine_transitions_and_history,
+    concurrent_updates_see_stale_state,
+    unknown_ids_are_not_found,
+    events_append_and_list,
+    concurrent_writers,
+    reopening_keeps_data,
+    wrong_seal_key_cannot_open_credentials,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn provider(tenant_id: TenantId, name: &str, credentials: Option<&str>) -> ProviderConfig {
+    ProviderConfig {
+        id: ProviderId::new(),
+        tenant_id,
+        name: name.to_owned(),
+        provider_type: ProviderType::Local,
+        credentials: credentials.map(Secret::new),
+        config: serde_json::json!({ "root": "/var/lib/nimbus", "max": 4 }),
+        created_at: nimbus_types::now(),
+    }
+}
+
+fn spec() -> MachineSpec {
+    let mut spec = MachineSpec::new(Os::Linux, Arch::X86_64);
+    spec.labels = vec!["linux".into(), "self-hosted".into()];
+    spec.setup_script = Some("echo hello".into());
+    spec
+}
+
+fn machine(tenant_id: TenantId, provider_id: ProviderId) -> Machine {
+    let spec = spec();
+    let now = nimbus_types::now();
+    Machine {
+        id: MachineId::new(),
+        tenant_id,
+        provider_id,
+        os: spec.os,
+        arch: spec.arch,
+        state: MachineState::Provisioning,
+        ip_address: None,
+        ssh_public_key: None,
+        labels: spec.labels.clone(),
+        instance_type: None,
+        image: Image {
+            id: None,
+            image_type: ImageType::None,
+            state: ImageState::Pending,
+            installed_at: None,
+        },
+        created_at: now,
+        updated_at: now,
+        provider_metadata: ProviderMetadata::default(),
+        error: None,
+        setup_progress: None,
+    }
+}
+
+/// A tenant with one provider, ready for machines.
+async fn tenant_with_provider(store: &dyn Storage, name: &str) -> (TenantId, ProviderId) {
+    let tenant = store.create_tenant(name).await.expect("create tenant");
+    let provider = provider(tenant.id, "local", None);
+    store.create_provider(&provider).await.expect("create provider");
+    (tenant.id, provider.id)
+}
+
+async fn add_machine(store: &dyn Storage, tenant_id: TenantId, provider_id: ProviderId) -> Machine {
+    let machine = machine(tenant_id, provider_id);
+    store.insert_machine(&machine, &spec()).await.expect("insert machine");
+    machine
+}
+
+/// Moves a machine along `states`, each step expecting the previous state.
+async fn walk(store: &dyn Storage, machine: &mut Machine, states: &[MachineState]) {
+    for &state in states {
+        let expected = machine.state;
+        machine.state = state;
+        machine.updated_at = nimbus_types::now();
+        store
+            .update_machine(machine, expected, Some(&format!("to {state}")))
+            .await
+            .unwrap_or_else(|err| panic!("{expected} -> {state}: {err}"));
+    }
+}
+
+fn assert_not_found<T: std::fmt::Debug>(result: Result<T, Error>, entity: &str, what: &str) {
+    match result {
+        Err(Error::NotFound { entity: got }) if got == entity => {}
+        other => panic!("{what}: expected NotFound {{ entity: {entity:?} }}, got {other:?}"),
+    }
+}
+
+fn assert_conflict<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) {
+    match result {
+        Err(Error::Conflict { .. }) => {}
+        other => panic!("{what}: expected Conflict, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases
+
+async fn backend_answers_ping(db: &TestDb) {
+    db.store.ping().await.expect("ping");
+    assert!(["sqlite", "postgres"].contains(&db.store.backend()));
+    assert!(!format!("{:?}", db.store).contains("Sealer"), "{:?}", db.store);
+}
+
+async fn tenants_crud_and_duplicate_names(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    assert!(store.list_tenants().await.unwrap().is_empty());
+    let acme = store.create_tenant("acme").await.unwrap();
+    let beta = store.create_tenant("beta").await.unwrap();
+    assert_ne!(acme.id, beta.id);
+
+    assert_eq!(store.get_tenant(acme.id).await.unwrap(), acme);
+    assert_eq!(store.get_tenant_by_name("beta").await.unwrap(), beta);
+    assert_eq!(store.list_tenants().await.unwrap(), vec![acme.clone(), beta]);
+
+    assert_conflict(store.create_tenant("acme").await, "duplicate tenant name");
+    assert_not_found(store.get_tenant(TenantId::new()).await, "tenant", "unknown tenant id");
+    assert_not_found(store.get_tenant_by_name("nope").await, "tenant", "unknown tenant name");
+    // A failed insert leaves nothing behind.
+    assert_eq!(store.list_tenants().await.unwrap().len(), 2);
+}
+
+async fn tenant_tokens(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let acme = store.create_tenant("acme").await.unwrap();
+    let beta = store.create_tenant("beta").await.unwrap();
+    let hash_a = [1u8; 32];
+    let hash_a2 = [2u8; 32];
+    let hash_b = [3u8; 32];
+    store.add_tenant_token(acme.id, &hash_a).await.unwrap();
+    store.add_tenant_token(acme.id, &hash_a2).await.unwrap();
+    store.add_tenant_token(beta.id, &hash_b).await.unwrap();
+
+    assert_eq!(store.tenant_for_token(&hash_a).await.unwrap(), Some(acme.id));
+    assert_eq!(store.tenant_for_token(&hash_a2).await.unwrap(), Some(acme.id));
+    assert_eq!(store.tenant_for_token(&hash_b).await.unwrap(), Some(beta.id));
+    assert_eq!(store.tenant_for_token(&[9u8; 32]).await.unwrap(), None);
+    assert_eq!(store.tenant_for_token(&[]).await.unwrap(), None);
+
+    assert_conflict(store.add_tenant_token(beta.id, &hash_a).await, "reused token hash");
+    assert_not_found(
+        store.add_tenant_token(TenantId::new(), &[4u8; 32]).await,
+        "tenant",
+        "token for an unknown tenant",
+    );
+}
+
+async fn providers_round_trip_with_sealed_credentials(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap();
+    let plaintext = r#"{"token":"hcloud-very-secret-4711"}"#;
+    let with = provider(tenant.id, "hetzner", Some(plaintext));
+    let without = provider(tenant.id, "bare", None);
+    store.create_provider(&with).await.unwrap();
+    store.create_provider(&without).await.unwrap();
+
+    let got = store.get_provider(tenant.id, with.id).await.unwrap();
+    assert_eq!(got, with);
+    assert_eq!(got.credentials.as_ref().unwrap().expose(), plaintext);
+    assert_eq!(store.get_provider(tenant.id, without.id).await.unwrap(), without);
+    assert_eq!(store.get_provider_by_name(tenant.id, "hetzner").await.unwrap(), with);
+    assert_eq!(
+        store.list_tenant_providers(tenant.id).await.unwrap(),
+        vec![without.clone(), with.clone()],
+        "ordered by name"
+    );
+    assert_eq!(store.list_all_providers().await.unwrap().len(), 2);
+
+    // At rest: sealed, not the plaintext nor any recognizable part of it.
+    let raw = db.raw().await;
+    let row = sqlx::query("SELECT credentials FROM providers WHERE id = $1")
+        .bind(with.id.to_string())
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = row.try_get("credentials").unwrap();
+    assert!(sealed.len() > plaintext.len(), "sealed value is {} bytes", sealed.len());
+    for needle in [plaintext.as_bytes(), b"very-secret", b"hcloud"] {
+        assert!(
+            !sealed.windows(needle.len()).any(|w| w == needle),
+            "credentials column contains {:?} in clear",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    let row = sqlx::query("SELECT credentials FROM providers WHERE id = $1")
+        .bind(without.id.to_string())
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    let none: Option<Vec<u8>> = row.try_get("credentials").unwrap();
+    assert_eq!(none, None);
+
+    // A sealed value moved to another row does not open there (bound to its row).
+    sqlx::query("UPDATE providers SET credentials = $1 WHERE id = $2")
+        .bind(sealed)
+        .bind(without.id.to_string())
+        .execute(&raw)
+        .await
+        .unwrap();
+    match store.get_provider(tenant.id, without.id).await {
+        Err(Error::Unseal) => {}
+        other => panic!("swapped credentials must not open, got {other:?}"),
+    }
+    raw.close().await;
+}
+
+async fn provider_names_are_unique_per_tenant(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let acme = store.create_tenant("acme").await.unwrap();
+    let beta = store.create_tenant("beta").await.unwrap();
+    store.create_provider(&provider(acme.id, "local", None)).await.unwrap();
+    assert_conflict(
+        store.create_provider(&provider(acme.id, "local", Some("x"))).await,
+        "same provider name in one tenant",
+    );
+    // Another tenant may use the name.
+    store.create_provider(&provider(beta.id, "local", None)).await.unwrap();
+    assert_not_found(
+        store.create_provider(&provider(TenantId::new(), "local", None)).await,
+        "tenant",
+        "provider of an unknown tenant",
+    );
+    assert_eq!(store.list_tenant_providers(acme.id).await.unwrap().len(), 1);
+}
+
+async fn tenants_are_isolated(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (a, a_provider) = tenant_with_provider(store, "tenant-a").await;
+    let (b, b_provider) = tenant_with_provider(store, "tenant-b").await;
+    let a_machine = add_machine(store, a, a_provider).await;
+    let b_machine = add_machine(store, b, b_provider).await;
+
+    // Tenant A cannot see tenant B's provider or machine.
+    assert_not_found(store.get_provider(a, b_provider).await, "provider", "A reads B's provider");
+    assert_not_found(
+        store.get_provider_by_name(a, "nope").await,
+        "provider",
+        "unknown provider name",
+    );
+    assert_not_found(
+        store.get_machine(Some(a), b_machine.id).await,
+        "machine",
+        "A reads B's machine",
+    );
+    assert_eq!(store.get_machine(Some(a), a_machine.id).await.unwrap().machine, a_machine);
+    assert_eq!(store.get_machine(None, b_machine.id).await.unwrap().machine, b_machine);
+
+    let listed = store
+        .list_machines(&MachineFilter {
+            tenant_id: Some(a),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.iter().map(|r| r.machine.id).collect::<Vec<_>>(), vec![a_machine.id]);
+    let providers = store.list_tenant_providers(a).await.unwrap();
+    assert_eq!(providers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![a_provider]);
+
+    // A cannot change, delete or use B's things.
+    assert_not_found(store.delete_provider(a, b_provider).await, "provider", "A deletes B's provider");
+    let mut stolen = b_machine.clone();
+    stolen.tenant_id = a;
+    stolen.state = MachineState::Failed;
+    assert_not_found(
+        store.update_machine(&stolen, MachineState::Provisioning, None).await,
+        "machine",
+        "A updates B's machine",
+    );
+    assert_eq!(
+        store.get_machine(None, b_machine.id).await.unwrap().machine.state,
+        MachineState::Provisioning,
+        "B's machine must be unchanged"
+    );
+    let foreign = machine(a, b_provider);
+    assert_not_found(
+        store.insert_machine(&foreign, &spec()).await,
+        "provider",
+        "A provisions on B's provider",
+    );
+
+    // Forge configuration is per tenant.
+    store
+        .set_tenant_forge_config(&ForgeConfig {
+            tenant_id: b,
+            forge_type: ForgeType::Github,
+            org: "b-org".into(),
+            credentials: Some(Secret::new("ghp_b")),
+            config: serde_json::json!({}),
+            updated_at: nimbus_types::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.get_tenant_forge_config(a).await.unwrap(), None);
+
+    // Events are filtered by tenant.
+    store.append_event(&Event::new(event::MACHINE_READY).tenant(a)).await.unwrap();
+    store.append_event(&Event::new(event::MACHINE_READY).tenant(b)).await.unwrap();
+    let events = store
+        .list_events(&EventFilter {
+            tenant_id: Some(a),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].tenant_id, Some(a));
+}
+
+async fn delete_provider_conflicts_while_machines_are_live(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let mut machine = add_machine(store, tenant, provider_id).await;
+
+    match store.delete_provider(tenant, provider_id).await {
+        Err(Error::Conflict { entity }) => assert!(entity.contains("machine"), "{entity}"),
+        other => panic!("deleting a provider with a live machine: expected Conflict, got {other:?}"),
+    }
+    assert!(store.get_provider(tenant, provider_id).await.is_ok());
+
+    walk(store, &mut machine, &[MachineState::Stopping, MachineState::Terminated]).await;
+    store.delete_provider(tenant, provider_id).await.unwrap();
+    assert_not_found(store.get_provider(tenant, provider_id).await, "provider", "deleted provider");
+    assert_not_found(
+        store.delete_provider(tenant, provider_id).await,
+        "provider",
+        "deleting twice",
+    );
+    // The terminated machine stays as history.
+    let record = store.get_machine(Some(tenant), machine.id).await.unwrap();
+    assert_eq!(record.machine.state, MachineState::Terminated);
+    assert_eq!(store.machine_history(machine.id).await.unwrap().len(), 3);
+    // And the name can be used again.
+    store.create_provider(&provider(tenant, "local", None)).await.unwrap();
+}
+
+async fn forge_config_upsert(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap();
+    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), None);
+
+    let first = ForgeConfig {
+        tenant_id: tenant.id,
+        forge_type: ForgeType::Github,
+        org: "acme".into(),
+        credentials: Some(Secret::new("-----BEGIN RSA PRIVATE KEY-----\nabc")),
+        config: serde_json::json!({ "app_id": 42 }),
+        updated_at: nimbus_types::now(),
+    };
+    store.set_tenant_forge_config(&first).await.unwrap();
+    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), Some(first.clone()));
+
+    let second = ForgeConfig {
+        forge_type: ForgeType::Gitlab,
+        org: "acme-group".into(),
+        credentials: None,
+        config: serde_json::json!({ "url": "https://gitlab.example" }),
+        updated_at: nimbus_types::now(),
+        ..first.clone()
+    };
+    store.set_tenant_forge_config(&second).await.unwrap();
+    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), Some(second));
+
+    // Credentials sealed at rest.
+    store.set_tenant_forge_config(&first).await.unwrap();
+    let raw = db.raw().await;
+    let row = sqlx::query("SELECT credentials FROM forge_configs WHERE tenant_id = $1")
+        .bind(tenant.id.to_string())
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    let sealed: Vec<u8> = row.try_get("credentials").unwrap();
+    assert!(!sealed.windows(10).any(|w| w == b"BEGIN RSA "), "forge credentials in clear");
+    raw.close().await;
+
+    assert_not_found(
+        store
+            .set_tenant_forge_config(&ForgeConfig {
+                tenant_id: TenantId::new(),
+                ..first
+            })
+            .await,
+        "tenant",
+        "forge of an unknown tenant",
+    );
+}
+
+async fn machines_insert_get_and_list_filters(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, local) = tenant_with_provider(store, "acme").await;
+    let other_provider = provider(tenant, "other", None);
+    store.create_provider(&other_provider).await.unwrap();
+
+    // Every field survives the round trip.
+    let mut full = machine(tenant, local);
+    full.ip_address = Some("10.0.0.7".into());
+    full.ssh_public_key = Some("ssh-ed25519 AAAA test".into());
+    full.instance_type = Some("mac2.metal".into());
+    full.image = Image {
+        id: Some("ami-123".into()),
+        image_type: ImageType::Ami,
+        state: ImageState::Installed,
+        installed_at: Some(nimbus_types::now()),
+    };
+    full.provider_metadata = ProviderMetadata {
+        instance_id: Some("i-abc".into()),
+        host_id: Some("h-1".into()),
+        minimum_allocation_hours: Some(24),
+        extra: [("az".to_owned(), "eu-1a".to_owned())].into(),
+    };
+    full.error = Some("previous attempt: throttled".into());
+    full.setup_progress = Some(SetupProgress {
+        steps: vec![SetupStep {
+            name: "install".into(),
+            status: StepStatus::Completed,
+            started_at: Some(nimbus_types::now()),
+            finished_at: Some(nimbus_types::now()),
+            error: None,
+        }],
+    });
+    let mut full_spec = spec();
+    full_spec.image_id = Some("ami-123".into());
+    full_spec.image_type = ImageType::Ami;
+    store.insert_machine(&full, &full_spec).await.unwrap();
+    let record = store.get_machine(Some(tenant), full.id).await.unwrap();
+    assert_eq!(record.machine, full);
+    assert_eq!(record.spec, full_spec);
+
+    assert_conflict(store.insert_machine(&full, &full_spec).await, "same machine id twice");
+
+    let second = add_machine(store, tenant, other_provider.id).await;
+    let mut third = add_machine(store, tenant, local).await;
+    walk(store, &mut third, &[MachineState::Failed, MachineState::Terminated]).await;
+
+    let ids = |records: Vec<nimbus_store::MachineRecord>| {
+        records.into_iter().map(|r| r.machine.id).collect::<Vec<_>>()
+    };
+    let all = store
+        .list_machines(&MachineFilter {
+            include_terminated: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(all), vec![full.id, second.id, third.id], "ordered by created_at, id");
+    let live = store.list_machines(&MachineFilter::default()).await.unwrap();
+    assert_eq!(ids(live), vec![full.id, second.id], "terminated excluded by default");
+    let by_provider = store
+        .list_machines(&MachineFilter {
+            tenant_id: Some(tenant),
+            provider_id: Some(local),
+            include_terminated: true,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(by_provider), vec![full.id, third.id]);
+    let other_tenant = store
+        .list_machines(&MachineFilter {
+            tenant_id: Some(TenantId::new()),
+            include_terminated: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(other_tenant.is_empty());
+}
+
+async fn machine_transitions_and_history(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let mut machine = add_machine(store, tenant, provider_id).await;
+
+    walk(
+        store,
+        &mut machine,
+        &[MachineState::ImageInstalling, MachineState::Ready, MachineState::Running],
+    )
+    .await;
+
+    // Saving without a state change updates fields but adds no history.
+    machine.ip_address = Some("127.0.0.1".into());
+    store.update_machine(&machine, MachineState::Running, None).await.unwrap();
+    let stored = store.get_machine(Some(tenant), machine.id).await.unwrap().machine;
+    assert_eq!(stored.ip_address.as_deref(), Some("127.0.0.1"));
+
+    // Illegal moves are rejected and change nothing.
+    for illegal in [MachineState::Provisioning, MachineState::ImageInstalling, MachineState::Terminated] {
+        let mut attempt = machine.clone();
+        attempt.state = illegal;
+        attempt.ip_address = Some("10.9.9.9".into());
+        match store.update_machine(&attempt, MachineState::Running, None).await {
+            Err(Error::Transition(err)) => {
+                assert_eq!((err.from, err.to), (MachineState::Running, illegal));
+            }
+            other => panic!("running -> {illegal}: expected Transition error, got {other:?}"),
+        }
+    }
+    let stored = store.get_machine(Some(tenant), machine.id).await.unwrap().machine;
+    assert_eq!(stored.state, MachineState::Running);
+    assert_eq!(stored.ip_address.as_deref(), Some("127.0.0.1"));
+
+    walk(
+        store,
+        &mut machine,
+        &[MachineState::Ready, MachineState::Stopping, MachineState::Terminated],
+    )
+    .await;
+    // Nothing leaves terminated.
+    let mut zombie = machine.clone();
+    zombie.state = MachineState::Failed;
+    assert!(matches!(
+        store.update_machine(&zombie, MachineState::Terminated, None).await,
+        Err(Error::Transition(_))
+    ));
+
+    let history = store.machine_history(machine.id).await.unwrap();
+    let states: Vec<MachineState> = history.iter().map(|change| change.state).collect();
+    use MachineState::*;
+    assert_eq!(
+        states,
+        vec![Provisioning, ImageInstalling, Ready, Running, Ready, Stopping, Terminated]
+    );
+    assert_eq!(history[0].reason, None);
+    assert_eq!(history[1].reason.as_deref(), Some("to image_installing"));
+    assert!(
+        history.windows(2).all(|w| w[0].at <= w[1].at),
+        "history timestamps must not go backwards: {history:?}"
+    );
+}
+
+async fn concurrent_updates_see_stale_state(db: &TestDb) {
+    let store = db.store.clone();
+    let (tenant, provider_id) = tenant_with_provider(&store, "acme").await;
+    let machine = add_machine(&store, tenant, provider_id).await;
+
+    // Stale expectation: someone else moved the machine first.
+    let mut ready = machine.clone();
+    ready.state = MachineState::Ready;
+    store.update_machine(&ready, MachineState::Provisioning, None).await.unwrap();
+    let mut failed = machine.clone();
+    failed.state = MachineState::Failed;
+    failed.error = Some("late".into());
+    match store.update_machine(&failed, MachineState::Provisioning, None).await {
+        Err(Error::StaleState { id, expected, actual }) => {
+            assert_eq!(id, machine.id);
+            assert_eq!(expected, MachineState::Provisioning);
+            assert_eq!(actual, MachineState::Ready);
+        }
+        other => panic!("expected StaleState, got {other:?}"),
+    }
+    let stored = store.get_machine(None, machine.id).await.unwrap().machine;
+    assert_eq!((stored.state, stored.error.as_deref()), (MachineState::Ready, None));
+
+    // Racing writers with the same expectation: exactly one wins.
+    let mut tasks = Vec::new();
+    for idx in 0..10 {
+        let store = store.clone();
+        let mut attempt = stored.clone();
+        attempt.state = if idx % 2 == 0 { MachineState::Running } else { MachineState::Stopping };
+        tasks.push(tokio::spawn(async move {
+            store.update_machine(&attempt, MachineState::Ready, Some("race")).await
+        }));
+    }
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(Error::StaleState { .. }) => {}
+            Err(err) => panic!("racing update: unexpected error {err}"),
+        }
+    }
+    assert_eq!(wins, 1, "exactly one of the racing updates must win");
+    let history = store.machine_history(machine.id).await.unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+}
+
+async fn unknown_ids_are_not_found(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    assert_not_found(store.get_machine(None, MachineId::new()).await, "machine", "get_machine");
+    assert_not_found(store.machine_history(MachineId::new()).await, "machine", "machine_history");
+    assert_not_found(
+        store.get_provider(tenant, ProviderId::new()).await,
+        "provider",
+        "get_provider",
+    );
+    assert_not_found(
+        store.delete_provider(tenant, ProviderId::new()).await,
+        "provider",
+        "delete_provider",
+    );
+    let mut ghost = machine(tenant, provider_id);
+    ghost.state = MachineState::Failed;
+    assert_not_found(
+        store.update_machine(&ghost, MachineState::Provisioning, None).await,
+        "machine",
+        "update_machine",
+    );
+    assert_not_found(
+        store.insert_machine(&machine(tenant, ProviderId::new()), &spec()).await,
+        "provider",
+        "insert_machine with an unknown provider",
+    );
+    assert!(store.list_machines(&MachineFilter::default()).await.unwrap().is_empty());
+}
+
+async fn events_append_and_list(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let machine = add_machine(store, tenant, provider_id).await;
+
+    let full = Event::new(event::MACHINE_PROVISION_FAILURE)
+        .tenant(tenant)
+        .machine(machine.id)
+        .duration(Duration::from_millis(1500))
+        .error("capacity: no hosts")
+        .meta("provider", "local")
+        .meta("attempt", 2);
+    let seq_full = store.append_event(&full).await.unwrap();
+    let seq_bare = store.append_event(&Event::new(event::SSH_CONNECT_START)).await.unwrap();
+    let seq_tenant = store
+        .append_event(&Event::new(event::MACHINE_READY).tenant(tenant))
+        .await
+        .unwrap();
+    assert!(seq_full > 0 && seq_full < seq_bare && seq_bare < seq_tenant);
+
+    let all = store.list_events(&EventFilter::default()).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full, seq_bare, seq_tenant]);
+    assert_eq!(all[0], Event { seq: seq_full, ..full });
+    assert_eq!(all[1].tenant_id, None);
+    assert!(all[1].metadata.is_empty());
+
+    let after = store
+        .list_events(&EventFilter {
+            after_seq: Some(seq_full),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_bare, seq_tenant]);
+    let limited = store
+        .list_events(&EventFilter {
+            limit: Some(1),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full]);
+    let of_tenant = store
+        .list_events(&EventFilter {
+            tenant_id: Some(tenant),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_tenant.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full, seq_tenant]);
+    let of_machine = store
+        .list_events(&EventFilter {
+            tenant_id: Some(tenant),
+            machine_id: Some(machine.id),
+            after_seq: Some(0),
+            limit: Some(10),
+        })
+        .await
+        .unwrap();
+    assert_eq!(of_machine.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full]);
+
+    // The default limit is 1000.
+    for _ in 0..1005 {
+        store.append_event(&Event::new(event::SSH_COMMAND_START)).await.unwrap();
+    }
+    assert_eq!(store.list_events(&EventFilter::default()).await.unwrap().len(), 1000);
+}
+
+/// 50 writers at once (each creating a tenant, a provider, machines, history and events) never
+/// see "database is locked" or any other error.
+async fn concurrent_writers(db: &TestDb) {
+    let store = db.store.clone();
+    let mut tasks = Vec::new();
+    for idx in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let (tenant, provider_id) = tenant_with_provider(&store, &format!("t{idx}")).await;
+            let mut machine = add_machine(&store, tenant, provider_id).await;
+            walk(&store, &mut machine, &[MachineState::Ready, MachineState::Running]).await;
+            for _ in 0..5 {
+                store
+                    .append_event(&Event::new(event::MACHINE_READY).tenant(tenant))
+                    .await
+                    .map_err(|err| format!("append_event: {err}"))?;
+            }
+            store
+                .add_tenant_token(tenant, format!("token-{idx}").as_bytes())
+                .await
+                .map_err(|err| format!("add_tenant_token: {err}"))?;
+            Ok::<_, String>(tenant)
+        }));
+    }
+    let mut tenants = HashSet::new();
+    for (idx, task) in tasks.into_iter().enumerate() {
+        match task.await {
+            Ok(Ok(tenant)) => {
+                tenants.insert(tenant);
+            }
+            Ok(Err(err)) => panic!("writer {idx} failed: {err}"),
+            Err(err) => panic!("writer {idx} panicked: {err}"),
+        }
+    }
+    assert_eq!(tenants.len(), 50);
+    assert_eq!(store.list_tenants().await.unwrap().len(), 50);
+    assert_eq!(store.list_machines(&MachineFilter::default()).await.unwrap().len(), 50);
+    let events = store
+        .list_events(&EventFilter {
+            limit: Some(10_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 250);
+    let seqs: HashSet<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), 250, "event sequence numbers must be unique");
+}
+
+async fn reopening_keeps_data(db: &TestDb) {
+    let (tenant, provider_id) = tenant_with_provider(&db.store, "acme").await;
+    let secret = provider(tenant, "secret", Some("s3cr3t"));
+    db.store.create_provider(&secret).await.unwrap();
+    let mut machine = add_machine(&db.store, tenant, provider_id).await;
+    walk(&db.store, &mut machine, &[MachineState::Ready]).await;
+    let seq = db.store.append_event(&Event::new(event::MACHINE_READY)).await.unwrap();
+
+    let store = db.reopen(db.key.clone()).await;
+    assert_eq!(store.get_tenant_by_name("acme").await.unwrap().id, tenant);
+    assert_eq!(store.get_provider(tenant, secret.id).await.unwrap(), secret);
+    assert_eq!(store.get_machine(Some(tenant), machine.id).await.unwrap().machine, machine);
+    assert_eq!(store.machine_history(machine.id).await.unwrap().len(), 2);
+    let events = store.list_events(&EventFilter::default()).await.unwrap();
+    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    // Sequence numbers keep growing after a reopen.
+    let next = store.append_event(&Event::new(event::MACHINE_READY)).await.unwrap();
+    assert!(next > seq);
+    store.close().await;
+}
+
+async fn wrong_seal_key_cannot_open_credentials(db: &TestDb) {
+    let tenant = db.store.create_tenant("acme").await.unwrap();
+    let secret = provider(tenant.id, "secret", Some("s3cr3t"));
+    let plain = provider(tenant.id, "plain", None);
+    db.store.create_provider(&secret).await.unwrap();
+    db.store.create_provider(&plain).await.unwrap();
+    db.store
+        .set_tenant_forge_config(&ForgeConfig {
+            tenant_id: tenant.id,
+            forge_type: ForgeType::Forgejo,
+            org: "acme".into(),
+            credentials: Some(Secret::new("forgejo-token")),
+            config: serde_json::json!({}),
+            updated_at: nimbus_types::now(),
+        })
+        .await
+        .unwrap();
+
+    let store = db.reopen(SealKey::generate()).await;
+    for (what, result) in [
+        ("get_provider", store.get_provider(tenant.id, secret.id).await.map(|_| ())),
+        ("list_tenant_providers", store.list_tenant_providers(tenant.id).await.map(|_| ())),
+        ("get_tenant_forge_config", store.get_tenant_forge_config(tenant.id).await.map(|_| ())),
+    ] {
+        match result {
+            Err(Error::Unseal) => {}
+            other => panic!("{what} with the wrong key: expected Error::Unseal, got {other:?}"),
+        }
+    }
+    let message = Error::Unseal.to_string();
+    assert!(message.contains("NIMBUS_SECRET_KEY"), "{message}");
+    // Rows without credentials still read fine; everything else is intact.
+    assert_eq!(store.get_provider(tenant.id, plain.id).await.unwrap(), plain);
+    assert_eq!(store.get_tenant(tenant.id).await.unwrap(), tenant);
+    store.close().await;
+}
