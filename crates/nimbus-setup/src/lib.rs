@@ -7,5 +7,7 @@
 //! This crate must not touch the store or decide lifecycle: it runs what it is told on the
 //! machine it is given and reports what happened.
 
+pub mod events;
 pub mod exec;
 pub mod local;
+pub mod ssh;

@@ -151,7 +151,11 @@ pub fn machine_processes(machine_id: &str) -> Vec<i32> {
         .filter(|pid| *pid != own)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|environ| environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+                .map(|environ| {
+                    environ
+                        .split(|b| *b == 0)
+                        .any(|var| var == needle.as_bytes())
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -204,14 +208,21 @@ mod tests {
             .await
             .unwrap();
         assert!(out.success(), "{out:?}");
-        assert!(out.stdout_str().starts_with(hostile), "{}", out.stdout_str());
+        assert!(
+            out.stdout_str().starts_with(hostile),
+            "{}",
+            out.stdout_str()
+        );
         assert!(!exec.dir().join("pwned").exists());
     }
 
     #[tokio::test]
     async fn reports_exit_code_and_stderr() {
         let (_dir, exec) = exec();
-        let out = exec.run(&Command::new("echo oops >&2; exit 3")).await.unwrap();
+        let out = exec
+            .run(&Command::new("echo oops >&2; exit 3"))
+            .await
+            .unwrap();
         assert_eq!(out.exit_code, 3);
         assert_eq!(out.stderr_str(), "oops\n");
     }
@@ -243,7 +254,10 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        assert!(gone, "background process {pid} outlived its command's timeout");
+        assert!(
+            gone,
+            "background process {pid} outlived its command's timeout"
+        );
     }
 
     #[tokio::test]
@@ -253,7 +267,10 @@ mod tests {
         let path = exec.dir().join("etc/x/config");
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     #[tokio::test]

@@ -151,7 +151,10 @@ impl Sshd {
             let _ = child.kill();
             let _ = child.wait();
             for pid in pids {
-                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).output();
+                let _ = Command::new("kill")
+                    .arg("-KILL")
+                    .arg(pid.to_string())
+                    .output();
             }
         }
     }
@@ -285,7 +288,11 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut parents = Vec::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -313,7 +320,10 @@ fn descendants(root: u32) -> Vec<u32> {
 }
 
 fn first_two_fields(line: &str) -> String {
-    line.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+    line.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn keygen(path: &Path) -> anyhow::Result<()> {
@@ -339,7 +349,10 @@ fn is_root() -> bool {
 fn id(args: &[&str]) -> anyhow::Result<u32> {
     let out = Command::new("id").args(args).output().context("run id")?;
     if !out.status.success() {
-        bail!("id {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "id {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
@@ -404,7 +417,10 @@ mod tests {
             sshd.log()
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.starts_with(&format!("{}\n", sshd.user())), "{stdout}");
+        assert!(
+            stdout.starts_with(&format!("{}\n", sshd.user())),
+            "{stdout}"
+        );
 
         let scratch = sshd.scratch_dir();
         let out = sshd
@@ -412,7 +428,11 @@ mod tests {
             .arg(format!("touch {}/written", scratch.display()))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(scratch.join("written").exists());
 
         let before = sshd.host_public_key().to_owned();
