@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -79,29 +80,33 @@ impl Exec for LocalExec {
     async fn run(&self, command: &Command) -> Result<Output, Error> {
         let mut child = self.command(command).spawn()?;
         let mut guard = GroupGuard(child.id().map(|pid| pid as i32));
-        let mut stdout = child.stdout.take().expect("stdout is piped");
-        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
         let stdin = child.stdin.take();
         let input = command.stdin.clone();
 
+        // Readers fill shared buffers, so that what was read survives when a background job
+        // that inherited the pipes keeps them open after the command itself exited.
+        let out_buf = Arc::new(Mutex::new(Vec::new()));
+        let err_buf = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = tokio::task::JoinSet::new();
+        readers.spawn(read_into(stdout, out_buf.clone()));
+        readers.spawn(read_into(stderr, err_buf.clone()));
         let work = async {
-            let feed = async {
-                if let (Some(mut stdin), Some(input)) = (stdin, input) {
-                    // A command that exits without reading its input is not an error.
-                    let _ = stdin.write_all(&input).await;
-                }
-                Ok::<_, std::io::Error>(())
-            };
-            let (out, err, status, _) = tokio::try_join!(
-                read_capped(&mut stdout),
-                read_capped(&mut stderr),
-                child.wait(),
-                feed
-            )?;
+            if let (Some(mut stdin), Some(input)) = (stdin, input) {
+                // A command that exits without reading its input is not an error.
+                let _ = stdin.write_all(&input).await;
+            }
+            let status = child.wait().await?;
+            let drained = async { while readers.join_next().await.is_some() {} };
+            if tokio::time::timeout(PIPE_DRAIN, drained).await.is_err() {
+                readers.abort_all();
+            }
+            let take = |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().expect("output lock"));
             Ok::<_, std::io::Error>(Output {
                 exit_code: status.code().unwrap_or(-1),
-                stdout: out,
-                stderr: err,
+                stdout: take(&out_buf),
+                stderr: take(&err_buf),
             })
         };
         match tokio::time::timeout(command.timeout, work).await {
@@ -127,15 +132,17 @@ impl Exec for LocalExec {
     }
 }
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
+/// How long output is still collected after a command exited (background jobs may hold its
+/// pipes open indefinitely).
+const PIPE_DRAIN: Duration = Duration::from_millis(200);
+
+async fn read_into<R: tokio::io::AsyncRead + Unpin>(mut reader: R, out: Arc<Mutex<Vec<u8>>>) {
     let mut buf = [0u8; 8192];
-    loop {
-        let n = reader.read(&mut buf).await?;
+    while let Ok(n) = reader.read(&mut buf).await {
         if n == 0 {
-            return Ok(out);
+            return;
         }
-        push_capped(&mut out, &buf[..n]);
+        push_capped(&mut out.lock().expect("output lock"), &buf[..n]);
     }
 }
 
@@ -258,6 +265,19 @@ mod tests {
             gone,
             "background process {pid} outlived its command's timeout"
         );
+    }
+
+    #[tokio::test]
+    async fn a_background_job_holding_the_pipes_does_not_block_completion() {
+        let (_dir, exec) = exec();
+        let out = exec
+            .run(&Command::new("sleep 30 & echo started; echo bad >&2; exit 4").timeout(Duration::from_secs(10)))
+            .await
+            .unwrap();
+        assert_eq!(out.exit_code, 4);
+        assert_eq!(out.stdout_str(), "started\n");
+        assert_eq!(out.stderr_str(), "bad\n");
+        kill_machine_processes(&exec.machine_id, Duration::from_secs(1)).await;
     }
 
     #[tokio::test]
