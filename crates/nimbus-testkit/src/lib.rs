@@ -6,6 +6,10 @@ pub mod sshd;
 
 pub mod postgres;
 
+pub mod prism;
+
+pub mod moto;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
