@@ -77,9 +77,7 @@ impl SealKey {
         let key = SealKey::generate();
         match key.write_new_key_file(key_file) {
             Ok(()) => Ok(key),
-            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                Self::read_key_file(key_file)
-            }
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => Self::read_key_file(key_file),
             Err(source) => Err(KeyError::Io {
                 path: key_file.to_owned(),
                 source,
@@ -187,7 +185,13 @@ impl Sealer {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let ciphertext = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             // Encryption only fails for inputs beyond 2^38 bytes, far above any credential.
             .expect("XChaCha20-Poly1305 encryption of a credential");
         let mut sealed = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
@@ -359,7 +363,10 @@ mod tests {
         SealKey::load_or_create(None, &path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = SealKey::load_or_create(None, &path).unwrap_err();
-        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err:?}");
+        assert!(
+            matches!(err, KeyError::Permissions { mode: 0o644, .. }),
+            "{err:?}"
+        );
         assert!(err.to_string().contains("chmod 600"), "{err}");
     }
 
@@ -370,6 +377,9 @@ mod tests {
         fs::write(&path, "short").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let err = SealKey::load_or_create(None, &path).unwrap_err();
-        assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
     }
 }

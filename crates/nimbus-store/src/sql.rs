@@ -18,19 +18,17 @@ use async_trait::async_trait;
 use nimbus_types::api::StateChange;
 use nimbus_types::event::Event;
 use nimbus_types::{
-    ForgeConfig, Image, Machine, MachineId, MachineSpec, MachineState, ProviderConfig,
-    ProviderId, ProviderMetadata, Secret, SetupProgress, Tenant, TenantId,
+    ForgeConfig, Image, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId,
+    ProviderMetadata, Secret, SetupProgress, Tenant, TenantId,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{
-    Error, EventFilter, MachineFilter, MachineRecord, Result, Sealer, Storage,
-};
+use crate::{Error, EventFilter, MachineFilter, MachineRecord, Result, Sealer, Storage};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -99,30 +97,34 @@ impl SqlStore {
                 .into(),
             )));
         };
-        let mut pool_options = AnyPoolOptions::new().max_connections(options.max_connections.max(1));
+        let mut pool_options =
+            AnyPoolOptions::new().max_connections(options.max_connections.max(1));
+        let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128) as u32;
         let url = match backend {
             Backend::Sqlite => {
-                let busy_ms = options.busy_timeout.as_millis().min(i32::MAX as u128);
-                pool_options = pool_options.after_connect(move |conn, _meta| {
-                    Box::pin(async move {
-                        // busy_timeout first: the others may have to wait for a lock.
-                        sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
-                            .execute(&mut *conn)
-                            .await?;
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA foreign_keys = ON",
-                            "PRAGMA synchronous = NORMAL",
-                        ] {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                        Ok(())
-                    })
-                });
-                prepare_sqlite_file(url)?
+                pool_options = pool_options
+                    .after_connect(move |conn, _meta| Box::pin(sqlite_pragmas(conn, busy_ms)));
+                let (url, in_memory) = prepare_sqlite_file(url)?;
+                if in_memory {
+                    // Every new connection would open its own empty in-memory database: keep
+                    // exactly one, forever.
+                    pool_options = pool_options
+                        .max_connections(1)
+                        .min_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None);
+                }
+                url
             }
             Backend::Postgres => url.to_owned(),
         };
+        // The pool retries failed connections until its timeout; one direct attempt first
+        // reports a wrong address, a refused connection or a file that is not a database at once.
+        let mut probe = AnyConnection::connect(&url).await?;
+        if backend == Backend::Sqlite {
+            sqlite_pragmas(&mut probe, busy_ms).await?;
+        }
+        probe.close().await?;
         let pool = pool_options.connect(&url).await?;
         let migrator = match backend {
             Backend::Sqlite => &SQLITE_MIGRATOR,
@@ -184,6 +186,16 @@ impl SqlStore {
         }
     }
 
+    /// Starts a write transaction. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), waiting up to the busy timeout for another process's writer, instead of
+    /// failing when a read turns into a write under a concurrent commit.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Row-lock clause for reads that guard a later write in the same transaction. SQLite
     /// needs none: its writes are serialized by `write_guard`.
     fn lock_clause(&self, mode: &str) -> String {
@@ -223,7 +235,7 @@ impl SqlStore {
     }
 
     async fn insert_machine_locked(&self, machine: &Machine, spec: &MachineSpec) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let sql = format!(
             "SELECT id FROM providers WHERE id = $1 AND tenant_id = $2{}",
             self.lock_clause("SHARE")
@@ -273,7 +285,7 @@ impl SqlStore {
         expected: MachineState,
         reason: Option<&str>,
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let result = sqlx::query(
             "UPDATE machines SET state = $3, ip_address = $4, ssh_public_key = $5, labels = $6, \
              instance_type = $7, image = $8, provider_metadata = $9, error = $10, \
@@ -319,7 +331,7 @@ impl SqlStore {
     }
 
     async fn delete_provider_locked(&self, tenant_id: TenantId, id: ProviderId) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Locking the provider row waits for machine inserts that hold it (FOR SHARE) to
         // commit, so the count below sees them.
         let sql = format!(
@@ -453,7 +465,7 @@ impl Storage for SqlStore {
 
     async fn add_tenant_token(&self, tenant_id: TenantId, token_sha256: &[u8]) -> Result<()> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let tenant = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(tenant_id.to_string())
             .fetch_optional(&mut *tx)
@@ -485,7 +497,7 @@ impl Storage for SqlStore {
     async fn create_provider(&self, provider: &ProviderConfig) -> Result<()> {
         let credentials = self.seal(&provider.credentials, &provider_aad(provider.id));
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let tenant = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(provider.tenant_id.to_string())
             .fetch_optional(&mut *tx)
@@ -541,7 +553,7 @@ impl Storage for SqlStore {
     async fn set_tenant_forge_config(&self, forge: &ForgeConfig) -> Result<()> {
         let credentials = self.seal(&forge.credentials, &forge_aad(forge.tenant_id));
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let tenant = sqlx::query("SELECT id FROM tenants WHERE id = $1")
             .bind(forge.tenant_id.to_string())
             .fetch_optional(&mut *tx)
@@ -663,7 +675,7 @@ impl Storage for SqlStore {
 
     async fn append_event(&self, event: &Event) -> Result<i64> {
         let _guard = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             // Sequence numbers are handed out at insert but become visible at commit; taking
             // the table lock makes both orders agree, so a reader following `after_seq` never
@@ -740,13 +752,15 @@ async fn insert_history(
     state: MachineState,
     reason: Option<&str>,
 ) -> Result<()> {
-    sqlx::query("INSERT INTO machine_history (machine_id, state, at, reason) VALUES ($1, $2, $3, $4)")
-        .bind(id.to_string())
-        .bind(state.as_str())
-        .bind(micros(nimbus_types::now()))
-        .bind(reason.map(str::to_owned))
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO machine_history (machine_id, state, at, reason) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(id.to_string())
+    .bind(state.as_str())
+    .bind(micros(nimbus_types::now()))
+    .bind(reason.map(str::to_owned))
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }
 
@@ -849,16 +863,31 @@ fn timestamp(row: &AnyRow, column: &str) -> Result<OffsetDateTime> {
         .map_err(|err| Error::Corrupt(format!("column {column} holds timestamp {us}: {err}")))
 }
 
+/// Per-connection SQLite settings. `busy_timeout` first: the others may have to wait for a lock.
+async fn sqlite_pragmas(conn: &mut AnyConnection, busy_ms: u32) -> sqlx::Result<()> {
+    sqlx::query(&format!("PRAGMA busy_timeout = {busy_ms}"))
+        .execute(&mut *conn)
+        .await?;
+    for pragma in [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA synchronous = NORMAL",
+    ] {
+        sqlx::query(pragma).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// Creates a SQLite database file (0600) and its directory when missing, and returns the URL
-/// to connect with. In-memory databases pass through.
-fn prepare_sqlite_file(url: &str) -> Result<String> {
+/// to connect with and whether the database lives in memory.
+fn prepare_sqlite_file(url: &str) -> Result<(String, bool)> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
     let path = options.get_filename();
     let in_memory = url.contains(":memory:") || url.contains("mode=memory");
     if in_memory {
-        return Ok(url.to_owned());
+        return Ok((url.to_owned(), true));
     }
     let io_err = |what: &str, err: std::io::Error| {
         Error::Database(sqlx::Error::Configuration(
@@ -883,7 +912,7 @@ fn prepare_sqlite_file(url: &str) -> Result<String> {
         Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(err) => return Err(io_err("cannot create the database file", err)),
     }
-    Ok(url.to_owned())
+    Ok((url.to_owned(), false))
 }
 
 /// A database URL without its password, for error messages.

@@ -39,7 +39,10 @@ impl TestDb {
             .get_or_init(|| Postgres::start().map_err(|err| format!("{err:#}")))
             .as_ref()
             .unwrap_or_else(|err| panic!("cannot start the test PostgreSQL server: {err}"));
-        let name = format!("t_{}", test.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+        let name = format!(
+            "t_{}",
+            test.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        );
         let url = tokio::task::block_in_place(|| server.create_database(&name))
             .unwrap_or_else(|err| panic!("create database {name}: {err:#}"));
         TestDb::open(url, None).await
@@ -173,13 +176,19 @@ fn machine(tenant_id: TenantId, provider_id: ProviderId) -> Machine {
 async fn tenant_with_provider(store: &dyn Storage, name: &str) -> (TenantId, ProviderId) {
     let tenant = store.create_tenant(name).await.expect("create tenant");
     let provider = provider(tenant.id, "local", None);
-    store.create_provider(&provider).await.expect("create provider");
+    store
+        .create_provider(&provider)
+        .await
+        .expect("create provider");
     (tenant.id, provider.id)
 }
 
 async fn add_machine(store: &dyn Storage, tenant_id: TenantId, provider_id: ProviderId) -> Machine {
     let machine = machine(tenant_id, provider_id);
-    store.insert_machine(&machine, &spec()).await.expect("insert machine");
+    store
+        .insert_machine(&machine, &spec())
+        .await
+        .expect("insert machine");
     machine
 }
 
@@ -216,7 +225,11 @@ fn assert_conflict<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) {
 async fn backend_answers_ping(db: &TestDb) {
     db.store.ping().await.expect("ping");
     assert!(["sqlite", "postgres"].contains(&db.store.backend()));
-    assert!(!format!("{:?}", db.store).contains("Sealer"), "{:?}", db.store);
+    assert!(
+        !format!("{:?}", db.store).contains("Sealer"),
+        "{:?}",
+        db.store
+    );
 }
 
 async fn tenants_crud_and_duplicate_names(db: &TestDb) {
@@ -228,11 +241,22 @@ async fn tenants_crud_and_duplicate_names(db: &TestDb) {
 
     assert_eq!(store.get_tenant(acme.id).await.unwrap(), acme);
     assert_eq!(store.get_tenant_by_name("beta").await.unwrap(), beta);
-    assert_eq!(store.list_tenants().await.unwrap(), vec![acme.clone(), beta]);
+    assert_eq!(
+        store.list_tenants().await.unwrap(),
+        vec![acme.clone(), beta]
+    );
 
     assert_conflict(store.create_tenant("acme").await, "duplicate tenant name");
-    assert_not_found(store.get_tenant(TenantId::new()).await, "tenant", "unknown tenant id");
-    assert_not_found(store.get_tenant_by_name("nope").await, "tenant", "unknown tenant name");
+    assert_not_found(
+        store.get_tenant(TenantId::new()).await,
+        "tenant",
+        "unknown tenant id",
+    );
+    assert_not_found(
+        store.get_tenant_by_name("nope").await,
+        "tenant",
+        "unknown tenant name",
+    );
     // A failed insert leaves nothing behind.
     assert_eq!(store.list_tenants().await.unwrap().len(), 2);
 }
@@ -248,13 +272,25 @@ async fn tenant_tokens(db: &TestDb) {
     store.add_tenant_token(acme.id, &hash_a2).await.unwrap();
     store.add_tenant_token(beta.id, &hash_b).await.unwrap();
 
-    assert_eq!(store.tenant_for_token(&hash_a).await.unwrap(), Some(acme.id));
-    assert_eq!(store.tenant_for_token(&hash_a2).await.unwrap(), Some(acme.id));
-    assert_eq!(store.tenant_for_token(&hash_b).await.unwrap(), Some(beta.id));
+    assert_eq!(
+        store.tenant_for_token(&hash_a).await.unwrap(),
+        Some(acme.id)
+    );
+    assert_eq!(
+        store.tenant_for_token(&hash_a2).await.unwrap(),
+        Some(acme.id)
+    );
+    assert_eq!(
+        store.tenant_for_token(&hash_b).await.unwrap(),
+        Some(beta.id)
+    );
     assert_eq!(store.tenant_for_token(&[9u8; 32]).await.unwrap(), None);
     assert_eq!(store.tenant_for_token(&[]).await.unwrap(), None);
 
-    assert_conflict(store.add_tenant_token(beta.id, &hash_a).await, "reused token hash");
+    assert_conflict(
+        store.add_tenant_token(beta.id, &hash_a).await,
+        "reused token hash",
+    );
     assert_not_found(
         store.add_tenant_token(TenantId::new(), &[4u8; 32]).await,
         "tenant",
@@ -274,8 +310,17 @@ async fn providers_round_trip_with_sealed_credentials(db: &TestDb) {
     let got = store.get_provider(tenant.id, with.id).await.unwrap();
     assert_eq!(got, with);
     assert_eq!(got.credentials.as_ref().unwrap().expose(), plaintext);
-    assert_eq!(store.get_provider(tenant.id, without.id).await.unwrap(), without);
-    assert_eq!(store.get_provider_by_name(tenant.id, "hetzner").await.unwrap(), with);
+    assert_eq!(
+        store.get_provider(tenant.id, without.id).await.unwrap(),
+        without
+    );
+    assert_eq!(
+        store
+            .get_provider_by_name(tenant.id, "hetzner")
+            .await
+            .unwrap(),
+        with
+    );
     assert_eq!(
         store.list_tenant_providers(tenant.id).await.unwrap(),
         vec![without.clone(), with.clone()],
@@ -291,7 +336,11 @@ async fn providers_round_trip_with_sealed_credentials(db: &TestDb) {
         .await
         .unwrap();
     let sealed: Vec<u8> = row.try_get("credentials").unwrap();
-    assert!(sealed.len() > plaintext.len(), "sealed value is {} bytes", sealed.len());
+    assert!(
+        sealed.len() > plaintext.len(),
+        "sealed value is {} bytes",
+        sealed.len()
+    );
     for needle in [plaintext.as_bytes(), b"very-secret", b"hcloud"] {
         assert!(
             !sealed.windows(needle.len()).any(|w| w == needle),
@@ -325,15 +374,25 @@ async fn provider_names_are_unique_per_tenant(db: &TestDb) {
     let store: &dyn Storage = &db.store;
     let acme = store.create_tenant("acme").await.unwrap();
     let beta = store.create_tenant("beta").await.unwrap();
-    store.create_provider(&provider(acme.id, "local", None)).await.unwrap();
+    store
+        .create_provider(&provider(acme.id, "local", None))
+        .await
+        .unwrap();
     assert_conflict(
-        store.create_provider(&provider(acme.id, "local", Some("x"))).await,
+        store
+            .create_provider(&provider(acme.id, "local", Some("x")))
+            .await,
         "same provider name in one tenant",
     );
     // Another tenant may use the name.
-    store.create_provider(&provider(beta.id, "local", None)).await.unwrap();
+    store
+        .create_provider(&provider(beta.id, "local", None))
+        .await
+        .unwrap();
     assert_not_found(
-        store.create_provider(&provider(TenantId::new(), "local", None)).await,
+        store
+            .create_provider(&provider(TenantId::new(), "local", None))
+            .await,
         "tenant",
         "provider of an unknown tenant",
     );
@@ -348,7 +407,11 @@ async fn tenants_are_isolated(db: &TestDb) {
     let b_machine = add_machine(store, b, b_provider).await;
 
     // Tenant A cannot see tenant B's provider or machine.
-    assert_not_found(store.get_provider(a, b_provider).await, "provider", "A reads B's provider");
+    assert_not_found(
+        store.get_provider(a, b_provider).await,
+        "provider",
+        "A reads B's provider",
+    );
     assert_not_found(
         store.get_provider_by_name(a, "nope").await,
         "provider",
@@ -359,8 +422,18 @@ async fn tenants_are_isolated(db: &TestDb) {
         "machine",
         "A reads B's machine",
     );
-    assert_eq!(store.get_machine(Some(a), a_machine.id).await.unwrap().machine, a_machine);
-    assert_eq!(store.get_machine(None, b_machine.id).await.unwrap().machine, b_machine);
+    assert_eq!(
+        store
+            .get_machine(Some(a), a_machine.id)
+            .await
+            .unwrap()
+            .machine,
+        a_machine
+    );
+    assert_eq!(
+        store.get_machine(None, b_machine.id).await.unwrap().machine,
+        b_machine
+    );
 
     let listed = store
         .list_machines(&MachineFilter {
@@ -369,22 +442,39 @@ async fn tenants_are_isolated(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(listed.iter().map(|r| r.machine.id).collect::<Vec<_>>(), vec![a_machine.id]);
+    assert_eq!(
+        listed.iter().map(|r| r.machine.id).collect::<Vec<_>>(),
+        vec![a_machine.id]
+    );
     let providers = store.list_tenant_providers(a).await.unwrap();
-    assert_eq!(providers.iter().map(|p| p.id).collect::<Vec<_>>(), vec![a_provider]);
+    assert_eq!(
+        providers.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![a_provider]
+    );
 
     // A cannot change, delete or use B's things.
-    assert_not_found(store.delete_provider(a, b_provider).await, "provider", "A deletes B's provider");
+    assert_not_found(
+        store.delete_provider(a, b_provider).await,
+        "provider",
+        "A deletes B's provider",
+    );
     let mut stolen = b_machine.clone();
     stolen.tenant_id = a;
     stolen.state = MachineState::Failed;
     assert_not_found(
-        store.update_machine(&stolen, MachineState::Provisioning, None).await,
+        store
+            .update_machine(&stolen, MachineState::Provisioning, None)
+            .await,
         "machine",
         "A updates B's machine",
     );
     assert_eq!(
-        store.get_machine(None, b_machine.id).await.unwrap().machine.state,
+        store
+            .get_machine(None, b_machine.id)
+            .await
+            .unwrap()
+            .machine
+            .state,
         MachineState::Provisioning,
         "B's machine must be unchanged"
     );
@@ -410,8 +500,14 @@ async fn tenants_are_isolated(db: &TestDb) {
     assert_eq!(store.get_tenant_forge_config(a).await.unwrap(), None);
 
     // Events are filtered by tenant.
-    store.append_event(&Event::new(event::MACHINE_READY).tenant(a)).await.unwrap();
-    store.append_event(&Event::new(event::MACHINE_READY).tenant(b)).await.unwrap();
+    store
+        .append_event(&Event::new(event::MACHINE_READY).tenant(a))
+        .await
+        .unwrap();
+    store
+        .append_event(&Event::new(event::MACHINE_READY).tenant(b))
+        .await
+        .unwrap();
     let events = store
         .list_events(&EventFilter {
             tenant_id: Some(a),
@@ -430,13 +526,24 @@ async fn delete_provider_conflicts_while_machines_are_live(db: &TestDb) {
 
     match store.delete_provider(tenant, provider_id).await {
         Err(Error::Conflict { entity }) => assert!(entity.contains("machine"), "{entity}"),
-        other => panic!("deleting a provider with a live machine: expected Conflict, got {other:?}"),
+        other => {
+            panic!("deleting a provider with a live machine: expected Conflict, got {other:?}")
+        }
     }
     assert!(store.get_provider(tenant, provider_id).await.is_ok());
 
-    walk(store, &mut machine, &[MachineState::Stopping, MachineState::Terminated]).await;
+    walk(
+        store,
+        &mut machine,
+        &[MachineState::Stopping, MachineState::Terminated],
+    )
+    .await;
     store.delete_provider(tenant, provider_id).await.unwrap();
-    assert_not_found(store.get_provider(tenant, provider_id).await, "provider", "deleted provider");
+    assert_not_found(
+        store.get_provider(tenant, provider_id).await,
+        "provider",
+        "deleted provider",
+    );
     assert_not_found(
         store.delete_provider(tenant, provider_id).await,
         "provider",
@@ -447,13 +554,19 @@ async fn delete_provider_conflicts_while_machines_are_live(db: &TestDb) {
     assert_eq!(record.machine.state, MachineState::Terminated);
     assert_eq!(store.machine_history(machine.id).await.unwrap().len(), 3);
     // And the name can be used again.
-    store.create_provider(&provider(tenant, "local", None)).await.unwrap();
+    store
+        .create_provider(&provider(tenant, "local", None))
+        .await
+        .unwrap();
 }
 
 async fn forge_config_upsert(db: &TestDb) {
     let store: &dyn Storage = &db.store;
     let tenant = store.create_tenant("acme").await.unwrap();
-    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), None);
+    assert_eq!(
+        store.get_tenant_forge_config(tenant.id).await.unwrap(),
+        None
+    );
 
     let first = ForgeConfig {
         tenant_id: tenant.id,
@@ -464,7 +577,10 @@ async fn forge_config_upsert(db: &TestDb) {
         updated_at: nimbus_types::now(),
     };
     store.set_tenant_forge_config(&first).await.unwrap();
-    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), Some(first.clone()));
+    assert_eq!(
+        store.get_tenant_forge_config(tenant.id).await.unwrap(),
+        Some(first.clone())
+    );
 
     let second = ForgeConfig {
         forge_type: ForgeType::Gitlab,
@@ -475,7 +591,10 @@ async fn forge_config_upsert(db: &TestDb) {
         ..first.clone()
     };
     store.set_tenant_forge_config(&second).await.unwrap();
-    assert_eq!(store.get_tenant_forge_config(tenant.id).await.unwrap(), Some(second));
+    assert_eq!(
+        store.get_tenant_forge_config(tenant.id).await.unwrap(),
+        Some(second)
+    );
 
     // Credentials sealed at rest.
     store.set_tenant_forge_config(&first).await.unwrap();
@@ -486,7 +605,10 @@ async fn forge_config_upsert(db: &TestDb) {
         .await
         .unwrap();
     let sealed: Vec<u8> = row.try_get("credentials").unwrap();
-    assert!(!sealed.windows(10).any(|w| w == b"BEGIN RSA "), "forge credentials in clear");
+    assert!(
+        !sealed.windows(10).any(|w| w == b"BEGIN RSA "),
+        "forge credentials in clear"
+    );
     raw.close().await;
 
     assert_not_found(
@@ -542,14 +664,25 @@ async fn machines_insert_get_and_list_filters(db: &TestDb) {
     assert_eq!(record.machine, full);
     assert_eq!(record.spec, full_spec);
 
-    assert_conflict(store.insert_machine(&full, &full_spec).await, "same machine id twice");
+    assert_conflict(
+        store.insert_machine(&full, &full_spec).await,
+        "same machine id twice",
+    );
 
     let second = add_machine(store, tenant, other_provider.id).await;
     let mut third = add_machine(store, tenant, local).await;
-    walk(store, &mut third, &[MachineState::Failed, MachineState::Terminated]).await;
+    walk(
+        store,
+        &mut third,
+        &[MachineState::Failed, MachineState::Terminated],
+    )
+    .await;
 
     let ids = |records: Vec<nimbus_store::MachineRecord>| {
-        records.into_iter().map(|r| r.machine.id).collect::<Vec<_>>()
+        records
+            .into_iter()
+            .map(|r| r.machine.id)
+            .collect::<Vec<_>>()
     };
     let all = store
         .list_machines(&MachineFilter {
@@ -558,9 +691,20 @@ async fn machines_insert_get_and_list_filters(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(ids(all), vec![full.id, second.id, third.id], "ordered by created_at, id");
-    let live = store.list_machines(&MachineFilter::default()).await.unwrap();
-    assert_eq!(ids(live), vec![full.id, second.id], "terminated excluded by default");
+    assert_eq!(
+        ids(all),
+        vec![full.id, second.id, third.id],
+        "ordered by created_at, id"
+    );
+    let live = store
+        .list_machines(&MachineFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(live),
+        vec![full.id, second.id],
+        "terminated excluded by default"
+    );
     let by_provider = store
         .list_machines(&MachineFilter {
             tenant_id: Some(tenant),
@@ -589,43 +733,71 @@ async fn machine_transitions_and_history(db: &TestDb) {
     walk(
         store,
         &mut machine,
-        &[MachineState::ImageInstalling, MachineState::Ready, MachineState::Running],
+        &[
+            MachineState::ImageInstalling,
+            MachineState::Ready,
+            MachineState::Running,
+        ],
     )
     .await;
 
     // Saving without a state change updates fields but adds no history.
     machine.ip_address = Some("127.0.0.1".into());
-    store.update_machine(&machine, MachineState::Running, None).await.unwrap();
-    let stored = store.get_machine(Some(tenant), machine.id).await.unwrap().machine;
+    store
+        .update_machine(&machine, MachineState::Running, None)
+        .await
+        .unwrap();
+    let stored = store
+        .get_machine(Some(tenant), machine.id)
+        .await
+        .unwrap()
+        .machine;
     assert_eq!(stored.ip_address.as_deref(), Some("127.0.0.1"));
 
     // Illegal moves are rejected and change nothing.
-    for illegal in [MachineState::Provisioning, MachineState::ImageInstalling, MachineState::Terminated] {
+    for illegal in [
+        MachineState::Provisioning,
+        MachineState::ImageInstalling,
+        MachineState::Terminated,
+    ] {
         let mut attempt = machine.clone();
         attempt.state = illegal;
         attempt.ip_address = Some("10.9.9.9".into());
-        match store.update_machine(&attempt, MachineState::Running, None).await {
+        match store
+            .update_machine(&attempt, MachineState::Running, None)
+            .await
+        {
             Err(Error::Transition(err)) => {
                 assert_eq!((err.from, err.to), (MachineState::Running, illegal));
             }
             other => panic!("running -> {illegal}: expected Transition error, got {other:?}"),
         }
     }
-    let stored = store.get_machine(Some(tenant), machine.id).await.unwrap().machine;
+    let stored = store
+        .get_machine(Some(tenant), machine.id)
+        .await
+        .unwrap()
+        .machine;
     assert_eq!(stored.state, MachineState::Running);
     assert_eq!(stored.ip_address.as_deref(), Some("127.0.0.1"));
 
     walk(
         store,
         &mut machine,
-        &[MachineState::Ready, MachineState::Stopping, MachineState::Terminated],
+        &[
+            MachineState::Ready,
+            MachineState::Stopping,
+            MachineState::Terminated,
+        ],
     )
     .await;
     // Nothing leaves terminated.
     let mut zombie = machine.clone();
     zombie.state = MachineState::Failed;
     assert!(matches!(
-        store.update_machine(&zombie, MachineState::Terminated, None).await,
+        store
+            .update_machine(&zombie, MachineState::Terminated, None)
+            .await,
         Err(Error::Transition(_))
     ));
 
@@ -634,7 +806,15 @@ async fn machine_transitions_and_history(db: &TestDb) {
     use MachineState::*;
     assert_eq!(
         states,
-        vec![Provisioning, ImageInstalling, Ready, Running, Ready, Stopping, Terminated]
+        vec![
+            Provisioning,
+            ImageInstalling,
+            Ready,
+            Running,
+            Ready,
+            Stopping,
+            Terminated
+        ]
     );
     assert_eq!(history[0].reason, None);
     assert_eq!(history[1].reason.as_deref(), Some("to image_installing"));
@@ -652,12 +832,22 @@ async fn concurrent_updates_see_stale_state(db: &TestDb) {
     // Stale expectation: someone else moved the machine first.
     let mut ready = machine.clone();
     ready.state = MachineState::Ready;
-    store.update_machine(&ready, MachineState::Provisioning, None).await.unwrap();
+    store
+        .update_machine(&ready, MachineState::Provisioning, None)
+        .await
+        .unwrap();
     let mut failed = machine.clone();
     failed.state = MachineState::Failed;
     failed.error = Some("late".into());
-    match store.update_machine(&failed, MachineState::Provisioning, None).await {
-        Err(Error::StaleState { id, expected, actual }) => {
+    match store
+        .update_machine(&failed, MachineState::Provisioning, None)
+        .await
+    {
+        Err(Error::StaleState {
+            id,
+            expected,
+            actual,
+        }) => {
             assert_eq!(id, machine.id);
             assert_eq!(expected, MachineState::Provisioning);
             assert_eq!(actual, MachineState::Ready);
@@ -665,16 +855,25 @@ async fn concurrent_updates_see_stale_state(db: &TestDb) {
         other => panic!("expected StaleState, got {other:?}"),
     }
     let stored = store.get_machine(None, machine.id).await.unwrap().machine;
-    assert_eq!((stored.state, stored.error.as_deref()), (MachineState::Ready, None));
+    assert_eq!(
+        (stored.state, stored.error.as_deref()),
+        (MachineState::Ready, None)
+    );
 
     // Racing writers with the same expectation: exactly one wins.
     let mut tasks = Vec::new();
     for idx in 0..10 {
         let store = store.clone();
         let mut attempt = stored.clone();
-        attempt.state = if idx % 2 == 0 { MachineState::Running } else { MachineState::Stopping };
+        attempt.state = if idx % 2 == 0 {
+            MachineState::Running
+        } else {
+            MachineState::Stopping
+        };
         tasks.push(tokio::spawn(async move {
-            store.update_machine(&attempt, MachineState::Ready, Some("race")).await
+            store
+                .update_machine(&attempt, MachineState::Ready, Some("race"))
+                .await
         }));
     }
     let mut wins = 0;
@@ -693,8 +892,16 @@ async fn concurrent_updates_see_stale_state(db: &TestDb) {
 async fn unknown_ids_are_not_found(db: &TestDb) {
     let store: &dyn Storage = &db.store;
     let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
-    assert_not_found(store.get_machine(None, MachineId::new()).await, "machine", "get_machine");
-    assert_not_found(store.machine_history(MachineId::new()).await, "machine", "machine_history");
+    assert_not_found(
+        store.get_machine(None, MachineId::new()).await,
+        "machine",
+        "get_machine",
+    );
+    assert_not_found(
+        store.machine_history(MachineId::new()).await,
+        "machine",
+        "machine_history",
+    );
     assert_not_found(
         store.get_provider(tenant, ProviderId::new()).await,
         "provider",
@@ -708,16 +915,26 @@ async fn unknown_ids_are_not_found(db: &TestDb) {
     let mut ghost = machine(tenant, provider_id);
     ghost.state = MachineState::Failed;
     assert_not_found(
-        store.update_machine(&ghost, MachineState::Provisioning, None).await,
+        store
+            .update_machine(&ghost, MachineState::Provisioning, None)
+            .await,
         "machine",
         "update_machine",
     );
     assert_not_found(
-        store.insert_machine(&machine(tenant, ProviderId::new()), &spec()).await,
+        store
+            .insert_machine(&machine(tenant, ProviderId::new()), &spec())
+            .await,
         "provider",
         "insert_machine with an unknown provider",
     );
-    assert!(store.list_machines(&MachineFilter::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_machines(&MachineFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn events_append_and_list(db: &TestDb) {
@@ -733,7 +950,10 @@ async fn events_append_and_list(db: &TestDb) {
         .meta("provider", "local")
         .meta("attempt", 2);
     let seq_full = store.append_event(&full).await.unwrap();
-    let seq_bare = store.append_event(&Event::new(event::SSH_CONNECT_START)).await.unwrap();
+    let seq_bare = store
+        .append_event(&Event::new(event::SSH_CONNECT_START))
+        .await
+        .unwrap();
     let seq_tenant = store
         .append_event(&Event::new(event::MACHINE_READY).tenant(tenant))
         .await
@@ -741,8 +961,17 @@ async fn events_append_and_list(db: &TestDb) {
     assert!(seq_full > 0 && seq_full < seq_bare && seq_bare < seq_tenant);
 
     let all = store.list_events(&EventFilter::default()).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full, seq_bare, seq_tenant]);
-    assert_eq!(all[0], Event { seq: seq_full, ..full });
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq_full, seq_bare, seq_tenant]
+    );
+    assert_eq!(
+        all[0],
+        Event {
+            seq: seq_full,
+            ..full
+        }
+    );
     assert_eq!(all[1].tenant_id, None);
     assert!(all[1].metadata.is_empty());
 
@@ -753,7 +982,10 @@ async fn events_append_and_list(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(after.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_bare, seq_tenant]);
+    assert_eq!(
+        after.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq_bare, seq_tenant]
+    );
     let limited = store
         .list_events(&EventFilter {
             limit: Some(1),
@@ -761,7 +993,10 @@ async fn events_append_and_list(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(limited.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full]);
+    assert_eq!(
+        limited.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq_full]
+    );
     let of_tenant = store
         .list_events(&EventFilter {
             tenant_id: Some(tenant),
@@ -769,7 +1004,10 @@ async fn events_append_and_list(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(of_tenant.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full, seq_tenant]);
+    assert_eq!(
+        of_tenant.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq_full, seq_tenant]
+    );
     let of_machine = store
         .list_events(&EventFilter {
             tenant_id: Some(tenant),
@@ -779,13 +1017,26 @@ async fn events_append_and_list(db: &TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(of_machine.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq_full]);
+    assert_eq!(
+        of_machine.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq_full]
+    );
 
     // The default limit is 1000.
     for _ in 0..1005 {
-        store.append_event(&Event::new(event::SSH_COMMAND_START)).await.unwrap();
+        store
+            .append_event(&Event::new(event::SSH_COMMAND_START))
+            .await
+            .unwrap();
     }
-    assert_eq!(store.list_events(&EventFilter::default()).await.unwrap().len(), 1000);
+    assert_eq!(
+        store
+            .list_events(&EventFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1000
+    );
 }
 
 /// 50 writers at once (each creating a tenant, a provider, machines, history and events) never
@@ -798,7 +1049,12 @@ async fn concurrent_writers(db: &TestDb) {
         tasks.push(tokio::spawn(async move {
             let (tenant, provider_id) = tenant_with_provider(&store, &format!("t{idx}")).await;
             let mut machine = add_machine(&store, tenant, provider_id).await;
-            walk(&store, &mut machine, &[MachineState::Ready, MachineState::Running]).await;
+            walk(
+                &store,
+                &mut machine,
+                &[MachineState::Ready, MachineState::Running],
+            )
+            .await;
             for _ in 0..5 {
                 store
                     .append_event(&Event::new(event::MACHINE_READY).tenant(tenant))
@@ -824,7 +1080,14 @@ async fn concurrent_writers(db: &TestDb) {
     }
     assert_eq!(tenants.len(), 50);
     assert_eq!(store.list_tenants().await.unwrap().len(), 50);
-    assert_eq!(store.list_machines(&MachineFilter::default()).await.unwrap().len(), 50);
+    assert_eq!(
+        store
+            .list_machines(&MachineFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
     let events = store
         .list_events(&EventFilter {
             limit: Some(10_000),
@@ -843,17 +1106,31 @@ async fn reopening_keeps_data(db: &TestDb) {
     db.store.create_provider(&secret).await.unwrap();
     let mut machine = add_machine(&db.store, tenant, provider_id).await;
     walk(&db.store, &mut machine, &[MachineState::Ready]).await;
-    let seq = db.store.append_event(&Event::new(event::MACHINE_READY)).await.unwrap();
+    let seq = db
+        .store
+        .append_event(&Event::new(event::MACHINE_READY))
+        .await
+        .unwrap();
 
     let store = db.reopen(db.key.clone()).await;
     assert_eq!(store.get_tenant_by_name("acme").await.unwrap().id, tenant);
     assert_eq!(store.get_provider(tenant, secret.id).await.unwrap(), secret);
-    assert_eq!(store.get_machine(Some(tenant), machine.id).await.unwrap().machine, machine);
+    assert_eq!(
+        store
+            .get_machine(Some(tenant), machine.id)
+            .await
+            .unwrap()
+            .machine,
+        machine
+    );
     assert_eq!(store.machine_history(machine.id).await.unwrap().len(), 2);
     let events = store.list_events(&EventFilter::default()).await.unwrap();
     assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
     // Sequence numbers keep growing after a reopen.
-    let next = store.append_event(&Event::new(event::MACHINE_READY)).await.unwrap();
+    let next = store
+        .append_event(&Event::new(event::MACHINE_READY))
+        .await
+        .unwrap();
     assert!(next > seq);
     store.close().await;
 }
@@ -878,9 +1155,18 @@ async fn wrong_seal_key_cannot_open_credentials(db: &TestDb) {
 
     let store = db.reopen(SealKey::generate()).await;
     for (what, result) in [
-        ("get_provider", store.get_provider(tenant.id, secret.id).await.map(|_| ())),
-        ("list_tenant_providers", store.list_tenant_providers(tenant.id).await.map(|_| ())),
-        ("get_tenant_forge_config", store.get_tenant_forge_config(tenant.id).await.map(|_| ())),
+        (
+            "get_provider",
+            store.get_provider(tenant.id, secret.id).await.map(|_| ()),
+        ),
+        (
+            "list_tenant_providers",
+            store.list_tenant_providers(tenant.id).await.map(|_| ()),
+        ),
+        (
+            "get_tenant_forge_config",
+            store.get_tenant_forge_config(tenant.id).await.map(|_| ()),
+        ),
     ] {
         match result {
             Err(Error::Unseal) => {}
@@ -890,7 +1176,10 @@ async fn wrong_seal_key_cannot_open_credentials(db: &TestDb) {
     let message = Error::Unseal.to_string();
     assert!(message.contains("NIMBUS_SECRET_KEY"), "{message}");
     // Rows without credentials still read fine; everything else is intact.
-    assert_eq!(store.get_provider(tenant.id, plain.id).await.unwrap(), plain);
+    assert_eq!(
+        store.get_provider(tenant.id, plain.id).await.unwrap(),
+        plain
+    );
     assert_eq!(store.get_tenant(tenant.id).await.unwrap(), tenant);
     store.close().await;
 }

@@ -81,10 +81,16 @@ impl Postgres {
             run_as,
         };
         let mut initdb_cmd = postgres.as_server_user(&initdb);
-        initdb_cmd
-            .arg("-D")
-            .arg(&data)
-            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"]);
+        initdb_cmd.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
         run(&mut initdb_cmd, "initdb")?;
 
         // A free port can be taken by someone else before the server binds it: retry.
@@ -138,7 +144,14 @@ impl Postgres {
         }
         run(
             Command::new(&self.createdb)
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .arg(name),
             &format!("createdb {name}"),
         )?;
@@ -163,7 +176,10 @@ impl Postgres {
             .arg(self.dir.path().join("postgres.log"))
             .args(["-w", "-t", "60", "-o", &options, "start"]);
         run(&mut cmd, "pg_ctl start").with_context(|| {
-            format!("PostgreSQL on port {port} did not start; its log:\n{}", self.log())
+            format!(
+                "PostgreSQL on port {port} did not start; its log:\n{}",
+                self.log()
+            )
         })?;
         wait_for_port(port, Duration::from_secs(30))
             .with_context(|| format!("PostgreSQL log:\n{}", self.log()))
@@ -248,7 +264,7 @@ fn installed_versions(program: &str) -> Vec<PathBuf> {
             path.is_file().then_some((version, path))
         })
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
     found.into_iter().map(|(_, path)| path).collect()
 }
 
@@ -289,7 +305,10 @@ mod tests {
         let err = postgres.create_database("nimbus_test_one").unwrap_err();
         assert!(format!("{err:#}").contains("already exists"), "{err:#}");
         let err = postgres.create_database("bad; name").unwrap_err();
-        assert!(err.to_string().contains("invalid test database name"), "{err}");
+        assert!(
+            err.to_string().contains("invalid test database name"),
+            "{err}"
+        );
         let port = postgres.port();
         drop(postgres);
         assert!(!dir.exists(), "{} must be removed on drop", dir.display());
