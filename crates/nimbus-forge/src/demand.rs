@@ -160,7 +160,10 @@ pub fn advance(current: Option<&JobRecord>, event: &JobEvent) -> Option<JobRecor
         Some(record) if event.job.status.rank() < record.job.status.rank() => None,
         Some(record) => Some(JobRecord {
             job: event.job.clone(),
-            runner_name: event.runner_name.clone().or_else(|| record.runner_name.clone()),
+            runner_name: event
+                .runner_name
+                .clone()
+                .or_else(|| record.runner_name.clone()),
             first_seen: record.first_seen,
             updated_at: event.received_at,
             source: Source::Webhook,
@@ -487,7 +490,11 @@ mod tests {
             }
         }
         assert_eq!(applied, expect_applied, "statuses {statuses:?}");
-        assert_eq!(record.unwrap().job.status, expect_final, "statuses {statuses:?}");
+        assert_eq!(
+            record.unwrap().job.status,
+            expect_final,
+            "statuses {statuses:?}"
+        );
     }
 
     #[test]
@@ -496,7 +503,11 @@ mod tests {
         use JobStatus::*;
         check(&[Queued, InProgress, Completed], &[Recorded; 3], Completed);
         check(&[Completed, Queued], &[Recorded, Stale], Completed);
-        check(&[InProgress, Queued, Completed], &[Recorded, Stale, Recorded], Completed);
+        check(
+            &[InProgress, Queued, Completed],
+            &[Recorded, Stale, Recorded],
+            Completed,
+        );
         check(&[Waiting, Queued, Waiting], &[Recorded; 3], Waiting);
         check(&[Queued, Queued], &[Recorded, Recorded], Queued);
     }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use nimbus_types::event::{self, Event};
 use nimbus_types::{MachineId, TenantId};
 
-use crate::{Error, Forge, JitConfig, JitRequest, RegistrationToken, Result, RunnerId, RunnerStatus};
+use crate::{
+    Error, Forge, JitConfig, JitRequest, RegistrationToken, Result, RunnerId, RunnerStatus,
+};
 
 /// Where forge events go (the daemon's event bus).
 pub trait EventSink: Send + Sync {
@@ -77,7 +79,11 @@ pub async fn deregister_then_check(
     events: &dyn EventSink,
 ) -> Result<Outcome> {
     let started = Instant::now();
-    events.emit(subject.event(event::FORGE_UNREGISTER_RUNNER_START).meta("runner_id", runner_id.0));
+    events.emit(
+        subject
+            .event(event::FORGE_UNREGISTER_RUNNER_START)
+            .meta("runner_id", runner_id.0),
+    );
     let result = deregister(forge, runner_id).await;
     let done = |name: &str| {
         subject
@@ -155,9 +161,8 @@ pub async fn register_jit_runner(
             .meta("runner_name", request.name.clone())
     };
     match &result {
-        Ok(config) => events.emit(
-            done(event::FORGE_REGISTER_RUNNER_SUCCESS).meta("runner_id", config.runner.id.0),
-        ),
+        Ok(config) => events
+            .emit(done(event::FORGE_REGISTER_RUNNER_SUCCESS).meta("runner_id", config.runner.id.0)),
         Err(error) => events.emit(done(event::FORGE_REGISTER_RUNNER_FAILURE).error(error)),
     }
     result
@@ -171,9 +176,18 @@ pub async fn registration_token(
     events: &dyn EventSink,
 ) -> Result<RegistrationToken> {
     let started = Instant::now();
-    events.emit(subject.event(event::FORGE_REGISTER_RUNNER_START).meta("mode", "token"));
+    events.emit(
+        subject
+            .event(event::FORGE_REGISTER_RUNNER_START)
+            .meta("mode", "token"),
+    );
     let result = forge.registration_token().await;
-    let done = |name: &str| subject.event(name).duration(started.elapsed()).meta("mode", "token");
+    let done = |name: &str| {
+        subject
+            .event(name)
+            .duration(started.elapsed())
+            .meta("mode", "token")
+    };
     match &result {
         Ok(_) => events.emit(done(event::FORGE_REGISTER_RUNNER_SUCCESS)),
         Err(error) => events.emit(done(event::FORGE_REGISTER_RUNNER_FAILURE).error(error)),

@@ -59,7 +59,10 @@ pub enum DeliveryKind {
     /// The forge checks that the endpoint works.
     Ping,
     /// An event, or an action of a known event, that does not affect demand.
-    Ignored { event: String, action: Option<String> },
+    Ignored {
+        event: String,
+        action: Option<String>,
+    },
 }
 
 /// A parsed delivery and its id (unique per delivery; a manual redelivery reuses it).
@@ -83,14 +86,21 @@ pub trait WebhookVerifier: Send + Sync {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Accepted {
     /// The job's state was recorded in the demand book.
-    Recorded { job_id: u64, status: &'static str },
+    Recorded {
+        job_id: u64,
+        status: &'static str,
+    },
     /// The book knew a later state of the job already.
-    Stale { job_id: u64 },
+    Stale {
+        job_id: u64,
+    },
     /// This delivery id was seen before.
     Replay,
     Ping,
     /// Not an event Nimbus acts on.
-    Ignored { event: String },
+    Ignored {
+        event: String,
+    },
 }
 
 /// Remembers delivery ids for `ttl`, at most `capacity` of them (oldest forgotten first).
@@ -146,7 +156,11 @@ impl DeliveryDedup {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).seen.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .seen
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -186,7 +200,11 @@ impl WebhookReceiver {
 
     /// Handles one delivery. `body` must be the raw request body.
     #[tracing::instrument(skip_all, fields(tenant.id = %self.tenant_id))]
-    pub async fn receive(&self, headers: &HeaderMap, body: &[u8]) -> Result<Accepted, WebhookError> {
+    pub async fn receive(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Accepted, WebhookError> {
         if let Err(error) = self.verifier.verify(headers, body) {
             tracing::warn!(%error, "webhook delivery refused");
             return Err(error);

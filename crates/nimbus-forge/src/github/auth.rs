@@ -135,7 +135,10 @@ impl AppAuth {
     async fn exchange(&self, transport: &Transport) -> Result<CachedToken> {
         let jwt = self.jwt(OffsetDateTime::now_utc())?;
         let installation = self.installation_id.to_string();
-        let url = transport.url(&["app", "installations", &installation, "access_tokens"], &[]);
+        let url = transport.url(
+            &["app", "installations", &installation, "access_tokens"],
+            &[],
+        );
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         let response = transport
             .send(Method::POST, url, None, &jwt, Budget::Ignore)

@@ -2,7 +2,7 @@
 //! authenticated as a GitHub App installation or with a personal access token.
 //!
 //! Pagination asks for page after page of the same URL (`page=N`) and stops at the reported
-//! total, an empty page or the last `Link: rel="next"`. It never follows URLs taken from
+//! total, a page that is not full or the last `Link: rel="next"`. It never follows URLs taken from
 //! response headers, so the token is only ever sent to the configured API.
 
 mod auth;
@@ -22,13 +22,13 @@ use time::OffsetDateTime;
 
 pub use self::auth::REFRESH_BEFORE_EXPIRY;
 use self::auth::{AppAuth, Credentials};
-pub use self::transport::{RateLimit, RetryPolicy};
 use self::transport::{Budget, Response, Transport};
+pub use self::transport::{RateLimit, RetryPolicy};
 pub use self::webhook::GithubWebhooks;
 use crate::demand::{ForgeJob, JobStatus, LabelSet};
 use crate::{
-    Error, Forge, JitConfig, JitRequest, MAX_PAGES, RegistrationToken, Result, Runner,
-    RunnerGroup, RunnerId, RunnerStatus, WebhookVerifier, unique_label,
+    Error, Forge, JitConfig, JitRequest, MAX_PAGES, RegistrationToken, Result, Runner, RunnerGroup,
+    RunnerId, RunnerStatus, WebhookVerifier, unique_label,
 };
 
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -94,7 +94,10 @@ impl GithubConfig {
     /// "webhook_secret"?}`.
     pub fn from_forge_config(forge: &ForgeConfig) -> Result<Self> {
         if forge.forge_type != ForgeType::Github {
-            return Err(Error::config("type", format!("{} is not github", forge.forge_type)));
+            return Err(Error::config(
+                "type",
+                format!("{} is not github", forge.forge_type),
+            ));
         }
         Self::from_parts(&forge.org, &forge.config, forge.credentials.as_ref())
     }
@@ -109,7 +112,8 @@ impl GithubConfig {
         let settings: StoredSettings = if config.is_null() {
             StoredSettings::default()
         } else {
-            serde_json::from_value(config.clone()).map_err(|e| Error::config("config", e.to_string()))?
+            serde_json::from_value(config.clone())
+                .map_err(|e| Error::config("config", e.to_string()))?
         };
         let credentials: StoredCredentials = match credentials {
             None => StoredCredentials::default(),
@@ -125,11 +129,21 @@ impl GithubConfig {
         let scope = match settings.repo {
             Some(repo) => {
                 validate_repo(&repo).map_err(|m| Error::config("repo", m))?;
-                Scope::Repo { owner: org.to_owned(), repo }
+                Scope::Repo {
+                    owner: org.to_owned(),
+                    repo,
+                }
             }
-            None => Scope::Org { org: org.to_owned() },
+            None => Scope::Org {
+                org: org.to_owned(),
+            },
         };
-        let auth = match (settings.app_id, settings.installation_id, credentials.private_key, credentials.token) {
+        let auth = match (
+            settings.app_id,
+            settings.installation_id,
+            credentials.private_key,
+            credentials.token,
+        ) {
             (Some(app_id), Some(installation_id), Some(key), None) => Auth::App {
                 app_id,
                 installation_id,
@@ -139,24 +153,45 @@ impl GithubConfig {
                 Auth::Token(Secret::new(token.trim().to_owned()))
             }
             (_, _, Some(_), Some(_)) => {
-                return Err(Error::config("credentials", "give either a private_key (App) or a token, not both"));
+                return Err(Error::config(
+                    "credentials",
+                    "give either a private_key (App) or a token, not both",
+                ));
             }
-            (None, _, Some(_), None) => return Err(Error::config("app_id", "required with a private_key")),
+            (None, _, Some(_), None) => {
+                return Err(Error::config("app_id", "required with a private_key"));
+            }
             (_, None, Some(_), None) => {
-                return Err(Error::config("installation_id", "required with a private_key"));
+                return Err(Error::config(
+                    "installation_id",
+                    "required with a private_key",
+                ));
             }
             (Some(_), _, None, _) | (_, Some(_), None, _) => {
-                return Err(Error::config("private_key", "required with app_id and installation_id"));
+                return Err(Error::config(
+                    "private_key",
+                    "required with app_id and installation_id",
+                ));
             }
-            _ => return Err(Error::config("credentials", "a GitHub App private_key or a token is required")),
+            _ => {
+                return Err(Error::config(
+                    "credentials",
+                    "a GitHub App private_key or a token is required",
+                ));
+            }
         };
-        let api_url = settings.api_url.unwrap_or_else(|| DEFAULT_API_URL.to_owned());
+        let api_url = settings
+            .api_url
+            .unwrap_or_else(|| DEFAULT_API_URL.to_owned());
         parse_api_url(&api_url)?;
         Ok(GithubConfig {
             api_url,
             scope,
             auth,
-            webhook_secret: credentials.webhook_secret.filter(|s| !s.is_empty()).map(Secret::new),
+            webhook_secret: credentials
+                .webhook_secret
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
             retry: RetryPolicy::default(),
         })
     }
@@ -173,8 +208,15 @@ fn parse_api_url(api_url: &str) -> Result<Url> {
     if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
         return Err(Error::config("api_url", "must be an http(s) URL"));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(Error::config("api_url", "must not carry credentials, a query or a fragment"));
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(Error::config(
+            "api_url",
+            "must not carry credentials, a query or a fragment",
+        ));
     }
     Ok(url)
 }
@@ -183,9 +225,17 @@ fn parse_api_url(api_url: &str) -> Result<Url> {
 fn validate_owner(owner: &str) -> std::result::Result<(), String> {
     let ok = !owner.is_empty()
         && owner.len() <= 39
-        && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && owner
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         && !owner.starts_with('-');
-    if ok { Ok(()) } else { Err(format!("{owner:?} is not a GitHub organization or user name")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{owner:?} is not a GitHub organization or user name"
+        ))
+    }
 }
 
 fn validate_repo(repo: &str) -> std::result::Result<(), String> {
@@ -193,8 +243,14 @@ fn validate_repo(repo: &str) -> std::result::Result<(), String> {
         && repo.len() <= 100
         && repo != "."
         && repo != ".."
-        && repo.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok { Ok(()) } else { Err(format!("{repo:?} is not a GitHub repository name")) }
+        && repo
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{repo:?} is not a GitHub repository name"))
+    }
 }
 
 /// The GitHub forge client.
@@ -209,9 +265,11 @@ impl GithubForge {
     pub fn new(config: GithubConfig) -> Result<Self> {
         let base = parse_api_url(&config.api_url)?;
         let credentials = match &config.auth {
-            Auth::App { app_id, installation_id, private_key } => {
-                Credentials::App(AppAuth::new(*app_id, *installation_id, private_key)?)
-            }
+            Auth::App {
+                app_id,
+                installation_id,
+                private_key,
+            } => Credentials::App(AppAuth::new(*app_id, *installation_id, private_key)?),
             Auth::Token(token) => Credentials::Token(token.clone()),
         };
         match &config.scope {
@@ -225,7 +283,10 @@ impl GithubForge {
             transport: Transport::new(base, config.retry.clone())?,
             credentials,
             scope: config.scope.clone(),
-            webhooks: config.webhook_secret.clone().map(|s| Arc::new(GithubWebhooks::new(s))),
+            webhooks: config
+                .webhook_secret
+                .clone()
+                .map(|s| Arc::new(GithubWebhooks::new(s))),
         })
     }
 
@@ -277,9 +338,18 @@ impl GithubForge {
         segments
     }
 
-    async fn call(&self, method: Method, url: Url, body: Option<&serde_json::Value>) -> Result<Response> {
+    async fn call(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response> {
         let token = self.access_token().await?;
-        match self.transport.send(method.clone(), url.clone(), body, &token, Budget::Track).await {
+        match self
+            .transport
+            .send(method.clone(), url.clone(), body, &token, Budget::Track)
+            .await
+        {
             // An installation token can be revoked before it expires (App reinstalled,
             // permissions changed): exchange a fresh one once.
             Err(Error::Unauthorized(_)) if matches!(self.credentials, Credentials::App(_)) => {
@@ -287,7 +357,9 @@ impl GithubForge {
                     app.invalidate(&token);
                 }
                 let token = self.access_token().await?;
-                self.transport.send(method, url, body, &token, Budget::Track).await
+                self.transport
+                    .send(method, url, body, &token, Budget::Track)
+                    .await
             }
             other => other,
         }
@@ -331,8 +403,9 @@ impl GithubForge {
                 None => (None, Some(value)),
             };
             let page_items: Vec<T> = match array {
-                Some(array) => serde_json::from_value(array)
-                    .map_err(|e| Error::Permanent(format!("unexpected response from {path}: {e}")))?,
+                Some(array) => serde_json::from_value(array).map_err(|e| {
+                    Error::Permanent(format!("unexpected response from {path}: {e}"))
+                })?,
                 None => {
                     return Err(Error::Permanent(format!(
                         "unexpected response from {path}: no {} list",
@@ -349,7 +422,9 @@ impl GithubForge {
                 .filter_map(|v| v.to_str().ok())
                 .any(|v| v.contains("rel=\"next\""));
             let reached_total = total.is_some_and(|total| items.len() as u64 >= total);
-            if n_page == 0 || !has_next || reached_total {
+            // GitHub fills every page but the last.
+            let short_page = n_page < PER_PAGE as usize;
+            if short_page || !has_next || reached_total {
                 return Ok(items);
             }
         }
@@ -361,7 +436,12 @@ impl GithubForge {
 
     async fn token_at(&self, endpoint: &str) -> Result<RegistrationToken> {
         let token: GhToken = self
-            .json(Method::POST, &self.scoped(&["actions", "runners", endpoint]), &[], None)
+            .json(
+                Method::POST,
+                &self.scoped(&["actions", "runners", endpoint]),
+                &[],
+                None,
+            )
             .await?;
         Ok(RegistrationToken {
             token: Secret::new(token.token),
@@ -377,10 +457,12 @@ impl GithubForge {
         };
         let repos: Vec<GhRepo> = match &self.credentials {
             Credentials::App(_) => {
-                self.paginate(&["installation", "repositories"], &[], Some("repositories")).await?
+                self.paginate(&["installation", "repositories"], &[], Some("repositories"))
+                    .await?
             }
             Credentials::Token(_) => {
-                self.paginate(&["orgs", org, "repos"], &[("type", "all".to_owned())], None).await?
+                self.paginate(&["orgs", org, "repos"], &[("type", "all".to_owned())], None)
+                    .await?
             }
         };
         Ok(repos
@@ -435,7 +517,8 @@ impl GithubForge {
 }
 
 fn parse_body<T: DeserializeOwned>(path: &str, body: &[u8]) -> Result<T> {
-    serde_json::from_slice(body).map_err(|e| Error::Permanent(format!("unexpected response from {path}: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| Error::Permanent(format!("unexpected response from {path}: {e}")))
 }
 
 fn job_status(status: &str) -> JobStatus {
@@ -539,7 +622,10 @@ struct GhJob {
 /// The request body GitHub's generate-jitconfig endpoint takes, after validation.
 fn jit_body(request: &JitRequest) -> Result<(serde_json::Value, String)> {
     let name = request.name.as_str();
-    if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if name.is_empty()
+        || name.len() > 64
+        || name.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(Error::Permanent(format!(
             "runner name {:?} must be 1-64 characters without spaces",
             request.name
@@ -550,7 +636,9 @@ fn jit_body(request: &JitRequest) -> Result<(serde_json::Value, String)> {
     for label in request.labels.iter().chain(std::iter::once(&unique)) {
         let label = label.trim();
         if label.is_empty() || label.len() > 256 || label.contains(',') {
-            return Err(Error::Permanent(format!("runner label {label:?} is not valid")));
+            return Err(Error::Permanent(format!(
+                "runner label {label:?} is not valid"
+            )));
         }
         if !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
             labels.push(label.to_owned());
@@ -611,7 +699,12 @@ impl Forge for GithubForge {
     async fn get_runner(&self, id: RunnerId) -> Result<Runner> {
         let id = id.to_string();
         let runner: GhRunner = self
-            .json(Method::GET, &self.scoped(&["actions", "runners", &id]), &[], None)
+            .json(
+                Method::GET,
+                &self.scoped(&["actions", "runners", &id]),
+                &[],
+                None,
+            )
             .await
             .map_err(|error| match error {
                 Error::NotFound(_) => Error::NotFound(format!("runner {id}")),
@@ -622,7 +715,9 @@ impl Forge for GithubForge {
 
     async fn remove_runner(&self, id: RunnerId) -> Result<()> {
         let id = id.to_string();
-        let url = self.transport.url(&self.scoped(&["actions", "runners", &id]), &[]);
+        let url = self
+            .transport
+            .url(&self.scoped(&["actions", "runners", &id]), &[]);
         match self.call(Method::DELETE, url, None).await {
             Ok(_) => Ok(()),
             Err(Error::NotFound(_)) => Err(Error::NotFound(format!("runner {id}"))),
@@ -634,11 +729,19 @@ impl Forge for GithubForge {
         match &self.scope {
             Scope::Org { org } => {
                 let groups: Vec<GhRunnerGroup> = self
-                    .paginate(&["orgs", org, "actions", "runner-groups"], &[], Some("runner_groups"))
+                    .paginate(
+                        &["orgs", org, "actions", "runner-groups"],
+                        &[],
+                        Some("runner_groups"),
+                    )
                     .await?;
                 Ok(groups
                     .into_iter()
-                    .map(|g| RunnerGroup { id: g.id, name: g.name, default: g.default })
+                    .map(|g| RunnerGroup {
+                        id: g.id,
+                        name: g.name,
+                        default: g.default,
+                    })
                     .collect())
             }
             // Repository runners have no groups to list; GitHub files them under the default
@@ -677,13 +780,20 @@ impl Forge for GithubForge {
 mod tests {
     use super::*;
 
-    fn check_config(config: serde_json::Value, credentials: Option<&str>, expect: Result<(), &str>) {
+    fn check_config(
+        config: serde_json::Value,
+        credentials: Option<&str>,
+        expect: Result<(), &str>,
+    ) {
         let secret = credentials.map(Secret::new);
         let result = GithubConfig::from_parts("acme", &config, secret.as_ref());
         match (result, expect) {
             (Ok(_), Ok(())) => {}
             (Err(Error::InvalidConfig { field, .. }), Err(expected)) => {
-                assert_eq!(field, expected, "config {config} credentials {credentials:?}")
+                assert_eq!(
+                    field, expected,
+                    "config {config} credentials {credentials:?}"
+                )
             }
             (other, expect) => panic!("config {config}: got {other:?}, expected {expect:?}"),
         }
@@ -693,27 +803,70 @@ mod tests {
     fn settings_name_the_offending_field() {
         use serde_json::json;
         check_config(json!({}), Some(r#"{"token":"ghp_x"}"#), Ok(()));
-        check_config(json!(null), Some(r#"{"token":"ghp_x","webhook_secret":"w"}"#), Ok(()));
-        check_config(json!({"repo":"app","api_url":"https://ghe.example/api/v3"}), Some(r#"{"token":"t"}"#), Ok(()));
+        check_config(
+            json!(null),
+            Some(r#"{"token":"ghp_x","webhook_secret":"w"}"#),
+            Ok(()),
+        );
+        check_config(
+            json!({"repo":"app","api_url":"https://ghe.example/api/v3"}),
+            Some(r#"{"token":"t"}"#),
+            Ok(()),
+        );
         check_config(json!({}), None, Err("credentials"));
         check_config(json!({}), Some("not json"), Err("credentials"));
-        check_config(json!({"app_id": 1}), Some(r#"{"token":"t"}"#), Err("private_key"));
-        check_config(json!({"installation_id": 1}), Some(r#"{"private_key":"k"}"#), Err("app_id"));
-        check_config(json!({"app_id": 1}), Some(r#"{"private_key":"k"}"#), Err("installation_id"));
-        check_config(json!({"repo":"../x"}), Some(r#"{"token":"t"}"#), Err("repo"));
-        check_config(json!({"api_url":"ftp://x"}), Some(r#"{"token":"t"}"#), Err("api_url"));
-        check_config(json!({"api_url":"https://u:p@x"}), Some(r#"{"token":"t"}"#), Err("api_url"));
-        check_config(json!({"colour":"red"}), Some(r#"{"token":"t"}"#), Err("config"));
-        let bad_org = GithubConfig::from_parts("ac/me", &json!({}), Some(&Secret::new(r#"{"token":"t"}"#)));
+        check_config(
+            json!({"app_id": 1}),
+            Some(r#"{"token":"t"}"#),
+            Err("private_key"),
+        );
+        check_config(
+            json!({"installation_id": 1}),
+            Some(r#"{"private_key":"k"}"#),
+            Err("app_id"),
+        );
+        check_config(
+            json!({"app_id": 1}),
+            Some(r#"{"private_key":"k"}"#),
+            Err("installation_id"),
+        );
+        check_config(
+            json!({"repo":"../x"}),
+            Some(r#"{"token":"t"}"#),
+            Err("repo"),
+        );
+        check_config(
+            json!({"api_url":"ftp://x"}),
+            Some(r#"{"token":"t"}"#),
+            Err("api_url"),
+        );
+        check_config(
+            json!({"api_url":"https://u:p@x"}),
+            Some(r#"{"token":"t"}"#),
+            Err("api_url"),
+        );
+        check_config(
+            json!({"colour":"red"}),
+            Some(r#"{"token":"t"}"#),
+            Err("config"),
+        );
+        let bad_org =
+            GithubConfig::from_parts("ac/me", &json!({}), Some(&Secret::new(r#"{"token":"t"}"#)));
         assert!(matches!(bad_org, Err(Error::InvalidConfig { field, .. }) if field == "org"));
     }
 
     #[test]
     fn credentials_never_show_in_errors_or_debug() {
         let secret = Secret::new(r#"{"token":"ghp_supersecret","extra":"ghp_supersecret"}"#);
-        let error = GithubConfig::from_parts("acme", &serde_json::json!({}), Some(&secret)).unwrap_err();
+        let error =
+            GithubConfig::from_parts("acme", &serde_json::json!({}), Some(&secret)).unwrap_err();
         assert!(!error.to_string().contains("supersecret"), "{error}");
-        let ok = GithubConfig::from_parts("acme", &serde_json::json!({}), Some(&Secret::new(r#"{"token":"ghp_supersecret"}"#))).unwrap();
+        let ok = GithubConfig::from_parts(
+            "acme",
+            &serde_json::json!({}),
+            Some(&Secret::new(r#"{"token":"ghp_supersecret"}"#)),
+        )
+        .unwrap();
         assert!(!format!("{ok:?}").contains("supersecret"));
         let bad_key = GithubConfig::from_parts(
             "acme",
@@ -721,7 +874,9 @@ mod tests {
             Some(&Secret::new(r#"{"private_key":"-----BEGIN RSA PRIVATE KEY-----\nsupersecret\n-----END RSA PRIVATE KEY-----"}"#)),
         )
         .unwrap();
-        let error = GithubForge::new(bad_key).err().expect("a bad key is refused");
+        let error = GithubForge::new(bad_key)
+            .err()
+            .expect("a bad key is refused");
         assert!(!error.to_string().contains("supersecret"), "{error}");
     }
 
@@ -735,13 +890,32 @@ mod tests {
         };
         let (body, unique) = jit_body(&request).unwrap();
         assert_eq!(unique, "nimbus-m-1");
-        assert_eq!(body["labels"], serde_json::json!(["self-hosted", "linux", "NIMBUS-m-1"]));
-        let empty = JitRequest { labels: vec![], ..request.clone() };
-        assert_eq!(jit_body(&empty).unwrap().0["labels"], serde_json::json!(["nimbus-m-1"]));
+        assert_eq!(
+            body["labels"],
+            serde_json::json!(["self-hosted", "linux", "NIMBUS-m-1"])
+        );
+        let empty = JitRequest {
+            labels: vec![],
+            ..request.clone()
+        };
+        assert_eq!(
+            jit_body(&empty).unwrap().0["labels"],
+            serde_json::json!(["nimbus-m-1"])
+        );
         for bad in ["", "a b", "x\n"] {
-            assert!(jit_body(&JitRequest { name: bad.into(), ..request.clone() }).is_err(), "{bad:?}");
+            assert!(
+                jit_body(&JitRequest {
+                    name: bad.into(),
+                    ..request.clone()
+                })
+                .is_err(),
+                "{bad:?}"
+            );
         }
-        let too_many = JitRequest { labels: (0..100).map(|i| format!("l{i}")).collect(), ..request };
+        let too_many = JitRequest {
+            labels: (0..100).map(|i| format!("l{i}")).collect(),
+            ..request
+        };
         assert!(jit_body(&too_many).is_err());
     }
 }

@@ -108,7 +108,10 @@ impl Transport {
     }
 
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.budget.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.budget
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// HTTP requests sent so far (every attempt counts).
@@ -145,7 +148,12 @@ impl Transport {
         budget: Budget,
     ) -> Result<Response> {
         let deadline = Instant::now() + self.policy.call_timeout;
-        match tokio::time::timeout_at(deadline, self.send_until(method.clone(), &url, body, bearer, budget, deadline)).await {
+        match tokio::time::timeout_at(
+            deadline,
+            self.send_until(method.clone(), &url, body, bearer, budget, deadline),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => Err(Error::Retryable(format!(
                 "{method} {} timed out after {:?}",
@@ -236,7 +244,9 @@ impl Transport {
     /// Sleeps the jittered backoff for `attempt`, or fails when attempts or time are used up.
     async fn backoff(&self, attempt: u32, deadline: Instant, message: String) -> Result<()> {
         if attempt >= self.policy.max_attempts {
-            return Err(Error::Retryable(format!("{message} (after {attempt} attempts)")));
+            return Err(Error::Retryable(format!(
+                "{message} (after {attempt} attempts)"
+            )));
         }
         let cap = self
             .policy
@@ -245,14 +255,21 @@ impl Transport {
             .min(self.policy.max_delay);
         let delay = Duration::from_secs_f64(rand::rng().random_range(0.0..=cap.as_secs_f64()));
         if Instant::now() + delay >= deadline {
-            return Err(Error::Retryable(format!("{message} (call deadline reached)")));
+            return Err(Error::Retryable(format!(
+                "{message} (call deadline reached)"
+            )));
         }
         tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %message, "retrying GitHub request");
         tokio::time::sleep(delay).await;
         Ok(())
     }
 
-    async fn rate_limit_pause(&self, wait: Duration, deadline: Instant, attempt: u32) -> Result<()> {
+    async fn rate_limit_pause(
+        &self,
+        wait: Duration,
+        deadline: Instant,
+        attempt: u32,
+    ) -> Result<()> {
         let reset = OffsetDateTime::now_utc() + wait;
         if wait > self.policy.max_rate_limit_wait
             || Instant::now() + wait >= deadline
@@ -260,7 +277,10 @@ impl Transport {
         {
             return Err(Error::RateLimited { reset });
         }
-        tracing::info!(wait_ms = wait.as_millis() as u64, "GitHub rate limit hit; waiting");
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "GitHub rate limit hit; waiting"
+        );
         tokio::time::sleep(wait).await;
         Ok(())
     }
@@ -279,16 +299,24 @@ impl Transport {
         }
         let wait: Duration = (budget.reset - now).try_into().unwrap_or_default();
         if wait > self.policy.max_rate_limit_wait || Instant::now() + wait >= deadline {
-            return Err(Error::RateLimited { reset: budget.reset });
+            return Err(Error::RateLimited {
+                reset: budget.reset,
+            });
         }
-        tracing::info!(wait_ms = wait.as_millis() as u64, "GitHub rate limit budget spent; waiting for the reset");
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "GitHub rate limit budget spent; waiting for the reset"
+        );
         tokio::time::sleep(wait).await;
         Ok(())
     }
 
     fn observe(&self, headers: &HeaderMap) {
-        let number = |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-        let (Some(remaining), Some(reset)) = (number("x-ratelimit-remaining"), number("x-ratelimit-reset")) else {
+        let number =
+            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
+        let (Some(remaining), Some(reset)) =
+            (number("x-ratelimit-remaining"), number("x-ratelimit-reset"))
+        else {
             return;
         };
         let Ok(reset) = OffsetDateTime::from_unix_timestamp(reset as i64) else {
@@ -315,7 +343,12 @@ impl Transport {
 /// How long GitHub asks us to wait before retrying a 403/429, or `None` when the response is
 /// not about rate limits (a plain permission error).
 fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
     if let Some(seconds) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_secs(seconds));
     }
@@ -379,11 +412,17 @@ mod tests {
         let reset = (OffsetDateTime::now_utc().unix_timestamp() + 30).to_string();
         let wait = rate_limit_wait(
             forbidden,
-            &headers(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", &reset)]),
+            &headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset),
+            ]),
             b"{}",
         )
         .unwrap();
-        assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28), "{wait:?}");
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
         assert_eq!(
             rate_limit_wait(
                 forbidden,
@@ -397,14 +436,21 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(
-            rate_limit_wait(forbidden, &headers(&[("x-ratelimit-remaining", "4999")]), br#"{"message":"Resource not accessible by integration"}"#),
+            rate_limit_wait(
+                forbidden,
+                &headers(&[("x-ratelimit-remaining", "4999")]),
+                br#"{"message":"Resource not accessible by integration"}"#
+            ),
             None
         );
     }
 
     #[test]
     fn error_messages_are_short() {
-        assert_eq!(github_message(br#"{"message":"Bad credentials"}"#), "Bad credentials");
+        assert_eq!(
+            github_message(br#"{"message":"Bad credentials"}"#),
+            "Bad credentials"
+        );
         assert_eq!(github_message(b"oops"), "oops");
         assert!(github_message(&vec![b'x'; 1000]).chars().count() <= 201);
     }

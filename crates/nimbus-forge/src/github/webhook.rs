@@ -33,13 +33,18 @@ impl GithubWebhooks {
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim)
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
 }
 
 impl WebhookVerifier for GithubWebhooks {
     fn verify(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), WebhookError> {
         if self.secret.is_empty() {
-            return Err(WebhookError::Unauthorized("no webhook secret is configured"));
+            return Err(WebhookError::Unauthorized(
+                "no webhook secret is configured",
+            ));
         }
         let Some(signature) = header(headers, SIGNATURE_HEADER) else {
             return Err(WebhookError::Unauthorized("missing X-Hub-Signature-256"));
@@ -47,7 +52,9 @@ impl WebhookVerifier for GithubWebhooks {
         let digest = signature
             .strip_prefix("sha256=")
             .and_then(|hex_digest| hex::decode(hex_digest).ok())
-            .ok_or(WebhookError::Unauthorized("X-Hub-Signature-256 is not sha256=<hex>"))?;
+            .ok_or(WebhookError::Unauthorized(
+                "X-Hub-Signature-256 is not sha256=<hex>",
+            ))?;
         let mut mac = Hmac::<Sha256>::new_from_slice(self.secret.expose().as_bytes())
             .expect("HMAC accepts keys of any length");
         mac.update(body);
@@ -154,24 +161,39 @@ mod tests {
         let hooks = GithubWebhooks::new(secret.clone());
         let body = br#"{"zen":"hi"}"#;
         let good = GithubWebhooks::sign(&secret, body);
-        assert!(hooks.verify(&headers(&[(SIGNATURE_HEADER, &good)]), body).is_ok());
+        assert!(
+            hooks
+                .verify(&headers(&[(SIGNATURE_HEADER, &good)]), body)
+                .is_ok()
+        );
         for (value, why) in [
             (None, "missing"),
             (Some("sha1=abc"), "other algorithm"),
             (Some("sha256=zz"), "not hex"),
             (Some("sha256="), "empty"),
-            (Some(&GithubWebhooks::sign(&Secret::new("other"), body)[..]), "other secret"),
+            (
+                Some(&GithubWebhooks::sign(&Secret::new("other"), body)[..]),
+                "other secret",
+            ),
         ] {
             let map = value.map_or_else(HeaderMap::new, |v| headers(&[(SIGNATURE_HEADER, v)]));
             let error = hooks.verify(&map, body).expect_err(why);
             assert_eq!(error.status(), 401, "{why}: {error}");
         }
         // A body changed after signing.
-        assert!(hooks.verify(&headers(&[(SIGNATURE_HEADER, &good)]), b"{\"zen\":\"ho\"}").is_err());
+        assert!(
+            hooks
+                .verify(&headers(&[(SIGNATURE_HEADER, &good)]), b"{\"zen\":\"ho\"}")
+                .is_err()
+        );
         // No secret configured: nothing is trusted.
         let unset = GithubWebhooks::new(Secret::new(""));
         let empty_sig = GithubWebhooks::sign(&Secret::new(""), body);
-        assert!(unset.verify(&headers(&[(SIGNATURE_HEADER, &empty_sig)]), body).is_err());
+        assert!(
+            unset
+                .verify(&headers(&[(SIGNATURE_HEADER, &empty_sig)]), body)
+                .is_err()
+        );
     }
 
     #[test]
