@@ -204,7 +204,8 @@ impl Respond for Sequence {
 
 /// Responds like `POST /app/installations/{id}/access_tokens`: checks the App JWT (RS256 with the
 /// App's public key, `iss`, `iat` backdated, `exp` at most 10 minutes ahead) and issues
-/// `tok-1`, `tok-2`, … valid for `lifetime`.
+/// `tok-1`, `tok-2`, … valid for `lifetime`. Clones share the counters.
+#[derive(Clone)]
 pub struct TokenExchange {
     public_pem: String,
     lifetime: time::Duration,
