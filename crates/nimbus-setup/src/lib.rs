@@ -9,5 +9,8 @@
 
 pub mod events;
 pub mod exec;
+pub mod installers;
 pub mod local;
+pub mod pipeline;
 pub mod ssh;
+pub mod state;
