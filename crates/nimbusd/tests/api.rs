@@ -18,11 +18,16 @@ struct Api {
 }
 
 async fn api() -> Api {
+    api_on(None).await
+}
+
+async fn api_on(database_url: Option<String>) -> Api {
     let dir = tempfile::tempdir().unwrap();
     let args = ServerArgs {
         data_dir: Some(dir.path().join("data")),
         config_dir: Some(dir.path().join("config")),
         state_dir: Some(dir.path().join("state")),
+        database_url,
         ..ServerArgs::default()
     };
     let settings = Settings::resolve(&args).unwrap();
@@ -407,4 +412,27 @@ async fn the_event_stream_replays_and_is_filtered_to_the_tenant() {
     assert_eq!(reply.body["error"]["field"], "machine");
     api.admin("DELETE", &format!("/v1/machines/{machine}"), None).await;
     api.wait_for_state(&machine, "terminated").await;
+}
+
+#[tokio::test]
+async fn the_whole_lifecycle_works_on_postgresql() {
+    let postgres = nimbus_testkit::postgres::Postgres::start().expect("start PostgreSQL");
+    let url = postgres.create_database("nimbusd_api").unwrap();
+    let api = api_on(Some(url)).await;
+    assert_eq!(api.call("GET", "/readyz", None, None).await.status, StatusCode::OK);
+    let (_, token) = api.tenant("acme").await;
+    let (os, arch) = host_platform();
+    let reply = api
+        .call("POST", "/v1/machines", Some(&token), Some(json!({"provider": "local", "os": os, "arch": arch, "labels": ["pg"], "setup_script": "true"})))
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    api.wait_for_state(&id, "ready").await;
+    let reply = api.admin("POST", "/v1/tenants", Some(json!({"name": "acme"}))).await;
+    assert_error(&reply, StatusCode::CONFLICT, "conflict");
+    api.call("DELETE", &format!("/v1/machines/{id}"), Some(&token), None).await;
+    api.wait_for_state(&id, "terminated").await;
+    let history = api.admin("GET", &format!("/v1/machines/{id}/history"), None).await;
+    let states: Vec<&str> = history.body.as_array().unwrap().iter().map(|c| c["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["provisioning", "image_installing", "ready", "stopping", "terminated"]);
 }
