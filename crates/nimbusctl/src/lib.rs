@@ -61,6 +61,8 @@ pub enum Noun {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Write man pages (nimbusctl.1 and one per subcommand) into a directory.
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +249,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(*shell, &mut cmd, "nimbusctl", &mut std::io::stdout());
         return Ok(());
     }
+    if let Noun::Manpages { dir } = &cli.command {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        clap_mangen::generate_to(Cli::command(), dir)
+            .with_context(|| format!("cannot write man pages to {}", dir.display()))?;
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -276,7 +284,9 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
         Noun::Forge(cmd) => forge(client, printer, cmd).await,
         Noun::Machine(cmd) => machine(client, printer, cmd).await,
         Noun::Events(args) => events(client, printer, args).await,
-        Noun::Completions { .. } => unreachable!("handled before the runtime starts"),
+        Noun::Completions { .. } | Noun::Manpages { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
 }
 
@@ -575,6 +585,16 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_are_generated_for_every_command() {
+        let dir = tempfile::tempdir().unwrap();
+        run(Cli::parse_from(["nimbusctl", "manpages", dir.path().to_str().unwrap()])).unwrap();
+        for page in ["nimbusctl.1", "nimbusctl-machine.1", "nimbusctl-machine-provision.1"] {
+            let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+            assert!(text.contains(".TH"), "{page}");
+        }
     }
 
     #[test]
