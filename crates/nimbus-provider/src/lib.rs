@@ -9,6 +9,7 @@
 //! lifecycle layer (`nimbus-fleet`) records intent and reconciles.
 
 pub mod local;
+pub mod ssh;
 
 use std::sync::Arc;
 
@@ -115,6 +116,10 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
             config.id,
             local::LocalConfig::from_json(&config.config)?,
         ))),
+        ProviderType::Ssh => Ok(Arc::new(ssh::SshProvider::from_provider(
+            config,
+            ssh::SshPool::shared(config.id),
+        )?)),
         other => Err(Error::Permanent(format!(
             "provider type {other} is not available in this build"
         ))),
@@ -126,6 +131,7 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
 pub fn validate_config(config: &ProviderConfig) -> Result<()> {
     match config.provider_type {
         ProviderType::Local => local::LocalConfig::from_json(&config.config).map(drop),
+        ProviderType::Ssh => ssh::SshConfig::from_provider(config).map(drop),
         other => Err(Error::InvalidConfig {
             field: "type".into(),
             message: format!("provider type {other} is not available in this build"),

@@ -518,6 +518,14 @@ fn signal_number(sig: &Sig) -> i32 {
     }
 }
 
+/// Checks that `key` is an unencrypted private key Nimbus can log in with (OpenSSH or PEM
+/// format). The error never contains the key.
+pub fn check_private_key(key: &Secret) -> Result<(), Error> {
+    russh::keys::decode_secret_key(key.expose(), None)
+        .map(drop)
+        .map_err(|err| Error::Denied(format!("unusable private key: {err}")))
+}
+
 /// Single-quotes `value` for a POSIX shell: the result is one word whose value is `value`.
 pub fn shell_quote(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
