@@ -318,14 +318,13 @@ impl Ec2 {
                     .region(Region::new(self.config.region.clone()))
                     .retry_config(RetryConfig::disabled())
                     .timeout_config(timeouts);
-                if let Some(credentials) = &self.credentials {
+                if let Some((id, secret, token)) =
+                    self.credentials.as_ref().and_then(AwsCredentials::aws_keys)
+                {
                     loader = loader.credentials_provider(Credentials::new(
-                        credentials.access_key_id.clone(),
-                        credentials.secret_access_key.expose().to_owned(),
-                        credentials
-                            .session_token
-                            .as_ref()
-                            .map(|token| token.expose().to_owned()),
+                        id.to_owned(),
+                        secret.expose().to_owned(),
+                        token.map(|token| token.expose().to_owned()),
                         None,
                         "nimbus-provider-credentials",
                     ));

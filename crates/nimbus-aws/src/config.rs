@@ -99,6 +99,11 @@ pub struct AwsConfig {
     /// OpenSSH public key imported as the tenant's key pair.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh_public_key: Option<String>,
+    /// Login user for setup over SSH (`ec2-user` on Amazon Linux and the EC2 macOS AMIs).
+    #[serde(default = "default_ssh_user")]
+    pub ssh_user: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
     /// Instance type for macOS arm64 machines (default `mac2.metal`); macOS x86_64 uses `mac1.metal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_instance_type: Option<String>,
@@ -127,6 +132,16 @@ pub struct AwsConfig {
     pub host_scrub_minutes: u32,
 }
 
+pub const DEFAULT_SSH_USER: &str = "ec2-user";
+
+fn default_ssh_user() -> String {
+    DEFAULT_SSH_USER.to_owned()
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+
 fn default_orphan_grace_secs() -> u64 {
     DEFAULT_ORPHAN_GRACE_SECS
 }
@@ -147,7 +162,12 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
 }
 
 /// Keys that belong in the sealed credentials, never in the plain config.
-const CREDENTIAL_KEYS: &[&str] = &["access_key_id", "secret_access_key", "session_token"];
+const CREDENTIAL_KEYS: &[&str] = &[
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "ssh_private_key",
+];
 
 impl AwsConfig {
     /// A config with only the region set; everything else at its default.
@@ -161,6 +181,8 @@ impl AwsConfig {
             security_group_ids: Vec::new(),
             key_name: None,
             ssh_public_key: None,
+            ssh_user: default_ssh_user(),
+            ssh_port: default_ssh_port(),
             mac_instance_type: None,
             linux_instance_type: None,
             linux_arm64_instance_type: None,
@@ -237,6 +259,22 @@ impl AwsConfig {
         }
         if let Some(key) = &self.ssh_public_key {
             validate_public_key(key)?;
+        }
+        let user_ok = !self.ssh_user.is_empty()
+            && self.ssh_user.len() <= 32
+            && !self.ssh_user.starts_with('-')
+            && self
+                .ssh_user
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !user_ok {
+            return Err(invalid(
+                "config.ssh_user",
+                "must be 1-32 letters, digits, '.', '_' or '-', not starting with '-'",
+            ));
+        }
+        if self.ssh_port == 0 {
+            return Err(invalid("config.ssh_port", "must be 1-65535"));
         }
         if let Some(instance_type) = &self.mac_instance_type {
             validate_instance_type(instance_type, "config.mac_instance_type")?;
@@ -328,22 +366,32 @@ impl AwsConfig {
 }
 
 /// Credentials from the provider's sealed `credentials` JSON:
-/// `{"access_key_id": "…", "secret_access_key": "…", "session_token": "…"}`.
+/// `{"access_key_id": "…", "secret_access_key": "…", "session_token": "…", "ssh_private_key": "…"}`.
+/// Without the AWS keys the default chain (environment, profile, instance role) is used; the SSH
+/// key (matching `ssh_public_key`) is what setup logs in with.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: Secret,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<Secret>,
     #[serde(default)]
     pub session_token: Option<Secret>,
+    #[serde(default)]
+    pub ssh_private_key: Option<Secret>,
 }
 
 impl fmt::Debug for AwsCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsCredentials")
-            .field("access_key_id", &redact_key_id(&self.access_key_id))
+            .field(
+                "access_key_id",
+                &self.access_key_id.as_deref().map(redact_key_id),
+            )
             .field("secret_access_key", &self.secret_access_key)
             .field("session_token", &self.session_token)
+            .field("ssh_private_key", &self.ssh_private_key)
             .finish()
     }
 }
@@ -380,14 +428,14 @@ impl AwsCredentials {
             if text.starts_with("unknown field") {
                 invalid(
                     format!("credentials.{field}"),
-                    "unknown field; expected access_key_id, secret_access_key, session_token",
+                    "unknown field; expected access_key_id, secret_access_key, session_token, ssh_private_key",
                 )
             } else if text.starts_with("missing field") {
                 invalid(format!("credentials.{field}"), "is required")
             } else {
                 invalid(
                     "credentials",
-                    "access_key_id, secret_access_key and session_token must be strings",
+                    "access_key_id, secret_access_key, session_token and ssh_private_key must be strings",
                 )
             }
         })?;
@@ -395,21 +443,56 @@ impl AwsCredentials {
         Ok(Some(credentials))
     }
 
+    /// The AWS key pair to sign with, when the credentials carry one.
+    pub fn aws_keys(&self) -> Option<(&str, &Secret, Option<&Secret>)> {
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(id), Some(secret)) => Some((id, secret, self.session_token.as_ref())),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), Error> {
-        let id = &self.access_key_id;
-        if id.len() < 16 || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(_), None) => {
+                return Err(invalid("credentials.secret_access_key", "is required"));
+            }
+            (None, Some(_)) => {
+                return Err(invalid("credentials.access_key_id", "is required"));
+            }
+            (None, None) if self.session_token.is_some() => {
+                return Err(invalid(
+                    "credentials.session_token",
+                    "needs access_key_id and secret_access_key",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(id) = &self.access_key_id
+            && (id.len() < 16 || id.len() > 128 || !id.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
             return Err(invalid(
                 "credentials.access_key_id",
                 "must be 16-128 letters and digits (e.g. AKIA…)",
             ));
         }
-        if self.secret_access_key.expose().trim().is_empty() {
-            return Err(invalid("credentials.secret_access_key", "must not be empty"));
+        if let Some(secret) = &self.secret_access_key {
+            if secret.expose().trim().is_empty() {
+                return Err(invalid("credentials.secret_access_key", "must not be empty"));
+            }
+            if secret.expose().chars().any(char::is_whitespace) {
+                return Err(invalid(
+                    "credentials.secret_access_key",
+                    "must not contain whitespace",
+                ));
+            }
         }
-        if self.secret_access_key.expose().chars().any(char::is_whitespace) {
+        if let Some(key) = &self.ssh_private_key
+            && nimbus_setup::ssh::check_private_key(key).is_err()
+        {
+            // The parser's message may quote the key: say only that it is unusable.
             return Err(invalid(
-                "credentials.secret_access_key",
-                "must not contain whitespace",
+                "credentials.ssh_private_key",
+                "is not an unencrypted OpenSSH or PEM private key",
             ));
         }
         Ok(())
@@ -710,7 +793,7 @@ mod tests {
                 .to_string(),
         );
         let creds = AwsCredentials::from_secret(Some(&ok)).unwrap().unwrap();
-        assert_eq!(creds.access_key_id, "AKIAIOSFODNN7EXAMPLE");
+        assert_eq!(creds.access_key_id.as_deref(), Some("AKIAIOSFODNN7EXAMPLE"));
         let debug = format!("{creds:?}");
         assert!(!debug.contains("wJalr"), "{debug}");
         assert!(!debug.contains("IOSFODNN"), "{debug}");
@@ -730,6 +813,9 @@ mod tests {
                 "credentials.password",
             ),
             (r#"{"access_key_id": "short", "secret_access_key": "hunter2"}"#, "credentials.access_key_id"),
+            (r#"{"secret_access_key": "hunter2"}"#, "credentials.access_key_id"),
+            (r#"{"session_token": "hunter2"}"#, "credentials.session_token"),
+            (r#"{"ssh_private_key": "-----BEGIN hunter2"}"#, "credentials.ssh_private_key"),
             (
                 r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "  "}"#,
                 "credentials.secret_access_key",

@@ -6,10 +6,9 @@ use std::sync::Mutex;
 
 use nimbus_types::event::Event;
 
-/// Receives telemetry events. Must not block: it is called on the request path.
-pub trait EventSink: Send + Sync {
-    fn emit(&self, event: Event);
-}
+/// Receives telemetry events; the same trait setup (`nimbus.ssh.*`) reports through, so the
+/// daemon plugs one sink into both.
+pub use nimbus_setup::events::EventSink;
 
 /// Logs every event at DEBUG through `tracing`.
 #[derive(Clone, Copy, Debug, Default)]

@@ -22,11 +22,13 @@ use aws_sdk_ec2::types::{
 };
 use base64::Engine;
 use nimbus_provider::{Error, Provider, ProviderMachine, ProviderStatus, ProvisionRequest, Result};
+use nimbus_setup::events::Events;
 use nimbus_setup::exec::Exec;
+use nimbus_setup::ssh::{HostKeyStore, MemoryHostKeyStore, SshExec, SshOptions, SshTarget};
 use nimbus_types::event::{self, Event};
 use nimbus_types::{
     Arch, CanTerminate, Machine, MachineId, Os, ProviderConfig, ProviderId, ProviderMetadata,
-    ProviderType, TenantId,
+    ProviderType, Secret, TenantId,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -189,6 +191,12 @@ pub struct AwsProvider {
     /// Serializes choosing, allocating and releasing hosts within this process.
     host_selection: tokio::sync::Mutex<()>,
     host_claims: Mutex<HashMap<String, MachineId>>,
+    /// What setup logs in with (`credentials.ssh_private_key`).
+    ssh_key: Option<Secret>,
+    ssh_host_keys: Arc<dyn HostKeyStore>,
+    ssh_options: SshOptions,
+    /// One SSH connection per machine, reused across setup steps.
+    execs: Mutex<HashMap<MachineId, Arc<SshExec>>>,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -229,6 +237,9 @@ impl AwsProvider {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let events: Arc<dyn EventSink> = Arc::new(TracingSink);
+        let ssh_key = credentials
+            .as_ref()
+            .and_then(|credentials| credentials.ssh_private_key.clone());
         AwsProvider {
             ec2: Ec2::new(
                 config.clone(),
@@ -246,7 +257,18 @@ impl AwsProvider {
             key_pair: tokio::sync::OnceCell::new(),
             host_selection: tokio::sync::Mutex::new(()),
             host_claims: Mutex::new(HashMap::new()),
+            ssh_key,
+            ssh_host_keys: MemoryHostKeyStore::new(),
+            ssh_options: SshOptions::default(),
+            execs: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Pins SSH host keys in `host_keys` (the daemon's store) instead of memory.
+    pub fn with_ssh(mut self, host_keys: Arc<dyn HostKeyStore>, options: SshOptions) -> Self {
+        self.ssh_host_keys = host_keys;
+        self.ssh_options = options;
+        self
     }
 
     /// Sends events to `sink` instead of `tracing`.
@@ -1206,6 +1228,10 @@ impl Provider for AwsProvider {
 
     async fn terminate(&self, machine: &Machine) -> Result<()> {
         let ctx = CallCtx::machine(machine.id);
+        self.execs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&machine.id);
         let instances = self.machine_instances(machine.id).await?;
         let mut ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
         if let Some(id) = &machine.provider_metadata.instance_id
@@ -1296,10 +1322,52 @@ impl Provider for AwsProvider {
     }
 
     async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>> {
-        Err(Error::Permanent(format!(
-            "machine {}: running commands on EC2 machines needs the SSH executor, which this build does not have yet; provision with skip_setup (--no-setup) and a prebuilt image",
-            machine.id
-        )))
+        let Some(private_key) = &self.ssh_key else {
+            return Err(Error::Permanent(format!(
+                "machine {}: the provider has no credentials.ssh_private_key to log in with; add the private key matching ssh_public_key (or key_name), or provision with skip_setup",
+                machine.id
+            )));
+        };
+        if let Some(exec) = self
+            .execs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&machine.id)
+        {
+            return Ok(exec.clone());
+        }
+        let (address, instance_id) = match &machine.ip_address {
+            Some(address) => (address.clone(), machine.provider_metadata.instance_id.clone()),
+            None => {
+                let found = self
+                    .get_machine(machine.id)
+                    .await?
+                    .ok_or(Error::NotFound(machine.id))?;
+                let address = found.ip_address.ok_or_else(|| {
+                    Error::Retryable(format!("machine {} has no IP address yet", machine.id))
+                })?;
+                (address, found.metadata.instance_id)
+            }
+        };
+        let target = SshTarget {
+            // Pin the host key per instance: a new instance is a new host.
+            host_id: format!("aws:{}", instance_id.unwrap_or_else(|| machine.id.to_string())),
+            address,
+            port: self.config.ssh_port,
+            user: self.config.ssh_user.clone(),
+            private_key: private_key.clone(),
+        };
+        let exec = Arc::new(SshExec::new(
+            target,
+            self.ssh_host_keys.clone(),
+            Events::new(self.events.clone()).for_machine(machine.tenant_id, machine.id),
+            self.ssh_options.clone(),
+        ));
+        self.execs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(machine.id, exec.clone());
+        Ok(exec)
     }
 }
 
