@@ -187,7 +187,8 @@ pub struct AwsProvider {
     provider_id: ProviderId,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
-    key_pair: tokio::sync::OnceCell<Option<String>>,
+    /// The key pair name once imported (outer `None`: not resolved yet).
+    key_pair: tokio::sync::Mutex<Option<Option<String>>>,
     /// Serializes choosing, allocating and releasing hosts within this process.
     host_selection: tokio::sync::Mutex<()>,
     host_claims: Mutex<HashMap<String, MachineId>>,
@@ -254,7 +255,7 @@ impl AwsProvider {
             provider_id,
             clock,
             events,
-            key_pair: tokio::sync::OnceCell::new(),
+            key_pair: tokio::sync::Mutex::new(None),
             host_selection: tokio::sync::Mutex::new(()),
             host_claims: Mutex::new(HashMap::new()),
             ssh_key,
@@ -596,41 +597,46 @@ impl AwsProvider {
 
     /// The key pair instances get: imported once per provider when `ssh_public_key` is set.
     async fn key_name(&self, ctx: CallCtx) -> Result<Option<String>> {
+        let mut cached = self.key_pair.lock().await;
+        if let Some(name) = &*cached {
+            return Ok(name.clone());
+        }
+        let Some(public_key) = &self.config.ssh_public_key else {
+            *cached = Some(self.config.key_name.clone());
+            return Ok(self.config.key_name.clone());
+        };
         let name = self
-            .key_pair
-            .get_or_try_init(|| async {
-                let Some(public_key) = &self.config.ssh_public_key else {
-                    return Ok::<_, Error>(self.config.key_name.clone());
-                };
-                let name = self
-                    .config
-                    .key_name
-                    .clone()
-                    .unwrap_or_else(|| format!("nimbus-{}", self.tenant_id));
-                let key_tags = self.base_tags();
-                let imported = self
-                    .ec2
-                    .call("ImportKeyPair", ctx, Retry::Transient, |client| {
-                        client
-                            .import_key_pair()
-                            .key_name(&name)
-                            .public_key_material(Blob::new(public_key.trim().as_bytes()))
-                            .tag_specifications(tags::specification(ResourceType::KeyPair, &key_tags))
-                            .send()
-                    })
-                    .await;
-                match imported {
-                    Ok(_) => {
-                        tracing::info!(provider.id = %self.provider_id, key_name = %name, "imported the tenant's key pair");
-                        Ok(Some(name))
-                    }
-                    // Imported before (by this daemon or an earlier one): the name is all we need.
-                    Err(err) if err.kind == ErrorKind::Duplicate => Ok(Some(name)),
-                    Err(err) => Err(err.into()),
-                }
+            .config
+            .key_name
+            .clone()
+            .unwrap_or_else(|| format!("nimbus-{}", self.tenant_id));
+        let key_tags = self.base_tags();
+        let imported = self
+            .ec2
+            .call("ImportKeyPair", ctx, Retry::Transient, |client| {
+                client
+                    .import_key_pair()
+                    .key_name(&name)
+                    .public_key_material(Blob::new(public_key.trim().as_bytes()))
+                    .tag_specifications(tags::specification(ResourceType::KeyPair, &key_tags))
+                    .send()
             })
-            .await?;
-        Ok(name.clone())
+            .await;
+        match imported {
+            Ok(_) => {
+                tracing::info!(provider.id = %self.provider_id, key_name = %name, "imported the tenant's key pair");
+            }
+            // Imported before (by this daemon or an earlier one): the name is all we need.
+            Err(err) if err.kind == ErrorKind::Duplicate => {}
+            Err(err) => return Err(err.into()),
+        }
+        *cached = Some(Some(name.clone()));
+        Ok(Some(name))
+    }
+
+    /// Forgets the imported key pair, so the next provision imports it again.
+    async fn forget_key_pair(&self) {
+        *self.key_pair.lock().await = None;
     }
 
     /// RunInstances for the machine, retried after ambiguous failures only when no instance
@@ -639,7 +645,6 @@ impl AwsProvider {
         &self,
         request: &ProvisionRequest,
         plan: &Plan,
-        key_name: Option<&str>,
         host: Option<&Host>,
         availability_zone: Option<&str>,
     ) -> std::result::Result<InstanceInfo, RunError> {
@@ -665,7 +670,10 @@ impl AwsProvider {
                 .build()
         });
         let mut attempt = 1;
+        let mut reimported = false;
         loop {
+            let key_name = self.key_name(ctx).await.map_err(RunError::Other)?;
+            let key_name = key_name.as_deref();
             let result = self
                 .ec2
                 .call("RunInstances", ctx, Retry::Throttling, |client| {
@@ -737,6 +745,16 @@ impl AwsProvider {
                     attempt += 1;
                 }
                 Err(err) if err.kind == ErrorKind::Capacity => return Err(RunError::Capacity(err)),
+                // Someone deleted the imported key pair: import it again, once.
+                Err(err)
+                    if err.code.as_deref() == Some("InvalidKeyPair.NotFound")
+                        && self.config.ssh_public_key.is_some()
+                        && !reimported =>
+                {
+                    tracing::warn!(provider.id = %self.provider_id, "the tenant's key pair is gone from EC2, importing it again");
+                    self.forget_key_pair().await;
+                    reimported = true;
+                }
                 Err(err) => return Err(RunError::Other(err.into())),
             }
         }
@@ -746,7 +764,6 @@ impl AwsProvider {
         &self,
         request: &ProvisionRequest,
         plan: &Plan,
-        key_name: Option<&str>,
     ) -> Result<ProviderMachine> {
         // Zones with their own subnet are tried in order; otherwise EC2 picks from the default
         // (or configured) subnet.
@@ -763,7 +780,7 @@ impl AwsProvider {
         };
         let mut capacity = Vec::new();
         for zone in zones.iter().copied() {
-            match self.run_instance(request, plan, key_name, None, zone).await {
+            match self.run_instance(request, plan, None, zone).await {
                 Ok(info) => return Ok(self.view(&info, None)),
                 Err(RunError::Capacity(err)) => {
                     tracing::info!(machine.id = %request.machine_id, zone = zone.unwrap_or("default"), code = err.code.as_deref(), "no instance capacity, trying the next zone");
@@ -783,11 +800,10 @@ impl AwsProvider {
         &self,
         request: &ProvisionRequest,
         plan: &Plan,
-        key_name: Option<&str>,
     ) -> Result<ProviderMachine> {
         let (host, _claim) = self.acquire_host(request, &plan.instance_type).await?;
         match self
-            .run_instance(request, plan, key_name, Some(&host), None)
+            .run_instance(request, plan, Some(&host), None)
             .await
         {
             Ok(info) => Ok(self.view(&info, Some(&host))),
@@ -1216,13 +1232,11 @@ impl Provider for AwsProvider {
             tracing::info!(machine.id = %request.machine_id, instance.id = %existing.instance_id, "adopting the machine's existing instance");
             return self.view_with_host(ctx, &existing).await;
         }
-        let key_name = self.key_name(ctx).await?;
+        // Import the key pair first: a bad key must fail before a host is paid for.
+        self.key_name(ctx).await?;
         match request.spec.os {
-            Os::Linux => {
-                self.provision_linux(request, &plan, key_name.as_deref())
-                    .await
-            }
-            Os::Macos => self.provision_mac(request, &plan, key_name.as_deref()).await,
+            Os::Linux => self.provision_linux(request, &plan).await,
+            Os::Macos => self.provision_mac(request, &plan).await,
         }
     }
 

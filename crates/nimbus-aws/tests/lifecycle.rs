@@ -449,3 +449,22 @@ async fn bad_requests_fail_permanently_with_the_field_named() {
     assert!(raw_live_instances(&raw).await.is_empty());
     assert!(raw_hosts(&raw).await.is_empty());
 }
+
+#[tokio::test]
+async fn a_deleted_key_pair_is_imported_again() {
+    let moto = start_moto();
+    let raw = raw_client(&moto.endpoint());
+    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
+    h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
+    let name = format!("nimbus-{}", h.tenant_id);
+    raw.delete_key_pair().key_name(&name).send().await.unwrap();
+
+    h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
+    let keys = raw.describe_key_pairs().send().await.unwrap();
+    let names: Vec<_> = keys.key_pairs().iter().filter_map(|k| k.key_name()).collect();
+    assert_eq!(names, vec![name.as_str()]);
+    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("ImportKeyPair")).len(), 2);
+    let failures = h.events.named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("RunInstances"));
+    assert_eq!(failures.len(), 1, "{failures:#?}");
+    assert_eq!(failures[0].metadata["code"], "InvalidKeyPair.NotFound");
+}
