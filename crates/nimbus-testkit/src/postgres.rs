@@ -55,10 +55,20 @@ impl Postgres {
             None
         };
 
+        // The server user must be able to reach the directory: as root, $TMPDIR may be private.
+        let parent = match &run_as {
+            Some(_) if Path::new("/tmp").is_dir() => PathBuf::from("/tmp"),
+            _ => std::env::temp_dir(),
+        };
         let dir = tempfile::Builder::new()
             .prefix("nimbus-postgres-")
-            .tempdir()
-            .context("create a temporary directory for PostgreSQL")?;
+            .tempdir_in(&parent)
+            .with_context(|| {
+                format!(
+                    "create a temporary directory for PostgreSQL in {}",
+                    parent.display()
+                )
+            })?;
         let data = dir.path().join("data");
         let sockets = dir.path().join("sockets");
         fs::create_dir(&sockets).context("create the PostgreSQL socket directory")?;
