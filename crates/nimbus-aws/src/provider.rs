@@ -1246,13 +1246,10 @@ impl Provider for AwsProvider {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .remove(&machine.id);
+        // Only what carries this provider's and this machine's tags is ever terminated: a stale
+        // or foreign instance id in the record must not reach another tenant's instance.
         let instances = self.machine_instances(machine.id).await?;
-        let mut ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
-        if let Some(id) = &machine.provider_metadata.instance_id
-            && !ids.contains(id)
-        {
-            ids.push(id.clone());
-        }
+        let ids: Vec<String> = instances.iter().map(|i| i.instance_id.clone()).collect();
         self.terminate_instances(ctx, &ids).await?;
         let mut host_ids: BTreeMap<String, bool> = instances
             .iter()
@@ -1260,7 +1257,7 @@ impl Provider for AwsProvider {
             .map(|id| (id, true))
             .collect();
         // The instance may be gone already (a terminate interrupted before the host was
-        // looked after): still see to the host.
+        // looked after): still see to the host, if it is this provider's (`hosts` checks).
         if let Some(host_id) = &machine.provider_metadata.host_id {
             host_ids.entry(host_id.clone()).or_insert(false);
         }

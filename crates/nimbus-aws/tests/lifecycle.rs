@@ -324,6 +324,12 @@ async fn the_fleet_is_recovered_from_tags_by_a_fresh_provider() {
     assert!(other_tenant.provider.list_hosts().await.unwrap().is_empty());
     assert!(other_tenant.provider.get_machine(linux_a.machine_id).await.unwrap().is_none());
     assert!(second.provider.list_machines(other_tenant.tenant_id).await.unwrap().is_empty());
+    // ... and cannot terminate the tenant's machines, even when handed their records.
+    clock.advance(hours(25));
+    let mac_record = machine_record(&mac, mac_view);
+    other_tenant.provider.terminate(&mac_record).await.unwrap();
+    assert!(second.provider.get_machine(mac.machine_id).await.unwrap().is_some());
+    assert_eq!(second.provider.list_hosts().await.unwrap().len(), 1);
     let other_provider = Harness::new(tenant, ProviderId::new(), config);
     assert!(other_provider.provider.list_machines(tenant).await.unwrap().is_empty());
     assert!(other_provider.provider.find_orphans(&HashSet::new(), Duration::ZERO).await.unwrap().is_empty());
