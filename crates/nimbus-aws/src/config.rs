@@ -130,6 +130,9 @@ pub struct AwsConfig {
     /// How long EC2 scrubs a Mac host after its instance ends; the host is not reused meanwhile.
     #[serde(default = "default_host_scrub_minutes")]
     pub host_scrub_minutes: u32,
+    /// How often idle hosts past their minimum are looked for and released.
+    #[serde(default = "default_host_reconcile_interval_secs")]
+    pub host_reconcile_interval_secs: u64,
 }
 
 pub const DEFAULT_SSH_USER: &str = "ec2-user";
@@ -152,6 +155,12 @@ fn default_host_min_allocation_hours() -> u32 {
 
 fn default_host_scrub_minutes() -> u32 {
     DEFAULT_HOST_SCRUB_MINUTES
+}
+
+pub const DEFAULT_HOST_RECONCILE_INTERVAL_SECS: u64 = 600;
+
+fn default_host_reconcile_interval_secs() -> u64 {
+    DEFAULT_HOST_RECONCILE_INTERVAL_SECS
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
@@ -192,6 +201,7 @@ impl AwsConfig {
             orphan_grace_secs: DEFAULT_ORPHAN_GRACE_SECS,
             host_min_allocation_hours: DEFAULT_HOST_MIN_ALLOCATION_HOURS,
             host_scrub_minutes: DEFAULT_HOST_SCRUB_MINUTES,
+            host_reconcile_interval_secs: DEFAULT_HOST_RECONCILE_INTERVAL_SECS,
         }
     }
 
@@ -346,6 +356,12 @@ impl AwsConfig {
             return Err(invalid(
                 "config.host_min_allocation_hours",
                 "must be between 1 and 8760",
+            ));
+        }
+        if !(1..=86_400).contains(&self.host_reconcile_interval_secs) {
+            return Err(invalid(
+                "config.host_reconcile_interval_secs",
+                "must be between 1 and 86400",
             ));
         }
         if self.host_scrub_minutes > 24 * 60 {
@@ -776,6 +792,15 @@ mod tests {
             json!({"region": "us-east-1", "host_min_allocation_hours": 0}),
             Err("config.host_min_allocation_hours"),
         );
+        check(
+            json!({"region": "us-east-1", "host_reconcile_interval_secs": 0}),
+            Err("config.host_reconcile_interval_secs"),
+        );
+        check(
+            json!({"region": "us-east-1", "ssh_user": "-oProxyCommand=x"}),
+            Err("config.ssh_user"),
+        );
+        check(json!({"region": "us-east-1", "ssh_port": 0}), Err("config.ssh_port"));
         check(
             json!({"region": "us-east-1", "host_min_allocation_hours": "24"}),
             Err("config"),

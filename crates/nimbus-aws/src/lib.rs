@@ -38,21 +38,60 @@ pub mod tag {
 }
 
 /// Builds the provider for a stored configuration of type `aws` (registry entry for `nimbusd`).
+///
+/// Called inside a tokio runtime, it also starts the provider's host reconciler (see
+/// [`spawn_host_reconciler`]), which stops when the provider is dropped.
 pub fn build(
     config: &ProviderConfig,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn Provider>, nimbus_provider::Error> {
-    Ok(Arc::new(AwsProvider::new(config, clock)?))
+    let provider = Arc::new(AwsProvider::new(config, clock)?);
+    spawn_host_reconciler(&provider);
+    Ok(provider)
 }
 
-/// Like [`build`], with the daemon's event bus, keeping the concrete type so the reconciler can
-/// call [`AwsProvider::reconcile_hosts`] and [`AwsProvider::terminate_orphans`].
+/// Like [`build`], with the daemon's event bus, keeping the concrete type so that a reconciler
+/// can call [`AwsProvider::reconcile_hosts`] and [`AwsProvider::terminate_orphans`] itself.
 pub fn build_aws(
     config: &ProviderConfig,
     clock: Arc<dyn Clock>,
     events: Arc<dyn EventSink>,
 ) -> Result<Arc<AwsProvider>, nimbus_provider::Error> {
-    Ok(Arc::new(AwsProvider::new(config, clock)?.with_events(events)))
+    let provider = Arc::new(AwsProvider::new(config, clock)?.with_events(events));
+    spawn_host_reconciler(&provider);
+    Ok(provider)
+}
+
+/// Every `host_reconcile_interval_secs`, releases the provider's idle dedicated hosts that are
+/// past their minimum allocation period ([`AwsProvider::reconcile_hosts`]). Holds the provider
+/// weakly: the loop ends once the provider is dropped. `None` outside a tokio runtime.
+pub fn spawn_host_reconciler(provider: &Arc<AwsProvider>) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let weak = Arc::downgrade(provider);
+    let interval = std::time::Duration::from_secs(provider.config().host_reconcile_interval_secs);
+    let provider_id = provider.provider_id();
+    Some(runtime.spawn(async move {
+        loop {
+            tokio::time::sleep(interval).await;
+            let Some(provider) = weak.upgrade() else {
+                break;
+            };
+            match provider.reconcile_hosts().await {
+                Ok(report) if !report.released.is_empty() || !report.failed.is_empty() => {
+                    tracing::info!(
+                        provider.id = %provider_id,
+                        released = ?report.released,
+                        failed = report.failed.len(),
+                        "host reconcile"
+                    );
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(provider.id = %provider_id, error = %err, "host reconcile failed");
+                }
+            }
+        }
+    }))
 }
 
 /// Checks an `aws` provider's config and credentials before they are stored.

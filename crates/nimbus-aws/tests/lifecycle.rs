@@ -474,3 +474,33 @@ async fn a_deleted_key_pair_is_imported_again() {
     assert_eq!(failures.len(), 1, "{failures:#?}");
     assert_eq!(failures[0].metadata["code"], "InvalidKeyPair.NotFound");
 }
+
+#[tokio::test]
+async fn built_providers_release_idle_hosts_in_the_background() {
+    let moto = start_moto();
+    let raw = raw_client(&moto.endpoint());
+    let mut config = config_json(&moto.endpoint());
+    config["host_reconcile_interval_secs"] = json!(1);
+    let clock = Arc::new(ManualClock::starting_now());
+    let record = provider_record(TenantId::new(), ProviderId::new(), config);
+    let provider = nimbus_aws::build(&record, clock.clone()).unwrap();
+    let mut spec = nimbus_types::MachineSpec::new(Os::Macos, Arch::Arm64);
+    spec.skip_setup = true;
+    let request = nimbus_provider::ProvisionRequest {
+        machine_id: MachineId::new(),
+        tenant_id: record.tenant_id,
+        provider_id: record.id,
+        spec,
+    };
+    let provided = provider.provision(&request).await.unwrap();
+    provider.terminate(&machine_record(&request, &provided)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(raw_unreleased_hosts(&raw).await.len(), 1, "kept inside the minimum");
+
+    clock.advance(hours(25));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !raw_unreleased_hosts(&raw).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the background reconciler did not release the host");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
