@@ -93,7 +93,7 @@ pub struct AwsConfig {
     #[serde(default)]
     pub security_group_ids: Vec<String>,
     /// Key pair name. With `ssh_public_key`, Nimbus imports the key under this name (default
-    /// `nimbus-<tenant id>`); without it, the key pair must already exist.
+    /// `nimbus-<tenant id>-<key hash>`); without it, the key pair must already exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_name: Option<String>,
     /// OpenSSH public key imported as the tenant's key pair.

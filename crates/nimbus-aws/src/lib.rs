@@ -29,7 +29,8 @@ pub use config::{
 pub use events::{CollectingSink, EventSink, TracingSink};
 pub use hosts::{Host, HostState};
 pub use provider::{
-    AwsProvider, HostReconcileReport, Orphan, OrphanReason, host_client_token, run_client_token,
+    AwsProvider, HostReconcileReport, Orphan, OrphanReason, default_key_name, host_client_token,
+    run_client_token,
 };
 
 /// Tag names Nimbus puts on EC2 resources.

@@ -54,6 +54,14 @@ pub fn host_client_token(machine_id: MachineId, availability_zone: &str) -> Stri
     format!("nimbus-host-{}", &hex::encode(digest)[..40])
 }
 
+/// `nimbus-<tenant id>-<12 hex of the key's SHA-256>`: shared by the tenant's providers that
+/// use the same key, distinct for a different key (EC2 never overwrites a key pair by name).
+pub fn default_key_name(tenant_id: TenantId, public_key: &str) -> String {
+    let body = public_key.split_whitespace().nth(1).unwrap_or(public_key);
+    let digest = Sha256::digest(body.as_bytes());
+    format!("nimbus-{tenant_id}-{}", &hex::encode(digest)[..12])
+}
+
 /// One EC2 instance as Nimbus reads it.
 #[derive(Clone, Debug)]
 struct InstanceInfo {
@@ -609,7 +617,7 @@ impl AwsProvider {
             .config
             .key_name
             .clone()
-            .unwrap_or_else(|| format!("nimbus-{}", self.tenant_id));
+            .unwrap_or_else(|| default_key_name(self.tenant_id, public_key));
         let key_tags = self.base_tags();
         let imported = self
             .ec2
@@ -1397,6 +1405,18 @@ mod tests {
         assert_ne!(host_client_token(a, "us-east-1a"), host_client_token(a, "us-east-1b"));
         assert!(host_client_token(a, "us-east-1-bos-1a").len() <= 64);
         assert!(run_client_token(a).is_ascii());
+    }
+
+    #[test]
+    fn key_names_follow_the_key() {
+        let tenant = TenantId::new();
+        let a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc a";
+        let a_renamed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc b";
+        let b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxy b";
+        assert_eq!(default_key_name(tenant, a), default_key_name(tenant, a_renamed));
+        assert_ne!(default_key_name(tenant, a), default_key_name(tenant, b));
+        assert_ne!(default_key_name(tenant, a), default_key_name(TenantId::new(), a));
+        assert!(default_key_name(tenant, a).len() <= 255);
     }
 
     #[test]

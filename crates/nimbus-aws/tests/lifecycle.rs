@@ -221,7 +221,9 @@ async fn linux_lifecycle_on_both_architectures() {
     assert_eq!(px86.metadata.host_id, None);
     assert_eq!(px86.metadata.minimum_allocation_hours, None);
     assert_eq!(px86.metadata.extra["availability_zone"], "us-east-1b");
-    assert_eq!(px86.metadata.extra["key_name"], format!("nimbus-{}", h.tenant_id));
+    let key_name = nimbus_aws::default_key_name(h.tenant_id, SSH_PUBLIC_KEY);
+    assert!(key_name.starts_with(&format!("nimbus-{}-", h.tenant_id)), "{key_name}");
+    assert_eq!(px86.metadata.extra["key_name"], key_name);
     assert_eq!(px86.ssh_public_key.as_deref(), Some(SSH_PUBLIC_KEY));
     assert!(px86.ip_address.is_some());
     assert!(matches!(px86.status, ProviderStatus::Running | ProviderStatus::Pending));
@@ -229,7 +231,7 @@ async fn linux_lifecycle_on_both_architectures() {
     // The key pair was imported once, for the tenant.
     let keys = raw.describe_key_pairs().send().await.unwrap();
     let names: Vec<_> = keys.key_pairs().iter().filter_map(|k| k.key_name()).collect();
-    assert_eq!(names, vec![format!("nimbus-{}", h.tenant_id)]);
+    assert_eq!(names, vec![key_name.as_str()]);
     assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("ImportKeyPair")).len(), 1);
 
     // User data went along, base64-encoded as EC2 wants it.
@@ -462,7 +464,7 @@ async fn a_deleted_key_pair_is_imported_again() {
     let raw = raw_client(&moto.endpoint());
     let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
     h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
-    let name = format!("nimbus-{}", h.tenant_id);
+    let name = nimbus_aws::default_key_name(h.tenant_id, SSH_PUBLIC_KEY);
     raw.delete_key_pair().key_name(&name).send().await.unwrap();
 
     h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
