@@ -30,7 +30,7 @@ pub use events::{CollectingSink, EventSink, TracingSink};
 pub use hosts::{Host, HostState};
 pub use provider::{
     AwsProvider, HostReconcileReport, Orphan, OrphanReason, default_key_name, host_client_token,
-    run_client_token,
+    run_client_token, run_client_token_at,
 };
 
 /// Tag names Nimbus puts on EC2 resources.

@@ -48,6 +48,14 @@ pub fn run_client_token(machine_id: MachineId) -> String {
     format!("nimbus-run-{}", machine_id.as_uuid().simple())
 }
 
+/// The token of a RunInstances request for a machine in one placement (a zone's subnet, a
+/// dedicated host). EC2 answers `IdempotentParameterMismatch` when one token comes back with
+/// other parameters, so each placement tried gets its own, stable across retries.
+pub fn run_client_token_at(machine_id: MachineId, placement: &str) -> String {
+    let digest = Sha256::digest(format!("{machine_id}/{placement}"));
+    format!("nimbus-run-{}", &hex::encode(digest)[..40])
+}
+
 /// The idempotency token of the AllocateHosts request for a machine in one zone.
 pub fn host_client_token(machine_id: MachineId, availability_zone: &str) -> String {
     let digest = Sha256::digest(format!("{machine_id}/{availability_zone}"));
@@ -657,7 +665,11 @@ impl AwsProvider {
         availability_zone: Option<&str>,
     ) -> std::result::Result<InstanceInfo, RunError> {
         let ctx = CallCtx::machine(request.machine_id);
-        let token = run_client_token(request.machine_id);
+        let token = match (host, availability_zone) {
+            (Some(host), _) => run_client_token_at(request.machine_id, &host.id),
+            (None, Some(zone)) => run_client_token_at(request.machine_id, zone),
+            (None, None) => run_client_token(request.machine_id),
+        };
         let mut instance_tags = self.base_tags();
         instance_tags.push((tags::MACHINE.into(), request.machine_id.to_string()));
         instance_tags.push((tags::OS.into(), request.spec.os.to_string()));
@@ -1405,6 +1417,9 @@ mod tests {
         assert_ne!(host_client_token(a, "us-east-1a"), host_client_token(a, "us-east-1b"));
         assert!(host_client_token(a, "us-east-1-bos-1a").len() <= 64);
         assert!(run_client_token(a).is_ascii());
+        assert_ne!(run_client_token_at(a, "us-east-1a"), run_client_token_at(a, "us-east-1b"));
+        assert_eq!(run_client_token_at(a, "h-0123"), run_client_token_at(a, "h-0123"));
+        assert!(run_client_token_at(a, "h-0123456789abcdef0").len() <= 64);
     }
 
     #[test]

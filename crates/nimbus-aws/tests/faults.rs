@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use common::proxy::{Fault, FaultProxy, Rule};
 use common::*;
-use nimbus_aws::{AwsProvider, CollectingSink, ManualClock, host_client_token, run_client_token};
+use nimbus_aws::{
+    AwsProvider, CollectingSink, ManualClock, host_client_token, run_client_token,
+    run_client_token_at,
+};
 use nimbus_provider::{Error, Provider, ProvisionRequest};
 use nimbus_testkit::moto::MotoServer;
 use nimbus_types::event;
@@ -128,6 +131,17 @@ async fn a_5xx_after_ec2_acted_is_adopted_not_repeated() {
         token_of(&allocations[0].body),
         Some(host_client_token(mac.machine_id, "us-east-1a").as_str())
     );
+    let mac_run = proxy
+        .seen_action("RunInstances")
+        .into_iter()
+        .find(|r| r.body.contains(&mac.machine_id.to_string()))
+        .unwrap();
+    assert_eq!(
+        token_of(&mac_run.body),
+        Some(run_client_token_at(mac.machine_id, &hosts[0].id).as_str())
+    );
+    assert!(mac_run.body.contains(&format!("Placement.HostId={}", hosts[0].id)), "{}", mac_run.body);
+    assert!(mac_run.body.contains("Placement.Tenancy=host"), "{}", mac_run.body);
 }
 
 #[tokio::test]
@@ -209,11 +223,14 @@ async fn capacity_errors_move_to_the_next_zone_or_are_retryable() {
     let runs: Vec<_> = proxy
         .seen_action("RunInstances")
         .into_iter()
-        .filter(|r| token_of(&r.body) == Some(run_client_token(linux.machine_id).as_str()))
+        .filter(|r| r.body.contains(&linux.machine_id.to_string()))
         .collect();
     assert_eq!(runs.len(), 2, "{runs:#?}");
     assert!(runs[0].body.contains(&format!("SubnetId={subnet_a}")));
     assert!(runs[1].body.contains(&format!("SubnetId={subnet_b}")));
+    // Each zone has its own token: EC2 refuses one token with other parameters.
+    assert_eq!(token_of(&runs[0].body), Some(run_client_token_at(linux.machine_id, "us-east-1a").as_str()));
+    assert_eq!(token_of(&runs[1].body), Some(run_client_token_at(linux.machine_id, "us-east-1b").as_str()));
 }
 
 #[tokio::test]
