@@ -23,7 +23,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use nimbus_types::{ForgeType, Secret};
+use nimbus_types::{ForgeConfig, ForgeType, Secret};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -148,6 +148,33 @@ pub struct JitConfig {
     pub unique_label: String,
 }
 
+/// A forge API budget as the forge last reported it: the daemon exports `remaining` as the
+/// gauge `nimbus_forge_rate_limit_remaining{tenant, budget=key}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimit {
+    /// Which budget: `installation:<id>` for a GitHub App, `token` for a personal access token.
+    pub key: String,
+    pub limit: u64,
+    pub remaining: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub reset: OffsetDateTime,
+    /// The forge's bucket (GitHub: `core` for the REST calls Nimbus makes).
+    pub resource: String,
+}
+
+/// Builds the forge client for a stored configuration. Build it once per tenant and keep it
+/// (rebuild when the configuration changes): it holds the token cache and the rate budget.
+pub fn build(config: &ForgeConfig) -> Result<Arc<dyn Forge>> {
+    match config.forge_type {
+        ForgeType::Github => Ok(Arc::new(github::GithubForge::new(
+            github::GithubConfig::from_forge_config(config)?,
+        )?)),
+        other => Err(Error::Permanent(format!(
+            "forge type {other} is not available in this build"
+        ))),
+    }
+}
+
 /// Most runners a forge call will collect before failing instead of silently truncating.
 pub const MAX_PAGES: u32 = 100;
 
@@ -186,6 +213,11 @@ pub trait Forge: Send + Sync {
     /// Jobs that are queued, waiting or in progress right now, read from the forge's API. The
     /// demand reconcile ([`demand::reconcile_demand`]) corrects the webhook-fed book with it.
     async fn demand(&self) -> Result<Vec<ForgeJob>>;
+
+    /// The API budget as the forge last reported it; `None` before the first call.
+    fn rate_limit(&self) -> Option<RateLimit> {
+        None
+    }
 
     /// Verifies and parses the forge's webhook deliveries; `None` when no webhook secret is
     /// configured (then no delivery can be trusted).

@@ -255,6 +255,7 @@ async fn primary_rate_limit_short_reset_is_waited_out() {
     forge.registration_token().await.unwrap();
     let budget = forge.rate_limit().expect("budget observed");
     assert_eq!((budget.limit, budget.remaining), (5000, 4999));
+    assert_eq!(budget.key, "token");
     assert_eq!(forge.budget_key(), "token");
 }
 

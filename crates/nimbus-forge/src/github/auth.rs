@@ -79,10 +79,6 @@ impl AppAuth {
         })
     }
 
-    pub fn installation_id(&self) -> u64 {
-        self.installation_id
-    }
-
     /// Installation token exchanges done so far.
     pub fn exchanges(&self) -> u64 {
         self.exchanges.load(Ordering::Relaxed)

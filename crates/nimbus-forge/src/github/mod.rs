@@ -22,13 +22,13 @@ use time::OffsetDateTime;
 
 pub use self::auth::REFRESH_BEFORE_EXPIRY;
 use self::auth::{AppAuth, Credentials};
+pub use self::transport::RetryPolicy;
 use self::transport::{Budget, Response, Transport};
-pub use self::transport::{RateLimit, RetryPolicy};
 pub use self::webhook::GithubWebhooks;
 use crate::demand::{ForgeJob, JobStatus, LabelSet};
 use crate::{
-    Error, Forge, JitConfig, JitRequest, MAX_PAGES, RegistrationToken, Result, Runner, RunnerGroup,
-    RunnerId, RunnerStatus, WebhookVerifier, unique_label,
+    Error, Forge, JitConfig, JitRequest, MAX_PAGES, RateLimit, RegistrationToken, Result, Runner,
+    RunnerGroup, RunnerId, RunnerStatus, WebhookVerifier, unique_label,
 };
 
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -279,8 +279,14 @@ impl GithubForge {
                 validate_repo(repo).map_err(|m| Error::config("repo", m))?;
             }
         }
+        let budget_key = match &config.auth {
+            Auth::App {
+                installation_id, ..
+            } => format!("installation:{installation_id}"),
+            Auth::Token(_) => "token".to_owned(),
+        };
         Ok(GithubForge {
-            transport: Transport::new(base, config.retry.clone())?,
+            transport: Transport::new(base, config.retry.clone(), budget_key)?,
             credentials,
             scope: config.scope.clone(),
             webhooks: config
@@ -294,18 +300,9 @@ impl GithubForge {
         &self.scope
     }
 
-    /// The primary rate-limit budget GitHub last reported for this installation (or token): the
-    /// daemon exports `remaining` as a gauge labelled with [`budget_key`](Self::budget_key).
-    pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.transport.rate_limit()
-    }
-
-    /// `installation:<id>` or `token`: which budget [`rate_limit`](Self::rate_limit) is about.
+    /// `installation:<id>` or `token`: which budget [`Forge::rate_limit`] reports on.
     pub fn budget_key(&self) -> String {
-        match &self.credentials {
-            Credentials::App(app) => format!("installation:{}", app.installation_id()),
-            Credentials::Token(_) => "token".to_owned(),
-        }
+        self.transport.budget_key().to_owned()
     }
 
     /// HTTP requests sent, retries and token exchanges included.
@@ -769,6 +766,10 @@ impl Forge for GithubForge {
             }
         }
         Ok(jobs.into_values().collect())
+    }
+
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.transport.rate_limit()
     }
 
     fn webhook_verifier(&self) -> Option<Arc<dyn WebhookVerifier>> {

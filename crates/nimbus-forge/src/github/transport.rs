@@ -17,11 +17,10 @@ use nimbus_types::Secret;
 use rand::Rng;
 use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, USER_AGENT};
 use reqwest::{Method, StatusCode, Url};
-use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::time::Instant;
 
-use crate::{Error, Result};
+use crate::{Error, RateLimit, Result};
 
 /// Timeouts and retries of every GitHub call.
 #[derive(Clone, Debug)]
@@ -52,17 +51,6 @@ impl Default for RetryPolicy {
     }
 }
 
-/// The primary rate-limit budget as GitHub last reported it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RateLimit {
-    pub limit: u64,
-    pub remaining: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    pub reset: OffsetDateTime,
-    /// GitHub's bucket (`core` for the REST calls Nimbus makes).
-    pub resource: String,
-}
-
 /// A successful response's status, headers and body.
 pub(crate) struct Response {
     pub headers: HeaderMap,
@@ -81,6 +69,7 @@ pub(crate) struct Transport {
     http: reqwest::Client,
     base: Url,
     pub(crate) policy: RetryPolicy,
+    budget_key: String,
     budget: Mutex<Option<RateLimit>>,
     requests: AtomicU64,
 }
@@ -90,7 +79,8 @@ const API_VERSION: &str = "2022-11-28";
 const ACCEPT_VALUE: &str = "application/vnd.github+json, application/json;q=0.9";
 
 impl Transport {
-    pub fn new(base: Url, policy: RetryPolicy) -> Result<Self> {
+    /// `budget_key` names the budget in [`RateLimit::key`] (`installation:<id>` or `token`).
+    pub fn new(base: Url, policy: RetryPolicy, budget_key: String) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)))
             // Redirects could carry the Authorization header to another host; GitHub's API does
@@ -102,6 +92,7 @@ impl Transport {
             http,
             base,
             policy,
+            budget_key,
             budget: Mutex::new(None),
             requests: AtomicU64::new(0),
         })
@@ -112,6 +103,10 @@ impl Transport {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn budget_key(&self) -> &str {
+        &self.budget_key
     }
 
     /// HTTP requests sent so far (every attempt counts).
@@ -332,6 +327,7 @@ impl Transport {
         }
         let limit = number("x-ratelimit-limit").unwrap_or(remaining);
         *self.budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(RateLimit {
+            key: self.budget_key.clone(),
             limit,
             remaining,
             reset,
