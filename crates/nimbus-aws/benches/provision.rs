@@ -213,9 +213,17 @@ fn main() -> anyhow::Result<()> {
         }
         let ec2_terminate = std::mem::take(&mut *sink.per_machine.lock().unwrap());
         let left = provider.list_machines(tenant_id).await?;
-        anyhow::ensure!(left.is_empty(), "{} machines left after terminating", left.len());
+        anyhow::ensure!(
+            left.is_empty(),
+            "{} machines left after terminating",
+            left.len()
+        );
 
-        let row = |phase, wall: Vec<(MachineId, Duration)>, ec2: HashMap<MachineId, Duration>, total, cpu| {
+        let row = |phase,
+                   wall: Vec<(MachineId, Duration)>,
+                   ec2: HashMap<MachineId, Duration>,
+                   total,
+                   cpu| {
             let mut walls: Vec<Duration> = wall.iter().map(|(_, d)| *d).collect();
             let mut ec2s: Vec<Duration> = wall
                 .iter()
@@ -238,8 +246,20 @@ fn main() -> anyhow::Result<()> {
             }
         };
         Ok::<_, anyhow::Error>(vec![
-            row("provision", wall, ec2_provision, provision_total, provision_cpu),
-            row("terminate", terminate_wall, ec2_terminate, terminate_total, terminate_cpu),
+            row(
+                "provision",
+                wall,
+                ec2_provision,
+                provision_total,
+                provision_cpu,
+            ),
+            row(
+                "terminate",
+                terminate_wall,
+                ec2_terminate,
+                terminate_total,
+                terminate_cpu,
+            ),
         ])
     })?;
 
@@ -272,8 +292,14 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("| memory                     | MiB    |");
     println!("|----------------------------|--------|");
-    println!("| RSS before the run         | {:>6.1} |", rss_before_kib as f64 / 1024.0);
-    println!("| peak RSS (VmHWM)           | {:>6.1} |", peak_kib as f64 / 1024.0);
+    println!(
+        "| RSS before the run         | {:>6.1} |",
+        rss_before_kib as f64 / 1024.0
+    );
+    println!(
+        "| peak RSS (VmHWM)           | {:>6.1} |",
+        peak_kib as f64 / 1024.0
+    );
     println!();
     println!(
         "EC2 time = the machine's requests from send to parsed answer (SDK signing and XML parsing included);\n\

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
 use aws_sdk_ec2::Client;
 use aws_sdk_ec2::config::{Credentials, Region};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
 use nimbus_types::event::{self, Event};
 use nimbus_types::{MachineId, ProviderId, TenantId};
 use rand::Rng;
@@ -378,8 +378,13 @@ impl Ec2 {
             match result {
                 Ok(output) => {
                     self.events.emit(
-                        self.event(event::CLOUD_PROVIDER_API_CALL_SUCCESS, operation, ctx, attempt)
-                            .duration(elapsed),
+                        self.event(
+                            event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                            operation,
+                            ctx,
+                            attempt,
+                        )
+                        .duration(elapsed),
                     );
                     return Ok(output);
                 }
@@ -387,7 +392,12 @@ impl Ec2 {
                     let mut err = describe(operation, &err);
                     err.attempts = attempt;
                     let mut event = self
-                        .event(event::CLOUD_PROVIDER_API_CALL_FAILURE, operation, ctx, attempt)
+                        .event(
+                            event::CLOUD_PROVIDER_API_CALL_FAILURE,
+                            operation,
+                            ctx,
+                            attempt,
+                        )
                         .duration(elapsed)
                         .error(&err.message)
                         .meta("kind", format!("{:?}", err.kind));
@@ -436,20 +446,48 @@ mod tests {
     #[test]
     fn errors_are_sorted_by_code_then_status() {
         for (code, status, want) in [
-            (Some("RequestLimitExceeded"), Some(503), ErrorKind::Throttled),
+            (
+                Some("RequestLimitExceeded"),
+                Some(503),
+                ErrorKind::Throttled,
+            ),
             (Some("Throttling"), Some(400), ErrorKind::Throttled),
             (None, Some(429), ErrorKind::Throttled),
-            (Some("InsufficientHostCapacity"), Some(400), ErrorKind::Capacity),
-            (Some("InsufficientInstanceCapacity"), Some(500), ErrorKind::Capacity),
+            (
+                Some("InsufficientHostCapacity"),
+                Some(400),
+                ErrorKind::Capacity,
+            ),
+            (
+                Some("InsufficientInstanceCapacity"),
+                Some(500),
+                ErrorKind::Capacity,
+            ),
             (Some("AuthFailure"), Some(401), ErrorKind::Auth),
             (Some("UnauthorizedOperation"), Some(403), ErrorKind::Auth),
             (None, Some(403), ErrorKind::Auth),
             (Some("InternalError"), Some(500), ErrorKind::Transient),
             (None, Some(503), ErrorKind::Transient),
-            (Some("InvalidInstanceID.NotFound"), Some(400), ErrorKind::NotFound),
-            (Some("InvalidHostID.NotFound"), Some(400), ErrorKind::NotFound),
-            (Some("InvalidKeyPair.Duplicate"), Some(400), ErrorKind::Duplicate),
-            (Some("InvalidAMIID.Malformed"), Some(400), ErrorKind::NotFound),
+            (
+                Some("InvalidInstanceID.NotFound"),
+                Some(400),
+                ErrorKind::NotFound,
+            ),
+            (
+                Some("InvalidHostID.NotFound"),
+                Some(400),
+                ErrorKind::NotFound,
+            ),
+            (
+                Some("InvalidKeyPair.Duplicate"),
+                Some(400),
+                ErrorKind::Duplicate,
+            ),
+            (
+                Some("InvalidAMIID.Malformed"),
+                Some(400),
+                ErrorKind::NotFound,
+            ),
             (Some("InvalidParameterValue"), Some(400), ErrorKind::Invalid),
             (None, Some(400), ErrorKind::Invalid),
         ] {
@@ -466,7 +504,8 @@ mod tests {
             attempt_timeout: Duration::from_secs(1),
         };
         for attempt in 1..12 {
-            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(policy.max_delay);
+            let cap =
+                Duration::from_millis(100 * (1u64 << (attempt - 1).min(20))).min(policy.max_delay);
             for _ in 0..50 {
                 assert!(policy.backoff(attempt) <= cap, "attempt {attempt}");
             }
@@ -487,6 +526,9 @@ mod tests {
         assert!(nimbus_provider::Error::from(err(ErrorKind::Throttled)).is_retryable());
         assert!(nimbus_provider::Error::from(err(ErrorKind::Capacity)).is_retryable());
         assert!(!nimbus_provider::Error::from(err(ErrorKind::Auth)).is_retryable());
-        assert_eq!(err(ErrorKind::Invalid).to_string(), "ec2 RunInstances: x (after 3 attempts)");
+        assert_eq!(
+            err(ErrorKind::Invalid).to_string(),
+            "ec2 RunInstances: x (after 3 attempts)"
+        );
     }
 }

@@ -218,15 +218,14 @@ impl AwsConfig {
                 ));
             }
         }
-        let config: AwsConfig = serde_json::from_value(value.clone())
-            .map_err(|err| {
-                let text = err.to_string();
-                let field = match serde_field(&text) {
-                    Some(name) => format!("config.{name}"),
-                    None => "config".to_owned(),
-                };
-                invalid(field, text)
-            })?;
+        let config: AwsConfig = serde_json::from_value(value.clone()).map_err(|err| {
+            let text = err.to_string();
+            let field = match serde_field(&text) {
+                Some(name) => format!("config.{name}"),
+                None => "config".to_owned(),
+            };
+            invalid(field, text)
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -239,7 +238,10 @@ impl AwsConfig {
             let field = format!("config.availability_zones[{idx}]");
             validate_az(&self.region, az, &field)?;
             if !seen.insert(az) {
-                return Err(invalid(field, format!("duplicate availability zone {az:?}")));
+                return Err(invalid(
+                    field,
+                    format!("duplicate availability zone {az:?}"),
+                ));
             }
         }
         if let Some(url) = &self.endpoint_url {
@@ -365,10 +367,7 @@ impl AwsConfig {
             ));
         }
         if self.host_scrub_minutes > 24 * 60 {
-            return Err(invalid(
-                "config.host_scrub_minutes",
-                "must be at most 1440",
-            ));
+            return Err(invalid("config.host_scrub_minutes", "must be at most 1440"));
         }
         Ok(())
     }
@@ -493,7 +492,10 @@ impl AwsCredentials {
         }
         if let Some(secret) = &self.secret_access_key {
             if secret.expose().trim().is_empty() {
-                return Err(invalid("credentials.secret_access_key", "must not be empty"));
+                return Err(invalid(
+                    "credentials.secret_access_key",
+                    "must not be empty",
+                ));
             }
             if secret.expose().chars().any(char::is_whitespace) {
                 return Err(invalid(
@@ -520,11 +522,11 @@ impl AwsCredentials {
 /// credentials JSON. Validates both.
 pub fn split_config_file(text: &str) -> Result<(serde_json::Value, Option<Secret>), Error> {
     let mut value: serde_json::Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|err| invalid("config", format!("invalid JSON: {err}")))?
+        serde_json::from_str(text)
+            .map_err(|err| invalid("config", format!("invalid JSON: {err}")))?
     } else {
-        let table: toml::Table = toml::from_str(text).map_err(|err| {
-            invalid("config", format!("invalid TOML: {}", err.message()))
-        })?;
+        let table: toml::Table = toml::from_str(text)
+            .map_err(|err| invalid("config", format!("invalid TOML: {}", err.message())))?;
         serde_json::to_value(table).map_err(|err| invalid("config", err.to_string()))?
     };
     let object = value
@@ -539,7 +541,9 @@ pub fn split_config_file(text: &str) -> Result<(serde_json::Value, Option<Secret
     let secret = if credentials.is_empty() {
         None
     } else {
-        Some(Secret::new(serde_json::Value::Object(credentials).to_string()))
+        Some(Secret::new(
+            serde_json::Value::Object(credentials).to_string(),
+        ))
     };
     AwsConfig::from_json(&value)?;
     AwsCredentials::from_secret(secret.as_ref())?;
@@ -561,9 +565,7 @@ fn validate_region(region: &str) -> Result<(), Error> {
         && parts[..parts.len() - 1]
             .iter()
             .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_lowercase()))
-        && parts[parts.len() - 1]
-            .chars()
-            .all(|c| c.is_ascii_digit())
+        && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         && !parts[parts.len() - 1].is_empty();
     if ok {
         Ok(())
@@ -716,7 +718,10 @@ mod tests {
         );
         check(json!("us-east-1"), Err("config"));
         check(json!({}), Err("config.region"));
-        check(json!({"region": "us-east-1", "regoin": "x"}), Err("config.regoin"));
+        check(
+            json!({"region": "us-east-1", "regoin": "x"}),
+            Err("config.regoin"),
+        );
         check(json!({"region": "US-EAST-1"}), Err("config.region"));
         check(json!({"region": "useast1"}), Err("config.region"));
         check(
@@ -735,7 +740,10 @@ mod tests {
             json!({"region": "us-east-1", "endpoint_url": "http://user:pw@host"}),
             Err("config.endpoint_url"),
         );
-        check(json!({"region": "us-east-1", "subnet_id": "vpc-1"}), Err("config.subnet_id"));
+        check(
+            json!({"region": "us-east-1", "subnet_id": "vpc-1"}),
+            Err("config.subnet_id"),
+        );
         check(
             json!({"region": "us-east-1", "az_subnet_ids": {"us-east-1a": "sg-1"}}),
             Err("config.az_subnet_ids.us-east-1a"),
@@ -800,7 +808,10 @@ mod tests {
             json!({"region": "us-east-1", "ssh_user": "-oProxyCommand=x"}),
             Err("config.ssh_user"),
         );
-        check(json!({"region": "us-east-1", "ssh_port": 0}), Err("config.ssh_port"));
+        check(
+            json!({"region": "us-east-1", "ssh_port": 0}),
+            Err("config.ssh_port"),
+        );
         check(
             json!({"region": "us-east-1", "host_min_allocation_hours": "24"}),
             Err("config"),
@@ -824,11 +835,18 @@ mod tests {
         assert!(!debug.contains("IOSFODNN"), "{debug}");
 
         assert!(AwsCredentials::from_secret(None).unwrap().is_none());
-        assert!(AwsCredentials::from_secret(Some(&Secret::new("{}"))).unwrap().is_none());
+        assert!(
+            AwsCredentials::from_secret(Some(&Secret::new("{}")))
+                .unwrap()
+                .is_none()
+        );
 
         for (raw, field) in [
             ("not json hunter2", "credentials"),
-            (r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE"}"#, "credentials.secret_access_key"),
+            (
+                r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE"}"#,
+                "credentials.secret_access_key",
+            ),
             (
                 r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": 12345678, "x": 1}"#,
                 "credentials",
@@ -837,17 +855,32 @@ mod tests {
                 r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "hunter2", "password": "hunter2"}"#,
                 "credentials.password",
             ),
-            (r#"{"access_key_id": "short", "secret_access_key": "hunter2"}"#, "credentials.access_key_id"),
-            (r#"{"secret_access_key": "hunter2"}"#, "credentials.access_key_id"),
-            (r#"{"session_token": "hunter2"}"#, "credentials.session_token"),
-            (r#"{"ssh_private_key": "-----BEGIN hunter2"}"#, "credentials.ssh_private_key"),
+            (
+                r#"{"access_key_id": "short", "secret_access_key": "hunter2"}"#,
+                "credentials.access_key_id",
+            ),
+            (
+                r#"{"secret_access_key": "hunter2"}"#,
+                "credentials.access_key_id",
+            ),
+            (
+                r#"{"session_token": "hunter2"}"#,
+                "credentials.session_token",
+            ),
+            (
+                r#"{"ssh_private_key": "-----BEGIN hunter2"}"#,
+                "credentials.ssh_private_key",
+            ),
             (
                 r#"{"access_key_id": "AKIAIOSFODNN7EXAMPLE", "secret_access_key": "  "}"#,
                 "credentials.secret_access_key",
             ),
         ] {
             match AwsCredentials::from_secret(Some(&Secret::new(raw))) {
-                Err(Error::InvalidConfig { field: got, message }) => {
+                Err(Error::InvalidConfig {
+                    field: got,
+                    message,
+                }) => {
                     assert_eq!(got, field, "for {raw}: {message}");
                     assert!(!message.contains("hunter2"), "{message}");
                     assert!(!message.contains("12345678"), "{message}");
@@ -883,7 +916,8 @@ linux_x86_64 = "ami-04681a1dbd79675a5"
             Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "config"),
             other => panic!("{other:?}"),
         }
-        match split_config_file("region = \"us-east-1\"\naccess_key_id = \"AKIAIOSFODNN7EXAMPLE\"") {
+        match split_config_file("region = \"us-east-1\"\naccess_key_id = \"AKIAIOSFODNN7EXAMPLE\"")
+        {
             Err(Error::InvalidConfig { field, .. }) => {
                 assert_eq!(field, "credentials.secret_access_key")
             }
@@ -899,7 +933,10 @@ linux_x86_64 = "ami-04681a1dbd79675a5"
         config
             .az_subnet_ids
             .insert("us-east-1b".into(), "subnet-b".into());
-        assert_eq!(config.subnet_for(Some("us-east-1a")), Some("subnet-default"));
+        assert_eq!(
+            config.subnet_for(Some("us-east-1a")),
+            Some("subnet-default")
+        );
         assert_eq!(config.subnet_for(Some("us-east-1b")), Some("subnet-b"));
         assert_eq!(config.subnet_for(None), Some("subnet-default"));
     }

@@ -115,10 +115,20 @@ mod tests {
             ("available", 0, None, HostState::Idle),
             ("available", 1, None, HostState::Occupied),
             ("available", 1, Some(later), HostState::Occupied),
-            ("available", 0, Some(later), HostState::Scrubbing { until: Some(later) }),
+            (
+                "available",
+                0,
+                Some(later),
+                HostState::Scrubbing { until: Some(later) },
+            ),
             ("available", 0, Some(earlier), HostState::Idle),
             ("pending", 0, None, HostState::Scrubbing { until: None }),
-            ("pending", 0, Some(earlier), HostState::Scrubbing { until: None }),
+            (
+                "pending",
+                0,
+                Some(earlier),
+                HostState::Scrubbing { until: None },
+            ),
             ("released", 0, None, HostState::Released),
             ("released-permanent-failure", 1, None, HostState::Released),
             (
@@ -130,7 +140,11 @@ mod tests {
                 },
             ),
         ] {
-            assert_eq!(derive_state(ec2, live, scrub, now), want, "{ec2} {live} {scrub:?}");
+            assert_eq!(
+                derive_state(ec2, live, scrub, now),
+                want,
+                "{ec2} {live} {scrub:?}"
+            );
         }
     }
 

@@ -23,8 +23,8 @@ use nimbus_types::{ProviderConfig, ProviderType};
 pub use api::{ErrorKind, RetryPolicy, classify};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    AwsConfig, AwsCredentials, ImageIds, KNOWN_MAC_INSTANCE_TYPES, is_mac_instance_type,
-    mac_arch, split_config_file,
+    AwsConfig, AwsCredentials, ImageIds, KNOWN_MAC_INSTANCE_TYPES, is_mac_instance_type, mac_arch,
+    split_config_file,
 };
 pub use events::{CollectingSink, EventSink, TracingSink};
 pub use hosts::{Host, HostState};
@@ -35,7 +35,9 @@ pub use provider::{
 
 /// Tag names Nimbus puts on EC2 resources.
 pub mod tag {
-    pub use crate::tags::{ARCH, MACHINE, MANAGED_BY, MANAGED_BY_VALUE, OS, PROVIDER, SCRUB_UNTIL, TENANT};
+    pub use crate::tags::{
+        ARCH, MACHINE, MANAGED_BY, MANAGED_BY_VALUE, OS, PROVIDER, SCRUB_UNTIL, TENANT,
+    };
 }
 
 /// Builds the provider for a stored configuration of type `aws` (registry entry for `nimbusd`).

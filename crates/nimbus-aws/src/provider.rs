@@ -353,7 +353,10 @@ impl AwsProvider {
                     }
                 }
             }
-            next_token = page.next_token().filter(|t| !t.is_empty()).map(str::to_owned);
+            next_token = page
+                .next_token()
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
             if next_token.is_none() {
                 break;
             }
@@ -406,9 +409,7 @@ impl AwsProvider {
                 if by_id {
                     request.send()
                 } else {
-                    request
-                        .filter(filter("tag-key", &[tags::PROVIDER]))
-                        .send()
+                    request.filter(filter("tag-key", &[tags::PROVIDER])).send()
                 }
             })
             .await;
@@ -442,11 +443,9 @@ impl AwsProvider {
                 .state()
                 .map(|s| s.as_str().to_owned())
                 .unwrap_or_default();
-            let scrub_until = host_tags
-                .get(tags::SCRUB_UNTIL)
-                .and_then(|at| {
-                    OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
-                });
+            let scrub_until = host_tags.get(tags::SCRUB_UNTIL).and_then(|at| {
+                OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339).ok()
+            });
             let allocated_at = host.allocation_time().and_then(to_offset).unwrap_or(now);
             out.push(Host {
                 id: id.to_owned(),
@@ -804,7 +803,11 @@ impl AwsProvider {
                 Ok(info) => return Ok(self.view(&info, None)),
                 Err(RunError::Capacity(err)) => {
                     tracing::info!(machine.id = %request.machine_id, zone = zone.unwrap_or("default"), code = err.code.as_deref(), "no instance capacity, trying the next zone");
-                    capacity.push(format!("{}: {}", zone.unwrap_or("default subnet"), err.message));
+                    capacity.push(format!(
+                        "{}: {}",
+                        zone.unwrap_or("default subnet"),
+                        err.message
+                    ));
                 }
                 Err(RunError::Other(err)) => return Err(err),
             }
@@ -822,10 +825,7 @@ impl AwsProvider {
         plan: &Plan,
     ) -> Result<ProviderMachine> {
         let (host, _claim) = self.acquire_host(request, &plan.instance_type).await?;
-        match self
-            .run_instance(request, plan, Some(&host), None)
-            .await
-        {
+        match self.run_instance(request, plan, Some(&host), None).await {
             Ok(info) => Ok(self.view(&info, Some(&host))),
             // The host stays allocated and tagged for this machine: a retry (or another
             // machine) uses it.
@@ -853,7 +853,9 @@ impl AwsProvider {
         let usable = |host: &&Host| {
             host.state == HostState::Idle
                 && host.instance_type.as_deref() == Some(instance_type)
-                && claimed.get(&host.id).is_none_or(|m| *m == request.machine_id)
+                && claimed
+                    .get(&host.id)
+                    .is_none_or(|m| *m == request.machine_id)
                 && (self.config.availability_zones.is_empty()
                     || host
                         .availability_zone
@@ -953,10 +955,14 @@ impl AwsProvider {
                     }
                     Err(err) if err.kind == ErrorKind::Transient => {
                         let instances = self.instances(ctx, Vec::new()).await?;
-                        let adopted = self.hosts(ctx, None, &instances).await?.into_iter().find(|h| {
-                            h.machine_id == Some(request.machine_id)
-                                && h.availability_zone.as_deref() == Some(az.as_str())
-                        });
+                        let adopted =
+                            self.hosts(ctx, None, &instances)
+                                .await?
+                                .into_iter()
+                                .find(|h| {
+                                    h.machine_id == Some(request.machine_id)
+                                        && h.availability_zone.as_deref() == Some(az.as_str())
+                                });
                         if let Some(host) = adopted {
                             tracing::info!(machine.id = %request.machine_id, host.id = %host.id, "adopted the host of an interrupted AllocateHosts");
                             return Ok(host);
@@ -1007,7 +1013,12 @@ impl AwsProvider {
 
     /// After instances on `host_id` ended: mark the scrubbing window, and release the host when
     /// its minimum allocation period is over and nothing else uses it.
-    async fn after_instances_ended(&self, ctx: CallCtx, host_id: &str, ended_now: bool) -> Result<()> {
+    async fn after_instances_ended(
+        &self,
+        ctx: CallCtx,
+        host_id: &str,
+        ended_now: bool,
+    ) -> Result<()> {
         let _selection = self.host_selection.lock().await;
         let now = self.now();
         if ended_now {
@@ -1097,7 +1108,9 @@ impl AwsProvider {
         let mut report = HostReconcileReport::default();
         for host in hosts {
             if self.claimed_by(&host.id).is_some() {
-                report.kept.push((host.id, "being given to a machine".into()));
+                report
+                    .kept
+                    .push((host.id, "being given to a machine".into()));
             } else if !host.releasable(now) {
                 let why = if host.past_minimum(now) {
                     format!("{:?}", host.state)
@@ -1321,7 +1334,10 @@ impl Provider for AwsProvider {
         let ctx = CallCtx::default();
         let tenant = tenant_id.to_string();
         let instances: Vec<InstanceInfo> = self
-            .instances(ctx, vec![filter(&format!("tag:{}", tags::TENANT), &[&tenant])])
+            .instances(
+                ctx,
+                vec![filter(&format!("tag:{}", tags::TENANT), &[&tenant])],
+            )
             .await?
             .into_iter()
             .filter(|info| info.tenant_id == Some(tenant_id))
@@ -1368,7 +1384,10 @@ impl Provider for AwsProvider {
             return Ok(exec.clone());
         }
         let (address, instance_id) = match &machine.ip_address {
-            Some(address) => (address.clone(), machine.provider_metadata.instance_id.clone()),
+            Some(address) => (
+                address.clone(),
+                machine.provider_metadata.instance_id.clone(),
+            ),
             None => {
                 let found = self
                     .get_machine(machine.id)
@@ -1382,7 +1401,10 @@ impl Provider for AwsProvider {
         };
         let target = SshTarget {
             // Pin the host key per instance: a new instance is a new host.
-            host_id: format!("aws:{}", instance_id.unwrap_or_else(|| machine.id.to_string())),
+            host_id: format!(
+                "aws:{}",
+                instance_id.unwrap_or_else(|| machine.id.to_string())
+            ),
             address,
             port: self.config.ssh_port,
             user: self.config.ssh_user.clone(),
@@ -1413,33 +1435,64 @@ mod tests {
         assert_eq!(run_client_token(a), run_client_token(a));
         assert_ne!(run_client_token(a), run_client_token(b));
         assert!(run_client_token(a).len() <= 64);
-        assert_eq!(host_client_token(a, "us-east-1a"), host_client_token(a, "us-east-1a"));
-        assert_ne!(host_client_token(a, "us-east-1a"), host_client_token(a, "us-east-1b"));
+        assert_eq!(
+            host_client_token(a, "us-east-1a"),
+            host_client_token(a, "us-east-1a")
+        );
+        assert_ne!(
+            host_client_token(a, "us-east-1a"),
+            host_client_token(a, "us-east-1b")
+        );
         assert!(host_client_token(a, "us-east-1-bos-1a").len() <= 64);
         assert!(run_client_token(a).is_ascii());
-        assert_ne!(run_client_token_at(a, "us-east-1a"), run_client_token_at(a, "us-east-1b"));
-        assert_eq!(run_client_token_at(a, "h-0123"), run_client_token_at(a, "h-0123"));
+        assert_ne!(
+            run_client_token_at(a, "us-east-1a"),
+            run_client_token_at(a, "us-east-1b")
+        );
+        assert_eq!(
+            run_client_token_at(a, "h-0123"),
+            run_client_token_at(a, "h-0123")
+        );
         assert!(run_client_token_at(a, "h-0123456789abcdef0").len() <= 64);
     }
 
     #[test]
     fn key_names_follow_the_key() {
         let tenant = TenantId::new();
-        let a = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc a";
-        let a_renamed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc b";
-        let b = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxy b";
-        assert_eq!(default_key_name(tenant, a), default_key_name(tenant, a_renamed));
+        let a =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc a";
+        let a_renamed =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc b";
+        let b =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxyzBxy b";
+        assert_eq!(
+            default_key_name(tenant, a),
+            default_key_name(tenant, a_renamed)
+        );
         assert_ne!(default_key_name(tenant, a), default_key_name(tenant, b));
-        assert_ne!(default_key_name(tenant, a), default_key_name(TenantId::new(), a));
+        assert_ne!(
+            default_key_name(tenant, a),
+            default_key_name(TenantId::new(), a)
+        );
         assert!(default_key_name(tenant, a).len() <= 255);
     }
 
     #[test]
     fn user_data_parts() {
         assert_eq!(compose_user_data(None, None), None);
-        assert_eq!(compose_user_data(Some("#!/bin/sh\ntrue"), None).as_deref(), Some("#!/bin/sh\ntrue"));
-        assert_eq!(compose_user_data(None, Some("echo hi")).as_deref(), Some("echo hi"));
-        let both = compose_user_data(Some("#cloud-config\npackages: [git]"), Some("#!/bin/sh\necho hi")).unwrap();
+        assert_eq!(
+            compose_user_data(Some("#!/bin/sh\ntrue"), None).as_deref(),
+            Some("#!/bin/sh\ntrue")
+        );
+        assert_eq!(
+            compose_user_data(None, Some("echo hi")).as_deref(),
+            Some("echo hi")
+        );
+        let both = compose_user_data(
+            Some("#cloud-config\npackages: [git]"),
+            Some("#!/bin/sh\necho hi"),
+        )
+        .unwrap();
         assert!(both.starts_with("Content-Type: multipart/mixed"));
         assert!(both.contains("text/cloud-config"));
         assert!(both.contains("text/x-shellscript"));

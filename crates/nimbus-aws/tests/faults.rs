@@ -32,7 +32,8 @@ fn through(proxy: &FaultProxy, tenant: TenantId, provider: ProviderId) -> Harnes
 }
 
 fn token_of(body: &str) -> Option<&str> {
-    body.split('&').find_map(|pair| pair.strip_prefix("ClientToken="))
+    body.split('&')
+        .find_map(|pair| pair.strip_prefix("ClientToken="))
 }
 
 #[tokio::test]
@@ -45,11 +46,10 @@ async fn throttling_and_5xx_are_retried_with_the_same_client_token() {
     proxy.add(Rule::new("DescribeInstances", 2, Fault::Status(502)));
 
     let request = h.request(Os::Linux, Arch::X86_64);
-    let provided = h
-        .provider
-        .provision(&request)
-        .await
-        .unwrap_or_else(|err| panic!("provision failed: {err}\nproxy saw: {:#?}", proxy.seen()));
+    let provided =
+        h.provider.provision(&request).await.unwrap_or_else(|err| {
+            panic!("provision failed: {err}\nproxy saw: {:#?}", proxy.seen())
+        });
     assert_eq!(provided.machine_id, Some(request.machine_id));
     assert_eq!(raw_live_instances(&raw).await.len(), 1);
 
@@ -61,7 +61,9 @@ async fn throttling_and_5xx_are_retried_with_the_same_client_token() {
     }
     assert_eq!(runs.iter().filter(|r| r.forwarded).count(), 1);
 
-    let failures = h.events.named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("RunInstances"));
+    let failures = h
+        .events
+        .named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("RunInstances"));
     assert_eq!(failures.len(), 2, "{failures:#?}");
     for failure in &failures {
         assert_eq!(failure.metadata["code"], "RequestLimitExceeded");
@@ -69,7 +71,10 @@ async fn throttling_and_5xx_are_retried_with_the_same_client_token() {
         assert!(failure.duration.is_some());
         assert_eq!(failure.machine_id, Some(request.machine_id));
     }
-    let describe_failures = h.events.named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("DescribeInstances"));
+    let describe_failures = h.events.named(
+        event::CLOUD_PROVIDER_API_CALL_FAILURE,
+        Some("DescribeInstances"),
+    );
     assert_eq!(describe_failures.len(), 2);
     assert_eq!(describe_failures[0].metadata["kind"], "Transient");
     let attempts: Vec<_> = h
@@ -103,7 +108,10 @@ async fn a_5xx_after_ec2_acted_is_adopted_not_repeated() {
     let provided = h.provider.provision(&linux).await.unwrap();
     let live = raw_live_instances(&raw).await;
     assert_eq!(live.len(), 1, "{live:?}");
-    assert_eq!(provided.metadata.instance_id.as_deref(), Some(live[0].id.as_str()));
+    assert_eq!(
+        provided.metadata.instance_id.as_deref(),
+        Some(live[0].id.as_str())
+    );
     assert_eq!(proxy.seen_action("RunInstances").len(), 1);
 
     // A 503 before EC2 acted: nothing carries the tag, so the same request is sent again.
@@ -119,12 +127,19 @@ async fn a_5xx_after_ec2_acted_is_adopted_not_repeated() {
     assert_eq!(runs.len(), 2, "{runs:#?}");
 
     // The same for dedicated hosts: AllocateHosts acted, the answer was lost.
-    proxy.add(Rule::new("AllocateHosts", 1, Fault::StatusAfterForward(503)));
+    proxy.add(Rule::new(
+        "AllocateHosts",
+        1,
+        Fault::StatusAfterForward(503),
+    ));
     let mac = h.request(Os::Macos, Arch::Arm64);
     let provided = h.provider.provision(&mac).await.unwrap();
     let hosts = raw_hosts(&raw).await;
     assert_eq!(hosts.len(), 1, "{hosts:?}");
-    assert_eq!(provided.metadata.host_id.as_deref(), Some(hosts[0].id.as_str()));
+    assert_eq!(
+        provided.metadata.host_id.as_deref(),
+        Some(hosts[0].id.as_str())
+    );
     let allocations = proxy.seen_action("AllocateHosts");
     assert_eq!(allocations.len(), 1);
     assert_eq!(
@@ -140,8 +155,18 @@ async fn a_5xx_after_ec2_acted_is_adopted_not_repeated() {
         token_of(&mac_run.body),
         Some(run_client_token_at(mac.machine_id, &hosts[0].id).as_str())
     );
-    assert!(mac_run.body.contains(&format!("Placement.HostId={}", hosts[0].id)), "{}", mac_run.body);
-    assert!(mac_run.body.contains("Placement.Tenancy=host"), "{}", mac_run.body);
+    assert!(
+        mac_run
+            .body
+            .contains(&format!("Placement.HostId={}", hosts[0].id)),
+        "{}",
+        mac_run.body
+    );
+    assert!(
+        mac_run.body.contains("Placement.Tenancy=host"),
+        "{}",
+        mac_run.body
+    );
 }
 
 #[tokio::test]
@@ -186,7 +211,10 @@ async fn capacity_errors_move_to_the_next_zone_or_are_retryable() {
     let err = h.provider.provision(&request).await.unwrap_err();
     assert!(err.is_retryable(), "{err}");
     let message = err.to_string();
-    assert!(message.contains("us-east-1a") && message.contains("us-east-1b"), "{message}");
+    assert!(
+        message.contains("us-east-1a") && message.contains("us-east-1b"),
+        "{message}"
+    );
     assert!(message.contains("mac2-m2pro.metal"), "{message}");
     assert_eq!(raw_hosts(&raw).await.len(), 1);
 
@@ -229,8 +257,14 @@ async fn capacity_errors_move_to_the_next_zone_or_are_retryable() {
     assert!(runs[0].body.contains(&format!("SubnetId={subnet_a}")));
     assert!(runs[1].body.contains(&format!("SubnetId={subnet_b}")));
     // Each zone has its own token: EC2 refuses one token with other parameters.
-    assert_eq!(token_of(&runs[0].body), Some(run_client_token_at(linux.machine_id, "us-east-1a").as_str()));
-    assert_eq!(token_of(&runs[1].body), Some(run_client_token_at(linux.machine_id, "us-east-1b").as_str()));
+    assert_eq!(
+        token_of(&runs[0].body),
+        Some(run_client_token_at(linux.machine_id, "us-east-1a").as_str())
+    );
+    assert_eq!(
+        token_of(&runs[1].body),
+        Some(run_client_token_at(linux.machine_id, "us-east-1b").as_str())
+    );
 }
 
 #[tokio::test]
@@ -250,7 +284,10 @@ async fn rejected_credentials_are_permanent_and_never_leak() {
     let err = h.provider.provision(&request).await.unwrap_err();
     assert!(matches!(err, Error::Permanent(_)), "{err}");
     let message = err.to_string();
-    assert!(message.contains("AuthFailure") && message.contains("credentials"), "{message}");
+    assert!(
+        message.contains("AuthFailure") && message.contains("credentials"),
+        "{message}"
+    );
     assert!(!message.contains(SECRET_ACCESS_KEY), "{message}");
     // Not retried: a rejected key does not get better.
     assert_eq!(proxy.seen().len(), 1, "{:#?}", proxy.seen());
@@ -263,7 +300,12 @@ async fn rejected_credentials_are_permanent_and_never_leak() {
     let debug = format!("{:?}", h.provider);
     assert!(!debug.contains(SECRET_ACCESS_KEY), "{debug}");
     // The secret never travels in a request body either (requests are signed, not carrying it).
-    assert!(proxy.seen().iter().all(|s| !s.body.contains(SECRET_ACCESS_KEY)));
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .all(|s| !s.body.contains(SECRET_ACCESS_KEY))
+    );
 }
 
 #[tokio::test]
@@ -306,7 +348,11 @@ async fn provision_with_crash(
     let proxy = FaultProxy::start(moto.port()).await;
     proxy.crash_after_mutations(crash_after);
     let events = Arc::new(CollectingSink::new());
-    let record = provider_record(request.tenant_id, request.provider_id, config_json(&proxy.endpoint()));
+    let record = provider_record(
+        request.tenant_id,
+        request.provider_id,
+        config_json(&proxy.endpoint()),
+    );
     let provider = AwsProvider::new(&record, Arc::new(ManualClock::starting_now()))
         .unwrap()
         .with_events(events)
@@ -337,9 +383,19 @@ async fn assert_nothing_unknown(moto: &MotoServer, h: &Harness, step: &str) {
         .filter_map(|m| m.metadata.instance_id)
         .collect();
     for instance in raw_live_instances(&raw).await {
-        assert!(listed.contains(&instance.id), "{step}: instance {instance:?} not listed");
+        assert!(
+            listed.contains(&instance.id),
+            "{step}: instance {instance:?} not listed"
+        );
     }
-    let hosts: HashSet<String> = h.provider.list_hosts().await.unwrap().into_iter().map(|h| h.id).collect();
+    let hosts: HashSet<String> = h
+        .provider
+        .list_hosts()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
     for host in raw_unreleased_hosts(&raw).await {
         assert!(hosts.contains(&host.id), "{step}: host {host:?} not listed");
     }
@@ -372,17 +428,33 @@ async fn crash_matrix(os: Os, arch: Arch, steps: &[&str]) {
             .unwrap_or_else(|err| panic!("{step}: retried provision failed: {err}"));
         let live = raw_live_instances(&raw).await;
         assert_eq!(live.len(), 1, "{step}: {live:?}");
-        assert_eq!(provided.metadata.instance_id.as_deref(), Some(live[0].id.as_str()), "{step}");
+        assert_eq!(
+            provided.metadata.instance_id.as_deref(),
+            Some(live[0].id.as_str()),
+            "{step}"
+        );
         let hosts = raw_unreleased_hosts(&raw).await;
         if os == Os::Macos {
-            assert_eq!(hosts.len(), 1, "{step}: one host, reused by the retry: {hosts:?}");
-            assert_eq!(provided.metadata.host_id.as_deref(), Some(hosts[0].id.as_str()), "{step}");
+            assert_eq!(
+                hosts.len(),
+                1,
+                "{step}: one host, reused by the retry: {hosts:?}"
+            );
+            assert_eq!(
+                provided.metadata.host_id.as_deref(),
+                Some(hosts[0].id.as_str()),
+                "{step}"
+            );
         } else {
             assert!(hosts.is_empty(), "{step}");
         }
         h.clock.advance(time::Duration::minutes(1));
         let known = HashSet::from([request.machine_id]);
-        let orphans = h.provider.find_orphans(&known, Duration::ZERO).await.unwrap();
+        let orphans = h
+            .provider
+            .find_orphans(&known, Duration::ZERO)
+            .await
+            .unwrap();
         assert!(orphans.is_empty(), "{step}: {orphans:?}");
 
         // Intent abandoned: the reconciler finds every instance as an orphan and removes it;
@@ -401,12 +473,20 @@ async fn crash_matrix(os: Os, arch: Arch, steps: &[&str]) {
         h.provider.reconcile_hosts().await.unwrap();
         assert!(raw_unreleased_hosts(&raw).await.is_empty(), "{step}");
     }
-    assert!(completed, "the last crash point must lie beyond the provision's last step");
+    assert!(
+        completed,
+        "the last crash point must lie beyond the provision's last step"
+    );
 }
 
 #[tokio::test]
 async fn a_crash_between_any_two_mac_steps_leaves_nothing_unknown() {
-    crash_matrix(Os::Macos, Arch::Arm64, &["ImportKeyPair", "AllocateHosts", "RunInstances"]).await;
+    crash_matrix(
+        Os::Macos,
+        Arch::Arm64,
+        &["ImportKeyPair", "AllocateHosts", "RunInstances"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -423,7 +503,12 @@ async fn a_crash_while_terminating_is_finished_by_the_next_terminate() {
         let step = format!("crash after {:?}", &steps[..crash_after]);
         moto.reset().unwrap();
         let clock = Arc::new(ManualClock::starting_now());
-        let h = Harness::with_clock(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()), clock.clone());
+        let h = Harness::with_clock(
+            TenantId::new(),
+            ProviderId::new(),
+            config_json(&moto.endpoint()),
+            clock.clone(),
+        );
         let request = h.request(Os::Macos, Arch::Arm64);
         let provided = h.provider.provision(&request).await.unwrap();
         let machine = machine_record(&request, &provided);
@@ -444,6 +529,10 @@ async fn a_crash_while_terminating_is_finished_by_the_next_terminate() {
         assert_nothing_unknown(&moto, &h, &step).await;
         h.provider.terminate(&machine).await.unwrap();
         assert!(raw_live_instances(&raw).await.is_empty(), "{step}");
-        assert!(raw_unreleased_hosts(&raw).await.is_empty(), "{step}: {:?}", raw_hosts(&raw).await);
+        assert!(
+            raw_unreleased_hosts(&raw).await.is_empty(),
+            "{step}: {:?}",
+            raw_hosts(&raw).await
+        );
     }
 }

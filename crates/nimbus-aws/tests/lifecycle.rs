@@ -23,7 +23,11 @@ fn hours(n: i64) -> time::Duration {
 async fn mac_lifecycle_keeps_the_host_for_24_hours_then_releases_it() {
     let moto = start_moto();
     let raw = raw_client(&moto.endpoint());
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
 
     let request = h.request(Os::Macos, Arch::Arm64);
     let provided = h
@@ -33,13 +37,30 @@ async fn mac_lifecycle_keeps_the_host_for_24_hours_then_releases_it() {
         .unwrap_or_else(|err| panic!("provision failed: {err}\nmoto log:\n{}", moto.log()));
     assert_eq!(provided.machine_id, Some(request.machine_id));
     assert_eq!(provided.tenant_id, Some(h.tenant_id));
-    let host_id = provided.metadata.host_id.clone().expect("mac machines have a host");
-    assert!(provided.metadata.instance_id.as_deref().unwrap().starts_with("i-"));
+    let host_id = provided
+        .metadata
+        .host_id
+        .clone()
+        .expect("mac machines have a host");
+    assert!(
+        provided
+            .metadata
+            .instance_id
+            .as_deref()
+            .unwrap()
+            .starts_with("i-")
+    );
     assert_eq!(provided.metadata.minimum_allocation_hours, Some(24));
     assert_eq!(provided.metadata.extra["instance_type"], "mac2.metal");
-    assert!(provided.metadata.extra.contains_key("host_releasable_at"), "{provided:?}");
+    assert!(
+        provided.metadata.extra.contains_key("host_releasable_at"),
+        "{provided:?}"
+    );
     let age = nimbus_types::now() - provided.created_at;
-    assert!(age.abs() < time::Duration::minutes(5), "created_at from launch time: {provided:?}");
+    assert!(
+        age.abs() < time::Duration::minutes(5),
+        "created_at from launch time: {provided:?}"
+    );
 
     // The host is a first-class record, tagged, occupied by this machine.
     let hosts = h.provider.list_hosts().await.unwrap();
@@ -69,7 +90,11 @@ async fn mac_lifecycle_keeps_the_host_for_24_hours_then_releases_it() {
         ("managed-by", "nimbus".to_owned()),
         ("nimbus:os", "macos".to_owned()),
     ] {
-        assert_eq!(instance.tags.get(key), Some(&value), "tag {key} on {instance:?}");
+        assert_eq!(
+            instance.tags.get(key),
+            Some(&value),
+            "tag {key} on {instance:?}"
+        );
     }
 
     // Within the minimum allocation period, terminating is refused with the hours left.
@@ -91,7 +116,10 @@ async fn mac_lifecycle_keeps_the_host_for_24_hours_then_releases_it() {
     let raw_host = &raw_hosts(&raw).await[0];
     assert_eq!(raw_host.state, "released", "{raw_host:?}");
     assert!(h.provider.list_hosts().await.unwrap().is_empty());
-    assert_eq!(h.provider.get_machine(request.machine_id).await.unwrap(), None);
+    assert_eq!(
+        h.provider.get_machine(request.machine_id).await.unwrap(),
+        None
+    );
     let released: Vec<_> = h
         .events
         .named(event::MACHINE_RECONCILED, None)
@@ -108,20 +136,38 @@ async fn mac_lifecycle_keeps_the_host_for_24_hours_then_releases_it() {
 async fn hosts_are_reused_after_scrubbing_and_released_by_the_reconciler() {
     let moto = start_moto();
     let raw = raw_client(&moto.endpoint());
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
 
     let first = h.request(Os::Macos, Arch::Arm64);
     let provided = h.provider.provision(&first).await.unwrap();
     let host_id = provided.metadata.host_id.clone().unwrap();
-    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("AllocateHosts")).len(), 1);
+    assert_eq!(
+        h.events
+            .named(
+                event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                Some("AllocateHosts")
+            )
+            .len(),
+        1
+    );
 
     // Terminated inside the 24 hours: the instance ends, the host is kept (scrubbing).
     h.clock.advance(hours(2));
-    h.provider.terminate(&machine_record(&first, &provided)).await.unwrap();
+    h.provider
+        .terminate(&machine_record(&first, &provided))
+        .await
+        .unwrap();
     assert!(raw_live_instances(&raw).await.is_empty());
     let hosts = h.provider.list_hosts().await.unwrap();
     assert_eq!(hosts.len(), 1);
-    assert!(matches!(hosts[0].state, HostState::Scrubbing { until: Some(_) }), "{hosts:?}");
+    assert!(
+        matches!(hosts[0].state, HostState::Scrubbing { until: Some(_) }),
+        "{hosts:?}"
+    );
     let report = h.provider.reconcile_hosts().await.unwrap();
     assert!(report.released.is_empty(), "{report:?}");
     assert_eq!(report.kept.len(), 1, "{report:?}");
@@ -132,7 +178,15 @@ async fn hosts_are_reused_after_scrubbing_and_released_by_the_reconciler() {
     let provided_second = h.provider.provision(&second).await.unwrap();
     let second_host = provided_second.metadata.host_id.clone().unwrap();
     assert_ne!(second_host, host_id);
-    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("AllocateHosts")).len(), 2);
+    assert_eq!(
+        h.events
+            .named(
+                event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                Some("AllocateHosts")
+            )
+            .len(),
+        2
+    );
 
     // After scrubbing, the first host is idle and the next Mac reuses it: no new allocation.
     h.clock.advance(time::Duration::minutes(51));
@@ -141,10 +195,24 @@ async fn hosts_are_reused_after_scrubbing_and_released_by_the_reconciler() {
     assert_eq!(first_host.state, HostState::Idle);
     let third = h.request(Os::Macos, Arch::Arm64);
     let provided_third = h.provider.provision(&third).await.unwrap();
-    assert_eq!(provided_third.metadata.host_id.as_deref(), Some(host_id.as_str()));
-    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("AllocateHosts")).len(), 2);
+    assert_eq!(
+        provided_third.metadata.host_id.as_deref(),
+        Some(host_id.as_str())
+    );
+    assert_eq!(
+        h.events
+            .named(
+                event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                Some("AllocateHosts")
+            )
+            .len(),
+        2
+    );
     let hosts = h.provider.list_hosts().await.unwrap();
-    assert!(hosts.iter().all(|host| host.state == HostState::Occupied), "{hosts:?}");
+    assert!(
+        hosts.iter().all(|host| host.state == HostState::Occupied),
+        "{hosts:?}"
+    );
     let reused = hosts.iter().find(|host| host.id == host_id).unwrap();
     assert_eq!(reused.machine_id, Some(third.machine_id));
 
@@ -157,24 +225,45 @@ async fn hosts_are_reused_after_scrubbing_and_released_by_the_reconciler() {
 
     // Terminated past 24 hours, each host goes back; the reconciler has nothing left to do.
     h.clock.advance(hours(30));
-    for (request, provided) in [(&second, &provided_second), (&third, &provided_third), (&intel, &provided_intel)] {
-        h.provider.terminate(&machine_record(request, provided)).await.unwrap();
+    for (request, provided) in [
+        (&second, &provided_second),
+        (&third, &provided_third),
+        (&intel, &provided_intel),
+    ] {
+        h.provider
+            .terminate(&machine_record(request, provided))
+            .await
+            .unwrap();
     }
     assert!(h.provider.list_hosts().await.unwrap().is_empty());
     assert!(raw_unreleased_hosts(&raw).await.is_empty());
     let report = h.provider.reconcile_hosts().await.unwrap();
-    assert!(report.released.is_empty() && report.kept.is_empty(), "{report:?}");
+    assert!(
+        report.released.is_empty() && report.kept.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
 async fn idle_hosts_past_their_minimum_are_released_by_the_reconciler() {
     let moto = start_moto();
     let raw = raw_client(&moto.endpoint());
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
     let request = h.request(Os::Macos, Arch::Arm64);
     let provided = h.provider.provision(&request).await.unwrap();
-    h.provider.terminate(&machine_record(&request, &provided)).await.unwrap();
-    assert_eq!(raw_unreleased_hosts(&raw).await.len(), 1, "kept inside the minimum");
+    h.provider
+        .terminate(&machine_record(&request, &provided))
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_unreleased_hosts(&raw).await.len(),
+        1,
+        "kept inside the minimum"
+    );
 
     h.clock.advance(hours(23));
     let report = h.provider.reconcile_hosts().await.unwrap();
@@ -182,11 +271,17 @@ async fn idle_hosts_past_their_minimum_are_released_by_the_reconciler() {
 
     h.clock.advance(hours(2));
     let report = h.provider.reconcile_hosts().await.unwrap();
-    assert_eq!(report.released, vec![provided.metadata.host_id.clone().unwrap()]);
+    assert_eq!(
+        report.released,
+        vec![provided.metadata.host_id.clone().unwrap()]
+    );
     assert!(raw_unreleased_hosts(&raw).await.is_empty());
     // Idempotent.
     let report = h.provider.reconcile_hosts().await.unwrap();
-    assert!(report.released.is_empty() && report.failed.is_empty(), "{report:?}");
+    assert!(
+        report.released.is_empty() && report.failed.is_empty(),
+        "{report:?}"
+    );
 }
 
 #[tokio::test]
@@ -216,23 +311,47 @@ async fn linux_lifecycle_on_both_architectures() {
     let parm = h.provider.provision(&arm).await.unwrap();
     assert_eq!(px86.metadata.extra["instance_type"], "t3.micro");
     assert_eq!(parm.metadata.extra["instance_type"], "t4g.micro");
-    assert_eq!(px86.metadata.extra["image_id"], nimbus_testkit::moto::AMI_LINUX_X86_64);
-    assert_eq!(parm.metadata.extra["image_id"], nimbus_testkit::moto::AMI_LINUX_ARM64);
+    assert_eq!(
+        px86.metadata.extra["image_id"],
+        nimbus_testkit::moto::AMI_LINUX_X86_64
+    );
+    assert_eq!(
+        parm.metadata.extra["image_id"],
+        nimbus_testkit::moto::AMI_LINUX_ARM64
+    );
     assert_eq!(px86.metadata.host_id, None);
     assert_eq!(px86.metadata.minimum_allocation_hours, None);
     assert_eq!(px86.metadata.extra["availability_zone"], "us-east-1b");
     let key_name = nimbus_aws::default_key_name(h.tenant_id, SSH_PUBLIC_KEY);
-    assert!(key_name.starts_with(&format!("nimbus-{}-", h.tenant_id)), "{key_name}");
+    assert!(
+        key_name.starts_with(&format!("nimbus-{}-", h.tenant_id)),
+        "{key_name}"
+    );
     assert_eq!(px86.metadata.extra["key_name"], key_name);
     assert_eq!(px86.ssh_public_key.as_deref(), Some(SSH_PUBLIC_KEY));
     assert!(px86.ip_address.is_some());
-    assert!(matches!(px86.status, ProviderStatus::Running | ProviderStatus::Pending));
+    assert!(matches!(
+        px86.status,
+        ProviderStatus::Running | ProviderStatus::Pending
+    ));
 
     // The key pair was imported once, for the tenant.
     let keys = raw.describe_key_pairs().send().await.unwrap();
-    let names: Vec<_> = keys.key_pairs().iter().filter_map(|k| k.key_name()).collect();
+    let names: Vec<_> = keys
+        .key_pairs()
+        .iter()
+        .filter_map(|k| k.key_name())
+        .collect();
     assert_eq!(names, vec![key_name.as_str()]);
-    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("ImportKeyPair")).len(), 1);
+    assert_eq!(
+        h.events
+            .named(
+                event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                Some("ImportKeyPair")
+            )
+            .len(),
+        1
+    );
 
     // User data went along, base64-encoded as EC2 wants it.
     let attribute = raw
@@ -242,25 +361,49 @@ async fn linux_lifecycle_on_both_architectures() {
         .send()
         .await
         .unwrap();
-    let encoded = attribute.user_data().and_then(|v| v.value()).unwrap_or_default().to_owned();
+    let encoded = attribute
+        .user_data()
+        .and_then(|v| v.value())
+        .unwrap_or_default()
+        .to_owned();
     use base64::Engine;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap_or_default();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .unwrap_or_default();
     assert_eq!(String::from_utf8_lossy(&decoded), "#!/bin/sh\necho nimbus");
 
     let listed = h.provider.list_machines(h.tenant_id).await.unwrap();
     let ids: HashSet<_> = listed.iter().filter_map(|m| m.machine_id).collect();
     assert_eq!(ids, HashSet::from([x86.machine_id, arm.machine_id]));
     let got = h.provider.get_machine(x86.machine_id).await.unwrap();
-    assert_eq!(got.as_ref(), listed.iter().find(|m| m.machine_id == Some(x86.machine_id)));
+    assert_eq!(
+        got.as_ref(),
+        listed.iter().find(|m| m.machine_id == Some(x86.machine_id))
+    );
     assert_eq!(got.unwrap().metadata.instance_id, px86.metadata.instance_id);
     let x86_machine = machine_record(&x86, &px86);
-    assert!(h.provider.can_terminate(&x86_machine).await.unwrap().can_terminate);
+    assert!(
+        h.provider
+            .can_terminate(&x86_machine)
+            .await
+            .unwrap()
+            .can_terminate
+    );
 
     h.provider.terminate(&x86_machine).await.unwrap();
     assert_eq!(h.provider.get_machine(x86.machine_id).await.unwrap(), None);
     h.provider.terminate(&x86_machine).await.unwrap();
-    h.provider.terminate(&machine_record(&arm, &parm)).await.unwrap();
-    assert!(h.provider.list_machines(h.tenant_id).await.unwrap().is_empty());
+    h.provider
+        .terminate(&machine_record(&arm, &parm))
+        .await
+        .unwrap();
+    assert!(
+        h.provider
+            .list_machines(h.tenant_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(raw_live_instances(&raw).await.is_empty());
 
     // Every EC2 request was evented with its operation and duration.
@@ -272,7 +415,9 @@ async fn linux_lifecycle_on_both_architectures() {
         assert_eq!(event.tenant_id, Some(h.tenant_id));
         assert!(event.metadata.contains_key("operation"));
     }
-    let runs = h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("RunInstances"));
+    let runs = h
+        .events
+        .named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("RunInstances"));
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[0].machine_id, Some(x86.machine_id));
 }
@@ -301,9 +446,15 @@ async fn the_fleet_is_recovered_from_tags_by_a_fresh_provider() {
     let listed = second.provider.list_machines(tenant).await.unwrap();
     let ids: HashSet<MachineId> = listed.iter().filter_map(|m| m.machine_id).collect();
     assert_eq!(ids, expected);
-    let mac_view = listed.iter().find(|m| m.machine_id == Some(mac.machine_id)).unwrap();
+    let mac_view = listed
+        .iter()
+        .find(|m| m.machine_id == Some(mac.machine_id))
+        .unwrap();
     assert_eq!(mac_view.metadata.minimum_allocation_hours, Some(24));
-    assert_eq!(mac_view.metadata.host_id.as_deref(), Some(mac_host[0].id.as_str()));
+    assert_eq!(
+        mac_view.metadata.host_id.as_deref(),
+        Some(mac_host[0].id.as_str())
+    );
     assert!(mac_view.metadata.extra.contains_key("host_allocated_at"));
     assert_eq!(second.provider.list_hosts().await.unwrap(), mac_host);
     for id in &expected {
@@ -313,28 +464,85 @@ async fn the_fleet_is_recovered_from_tags_by_a_fresh_provider() {
     // With the store wiped, nothing is known: all three are orphans for the reconciler
     // (once they are older than the grace period).
     clock.advance(time::Duration::minutes(1));
-    let orphans = second.provider.find_orphans(&HashSet::new(), Duration::ZERO).await.unwrap();
+    let orphans = second
+        .provider
+        .find_orphans(&HashSet::new(), Duration::ZERO)
+        .await
+        .unwrap();
     let orphan_ids: HashSet<_> = orphans.iter().filter_map(|o| o.machine_id).collect();
     assert_eq!(orphan_ids, expected);
-    assert!(orphans.iter().all(|o| o.reason == OrphanReason::UnknownMachine));
+    assert!(
+        orphans
+            .iter()
+            .all(|o| o.reason == OrphanReason::UnknownMachine)
+    );
     // ... and none when the store knows them.
-    assert!(second.provider.find_orphans(&expected, Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        second
+            .provider
+            .find_orphans(&expected, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // Tenant isolation: another tenant's provider, or another provider, sees nothing.
     let other_tenant = Harness::new(TenantId::new(), ProviderId::new(), config.clone());
-    assert!(other_tenant.provider.list_machines(other_tenant.tenant_id).await.unwrap().is_empty());
+    assert!(
+        other_tenant
+            .provider
+            .list_machines(other_tenant.tenant_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(other_tenant.provider.list_hosts().await.unwrap().is_empty());
-    assert!(other_tenant.provider.get_machine(linux_a.machine_id).await.unwrap().is_none());
-    assert!(second.provider.list_machines(other_tenant.tenant_id).await.unwrap().is_empty());
+    assert!(
+        other_tenant
+            .provider
+            .get_machine(linux_a.machine_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        second
+            .provider
+            .list_machines(other_tenant.tenant_id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // ... and cannot terminate the tenant's machines, even when handed their records.
     clock.advance(hours(25));
     let mac_record = machine_record(&mac, mac_view);
     other_tenant.provider.terminate(&mac_record).await.unwrap();
-    assert!(second.provider.get_machine(mac.machine_id).await.unwrap().is_some());
+    assert!(
+        second
+            .provider
+            .get_machine(mac.machine_id)
+            .await
+            .unwrap()
+            .is_some()
+    );
     assert_eq!(second.provider.list_hosts().await.unwrap().len(), 1);
     let other_provider = Harness::new(tenant, ProviderId::new(), config);
-    assert!(other_provider.provider.list_machines(tenant).await.unwrap().is_empty());
-    assert!(other_provider.provider.find_orphans(&HashSet::new(), Duration::ZERO).await.unwrap().is_empty());
+    assert!(
+        other_provider
+            .provider
+            .list_machines(tenant)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        other_provider
+            .provider
+            .find_orphans(&HashSet::new(), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -354,7 +562,16 @@ async fn orphans_and_duplicates_are_found_and_terminated_after_the_grace_period(
     let tags: Vec<_> = instance
         .tags
         .iter()
-        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(if k == "nimbus:machine" { kept.machine_id.to_string() } else { v.clone() }).build())
+        .map(|(k, v)| {
+            aws_sdk_ec2::types::Tag::builder()
+                .key(k)
+                .value(if k == "nimbus:machine" {
+                    kept.machine_id.to_string()
+                } else {
+                    v.clone()
+                })
+                .build()
+        })
         .collect();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     raw.run_instances()
@@ -374,19 +591,43 @@ async fn orphans_and_duplicates_are_found_and_terminated_after_the_grace_period(
     let known = HashSet::from([kept.machine_id]);
 
     // Too young for the configured hour of grace.
-    assert!(h.provider.terminate_orphans(&known).await.unwrap().is_empty());
+    assert!(
+        h.provider
+            .terminate_orphans(&known)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(raw_live_instances(&raw).await.len(), 3);
 
     h.clock.advance(hours(2));
-    let orphans = h.provider.find_orphans(&known, Duration::from_secs(3600)).await.unwrap();
+    let orphans = h
+        .provider
+        .find_orphans(&known, Duration::from_secs(3600))
+        .await
+        .unwrap();
     assert_eq!(orphans.len(), 2, "{orphans:?}");
-    let unknown = orphans.iter().find(|o| o.reason == OrphanReason::UnknownMachine).unwrap();
+    let unknown = orphans
+        .iter()
+        .find(|o| o.reason == OrphanReason::UnknownMachine)
+        .unwrap();
     assert_eq!(unknown.machine_id, Some(lost.machine_id));
-    let duplicate = orphans.iter().find(|o| o.reason == OrphanReason::Duplicate).unwrap();
+    let duplicate = orphans
+        .iter()
+        .find(|o| o.reason == OrphanReason::Duplicate)
+        .unwrap();
     assert_eq!(duplicate.machine_id, Some(kept.machine_id));
     // The duplicate is the younger one: get_machine reports the original.
-    let original = h.provider.get_machine(kept.machine_id).await.unwrap().unwrap();
-    assert_ne!(original.metadata.instance_id.as_deref(), Some(duplicate.instance_id.as_str()));
+    let original = h
+        .provider
+        .get_machine(kept.machine_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(
+        original.metadata.instance_id.as_deref(),
+        Some(duplicate.instance_id.as_str())
+    );
 
     let terminated = h.provider.terminate_orphans(&known).await.unwrap();
     assert_eq!(terminated, orphans);
@@ -395,28 +636,45 @@ async fn orphans_and_duplicates_are_found_and_terminated_after_the_grace_period(
     assert_eq!(live[0].tags["nimbus:machine"], kept.machine_id.to_string());
     let reconciled = h.events.named(event::MACHINE_RECONCILED, None);
     assert_eq!(reconciled.len(), 2, "{reconciled:?}");
-    assert!(reconciled.iter().all(|e| e.metadata["action"] == "orphan_terminated"));
+    assert!(
+        reconciled
+            .iter()
+            .all(|e| e.metadata["action"] == "orphan_terminated")
+    );
 }
 
 #[tokio::test]
 async fn bad_requests_fail_permanently_with_the_field_named() {
     let moto = start_moto();
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
 
     let mut request = h.request(Os::Linux, Arch::X86_64);
     request.spec.image_id = Some("ami-00000000000000000".into());
     let err = h.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("InvalidAMIID")), "{err}");
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("InvalidAMIID")),
+        "{err}"
+    );
 
     let mut request = h.request(Os::Macos, Arch::X86_64);
     request.spec.instance_type = Some("mac2.metal".into());
     let err = h.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("instance_type")), "{err}");
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("instance_type")),
+        "{err}"
+    );
 
     let mut request = h.request(Os::Linux, Arch::X86_64);
     request.spec.instance_type = Some("mac2.metal".into());
     let err = h.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("instance_type")), "{err}");
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("instance_type")),
+        "{err}"
+    );
 
     let mut request = h.request(Os::Linux, Arch::X86_64);
     request.spec.instance_type = Some("t9.huge".into());
@@ -426,31 +684,54 @@ async fn bad_requests_fail_permanently_with_the_field_named() {
     let mut request = h.request(Os::Linux, Arch::X86_64);
     request.spec.labels = vec!["bad label".into()];
     let err = h.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("labels[0]")), "{err}");
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("labels[0]")),
+        "{err}"
+    );
 
     let mut request = h.request(Os::Linux, Arch::X86_64);
     request.tenant_id = TenantId::new();
     let err = h.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("another tenant")), "{err}");
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("another tenant")),
+        "{err}"
+    );
 
     let mut config = config_json(&moto.endpoint());
     config["image_ids"] = json!({});
     config["availability_zones"] = json!([]);
     let bare = Harness::new(TenantId::new(), ProviderId::new(), config);
-    let err = bare.provider.provision(&bare.request(Os::Linux, Arch::Arm64)).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidConfig { field, .. } if field == "config.image_ids.linux_arm64"), "{err}");
+    let err = bare
+        .provider
+        .provision(&bare.request(Os::Linux, Arch::Arm64))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidConfig { field, .. } if field == "config.image_ids.linux_arm64"),
+        "{err}"
+    );
     let mut request = bare.request(Os::Macos, Arch::Arm64);
     request.spec.image_id = Some(nimbus_testkit::moto::AMI_MACOS_ARM64.into());
     let err = bare.provider.provision(&request).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidConfig { field, .. } if field == "config.availability_zones"), "{err}");
+    assert!(
+        matches!(&err, Error::InvalidConfig { field, .. } if field == "config.availability_zones"),
+        "{err}"
+    );
 
     // A key pair that does not exist (moto validates key names like EC2).
     let mut config = config_json(&moto.endpoint());
     config.as_object_mut().unwrap().remove("ssh_public_key");
     config["key_name"] = json!("no-such-key");
     let nokey = Harness::new(TenantId::new(), ProviderId::new(), config);
-    let err = nokey.provider.provision(&nokey.request(Os::Linux, Arch::X86_64)).await.unwrap_err();
-    assert!(matches!(&err, Error::Permanent(m) if m.contains("InvalidKeyPair")), "{err}");
+    let err = nokey
+        .provider
+        .provision(&nokey.request(Os::Linux, Arch::X86_64))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("InvalidKeyPair")),
+        "{err}"
+    );
 
     // Nothing was left behind by any of these.
     let raw = raw_client(&moto.endpoint());
@@ -462,17 +743,41 @@ async fn bad_requests_fail_permanently_with_the_field_named() {
 async fn a_deleted_key_pair_is_imported_again() {
     let moto = start_moto();
     let raw = raw_client(&moto.endpoint());
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config_json(&moto.endpoint()));
-    h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
+    h.provider
+        .provision(&h.request(Os::Linux, Arch::X86_64))
+        .await
+        .unwrap();
     let name = nimbus_aws::default_key_name(h.tenant_id, SSH_PUBLIC_KEY);
     raw.delete_key_pair().key_name(&name).send().await.unwrap();
 
-    h.provider.provision(&h.request(Os::Linux, Arch::X86_64)).await.unwrap();
+    h.provider
+        .provision(&h.request(Os::Linux, Arch::X86_64))
+        .await
+        .unwrap();
     let keys = raw.describe_key_pairs().send().await.unwrap();
-    let names: Vec<_> = keys.key_pairs().iter().filter_map(|k| k.key_name()).collect();
+    let names: Vec<_> = keys
+        .key_pairs()
+        .iter()
+        .filter_map(|k| k.key_name())
+        .collect();
     assert_eq!(names, vec![name.as_str()]);
-    assert_eq!(h.events.named(event::CLOUD_PROVIDER_API_CALL_SUCCESS, Some("ImportKeyPair")).len(), 2);
-    let failures = h.events.named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("RunInstances"));
+    assert_eq!(
+        h.events
+            .named(
+                event::CLOUD_PROVIDER_API_CALL_SUCCESS,
+                Some("ImportKeyPair")
+            )
+            .len(),
+        2
+    );
+    let failures = h
+        .events
+        .named(event::CLOUD_PROVIDER_API_CALL_FAILURE, Some("RunInstances"));
     assert_eq!(failures.len(), 1, "{failures:#?}");
     assert_eq!(failures[0].metadata["code"], "InvalidKeyPair.NotFound");
 }
@@ -495,14 +800,24 @@ async fn built_providers_release_idle_hosts_in_the_background() {
         spec,
     };
     let provided = provider.provision(&request).await.unwrap();
-    provider.terminate(&machine_record(&request, &provided)).await.unwrap();
+    provider
+        .terminate(&machine_record(&request, &provided))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(raw_unreleased_hosts(&raw).await.len(), 1, "kept inside the minimum");
+    assert_eq!(
+        raw_unreleased_hosts(&raw).await.len(),
+        1,
+        "kept inside the minimum"
+    );
 
     clock.advance(hours(25));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !raw_unreleased_hosts(&raw).await.is_empty() {
-        assert!(std::time::Instant::now() < deadline, "the background reconciler did not release the host");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background reconciler did not release the host"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

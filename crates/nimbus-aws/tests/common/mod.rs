@@ -22,7 +22,8 @@ use serde_json::json;
 
 pub const REGION: &str = "us-east-1";
 pub const ZONES: &[&str] = &["us-east-1a", "us-east-1b"];
-pub const SSH_PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc nimbus-test";
+pub const SSH_PUBLIC_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc nimbus-test";
 /// Credentials moto accepts. The secret is distinctive so tests can prove it never leaks.
 pub const ACCESS_KEY_ID: &str = "AKIANIMBUSTEST000001";
 pub const SECRET_ACCESS_KEY: &str = "nimbus-test-secret-DO-NOT-LEAK-4711";
@@ -57,8 +58,7 @@ pub fn config_json(endpoint: &str) -> serde_json::Value {
 
 pub fn credentials() -> Secret {
     Secret::new(
-        json!({"access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY})
-            .to_string(),
+        json!({"access_key_id": ACCESS_KEY_ID, "secret_access_key": SECRET_ACCESS_KEY}).to_string(),
     )
 }
 
@@ -99,7 +99,12 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(tenant_id: TenantId, provider_id: ProviderId, config: serde_json::Value) -> Self {
-        Self::with_clock(tenant_id, provider_id, config, Arc::new(ManualClock::starting_now()))
+        Self::with_clock(
+            tenant_id,
+            provider_id,
+            config,
+            Arc::new(ManualClock::starting_now()),
+        )
     }
 
     pub fn with_clock(

@@ -83,7 +83,9 @@ impl Drop for FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream_port: u16) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fault proxy");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fault proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state = Arc::new(Mutex::new(State::default()));
         let shared = state.clone();
@@ -134,7 +136,10 @@ impl FaultProxy {
     }
 
     pub fn seen_action(&self, action: &str) -> Vec<Seen> {
-        self.seen().into_iter().filter(|s| s.action == action).collect()
+        self.seen()
+            .into_iter()
+            .filter(|s| s.action == action)
+            .collect()
     }
 }
 
@@ -279,7 +284,9 @@ fn status_response(status: u16) -> Vec<u8> {
 
 async fn forward(upstream_port: u16, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut upstream = TcpStream::connect(("127.0.0.1", upstream_port)).await?;
-    upstream.write_all(close_connection(head).as_bytes()).await?;
+    upstream
+        .write_all(close_connection(head).as_bytes())
+        .await?;
     upstream.write_all(body).await?;
     let mut response = Vec::new();
     upstream.read_to_end(&mut response).await?;
