@@ -323,6 +323,7 @@ cat -- "$1/$current" 2>/dev/null || echo broken"#;
 
 /// Stops the runner of machine `$2` on `$1`, removes its files, then releases the claim.
 const RELEASE_SCRIPT: &str = r#"dir=$1 id=$2
+alive() { kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'; }
 current=$(readlink -- "$dir/claim" 2>/dev/null)
 if [ "$current" != "claims/$id.json" ]; then echo "not claimed by $id"; exit 0; fi
 if [ -f "$dir/work/runner.pid" ]; then
@@ -331,7 +332,7 @@ if [ -f "$dir/work/runner.pid" ]; then
   if [ -n "$pid" ]; then
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
     n=0
-    while kill -0 "$pid" 2>/dev/null && [ $n -lt 20 ]; do sleep 0.25; n=$((n+1)); done
+    while alive "$pid" && [ $n -lt 20 ]; do sleep 0.25; n=$((n+1)); done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
   fi
 fi

@@ -708,8 +708,9 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
 /// in `$3`. Idempotent: a live runner is left alone.
 const START_SCRIPT: &str = r#"set -eu
 dir=$1 kind=$2 work=$3
+alive() { kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'; }
 cd -- "$dir"
-if [ -f "$work/runner.pid" ] && kill -0 "$(cat "$work/runner.pid")" 2>/dev/null; then
+if [ -f "$work/runner.pid" ] && alive "$(cat "$work/runner.pid")"; then
   echo "runner already running"; exit 0
 fi
 case $kind in
@@ -768,11 +769,13 @@ async fn start_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
     Ok(StepResult::Done)
 }
 
-/// The runner process must be alive now and two seconds later.
+/// The runner process must be alive now and two seconds later. (A zombie is dead: in containers
+/// nobody may reap a detached runner that exited.)
 const HEALTH_SCRIPT: &str = r#"work=$1
+alive() { kill -0 "$1" 2>/dev/null && ! ps -o stat= -p "$1" 2>/dev/null | grep -q '^Z'; }
 pid=$(cat "$work/runner.pid" 2>/dev/null) || { echo "the runner was never started (no $work/runner.pid)" >&2; exit 1; }
 for attempt in 1 2; do
-  if ! kill -0 "$pid" 2>/dev/null; then
+  if ! alive "$pid"; then
     echo "the runner (process $pid) is not running; last lines of its log:" >&2
     tail -n 20 "$work/runner.log" >&2 2>/dev/null
     exit 1

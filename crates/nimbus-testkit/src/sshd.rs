@@ -189,6 +189,8 @@ impl Sshd {
             .args(["-o", "StrictHostKeyChecking=no"])
             .args(["-o", "UserKnownHostsFile=/dev/null"])
             .args(["-o", "LogLevel=ERROR"])
+            // Debian's ssh_config turns GSSAPI on; it only adds round trips here.
+            .args(["-o", "GSSAPIAuthentication=no"])
             .arg(format!("{}@127.0.0.1", self.user));
         cmd
     }
