@@ -402,26 +402,42 @@ impl AwsProvider {
         let by_id = ids.is_some();
         // EC2 rejects MaxResults together with HostIds, and some endpoints ignore `tag:`
         // filters on hosts: filter by tag key there and by value here.
-        let raw = self
-            .ec2
-            .call("DescribeHosts", ctx, Retry::Transient, |client| {
-                let request = client.describe_hosts().set_host_ids(ids.clone());
-                if by_id {
-                    request.send()
-                } else {
-                    request.filter(filter("tag-key", &[tags::PROVIDER])).send()
-                }
-            })
-            .await;
-        let raw = match raw {
-            Ok(raw) => raw,
-            Err(err) if err.kind == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(err) => return Err(err.into()),
-        };
+        let mut raw_hosts = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let token = next_token.clone();
+            let page = self
+                .ec2
+                .call("DescribeHosts", ctx, Retry::Transient, |client| {
+                    let request = client.describe_hosts().set_host_ids(ids.clone());
+                    if by_id {
+                        request.send()
+                    } else {
+                        request
+                            .filter(filter("tag-key", &[tags::PROVIDER]))
+                            .set_next_token(token.clone())
+                            .send()
+                    }
+                })
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(err) if err.kind == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(err) => return Err(err.into()),
+            };
+            raw_hosts.extend(page.hosts().iter().cloned());
+            next_token = page
+                .next_token()
+                .filter(|t| !t.is_empty() && !by_id)
+                .map(str::to_owned);
+            if next_token.is_none() {
+                break;
+            }
+        }
         let now = self.now();
         let min_hours = i64::from(self.config.host_min_allocation_hours);
         let mut out = Vec::new();
-        for host in raw.hosts() {
+        for host in &raw_hosts {
             let Some(id) = host.host_id() else { continue };
             let host_tags = tags::to_map(host.tags());
             if host_tags.get(tags::PROVIDER) != Some(&provider_id.as_str()) {
