@@ -27,16 +27,20 @@ struct Hosts {
     config: ProviderConfig,
 }
 
-/// A provider record for these daemons; host `i` gets label `host-i` plus `extra_labels`.
+/// A provider record for `n` loopback daemons; host `i` gets label `host-i` plus `extra_labels`.
 fn hosts(n: usize, extra_labels: &[&str]) -> Hosts {
     let sshds: Vec<Sshd> = (0..n).map(|_| Sshd::start().unwrap()).collect();
+    hosts_for(sshds, extra_labels)
+}
+
+fn hosts_for(sshds: Vec<Sshd>, extra_labels: &[&str]) -> Hosts {
     let mut keys = serde_json::Map::new();
     let hosts: Vec<_> = sshds
         .iter()
         .enumerate()
         .map(|(idx, sshd)| {
             keys.insert(
-                format!("127.0.0.1:{}", sshd.port()),
+                format!("{}:{}", sshd.address(), sshd.port()),
                 json!(sshd.client_private_key()),
             );
             let mut labels = vec![format!("host-{idx}")];
@@ -44,7 +48,7 @@ fn hosts(n: usize, extra_labels: &[&str]) -> Hosts {
             // A state directory whose name would break naive shell quoting.
             let state_dir = sshd.scratch_dir().join("it's a $(dir); `x`");
             json!({
-                "address": "127.0.0.1",
+                "address": sshd.address(),
                 "port": sshd.port(),
                 "user": sshd.user(),
                 "os": "linux",
@@ -434,4 +438,38 @@ async fn build_and_validate_wire_the_ssh_type() {
         Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "config.hosts[0].user"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn hosts_in_network_namespaces_are_distinct_machines() {
+    let hosts = hosts_for(
+        vec![
+            Sshd::start_in_netns().unwrap(),
+            Sshd::start_in_netns().unwrap(),
+        ],
+        &[],
+    );
+    let provider = provider(&hosts.config, &VecSink::new());
+    let first = request(&hosts.config, &[]);
+    let second = request(&hosts.config, &[]);
+    let a = provider.provision(&first).await.unwrap();
+    let b = provider.provision(&second).await.unwrap();
+    let mut addresses = vec![a.ip_address.unwrap(), b.ip_address.unwrap()];
+    addresses.sort();
+    let mut expected: Vec<String> = hosts.sshds.iter().map(|s| s.address().to_owned()).collect();
+    expected.sort();
+    assert_eq!(addresses, expected);
+    assert_eq!(
+        provider
+            .list_machines(hosts.config.tenant_id)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let err = provider
+        .provision(&request(&hosts.config, &[]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("capacity: 2 of 2"), "{err}");
 }

@@ -322,3 +322,60 @@ async fn reconnects_after_the_daemon_restarts() {
         sink.names()
     );
 }
+
+#[tokio::test]
+async fn a_hung_host_fails_each_attempt_after_the_handshake_timeout() {
+    let mut sshd = Sshd::start().unwrap();
+    sshd.freeze();
+    let sink = VecSink::new();
+    let options = SshOptions {
+        connect_timeout: Duration::from_millis(700),
+        ..SshOptions::default()
+    };
+    let exec = SshExec::new(
+        target(&sshd),
+        MemoryHostKeyStore::new(),
+        Events::new(sink.clone()),
+        options,
+    );
+    let started = Instant::now();
+    let err = exec.wait_ready(Duration::from_secs(3)).await.unwrap_err();
+    assert!(matches!(err, Error::Unreachable(_)), "{err}");
+    assert!(err.to_string().contains("no SSH handshake within"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let failure = &sink.named(ev::SSH_CONNECT_FAILURE)[0];
+    assert!(
+        failure.metadata["attempts"].as_u64().unwrap() >= 2,
+        "{failure:?}"
+    );
+
+    // The machine comes back: the next wait succeeds.
+    sshd.thaw();
+    exec.wait_ready(Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ok(&exec, Command::new("echo back"), &sshd).await, "back\n");
+}
+
+#[tokio::test]
+async fn hosts_in_network_namespaces_are_reached_on_their_own_addresses() {
+    let hosts = [
+        Sshd::start_in_netns().unwrap(),
+        Sshd::start_in_netns().unwrap(),
+    ];
+    let keys = MemoryHostKeyStore::new();
+    for sshd in &hosts {
+        let exec = exec_with(sshd, keys.clone(), &VecSink::new());
+        let out = ok(&exec, Command::new("echo $SSH_CONNECTION"), sshd).await;
+        assert!(out.contains(&format!("{} 22", sshd.address())), "{out}");
+    }
+    // Each host got its own pin.
+    for sshd in &hosts {
+        assert_eq!(
+            keys.get(&target(sshd).host_id).await.unwrap().as_deref(),
+            Some(sshd.host_public_key())
+        );
+    }
+}

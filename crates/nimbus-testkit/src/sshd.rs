@@ -8,6 +8,10 @@
 //!
 //! Instances share one filesystem, so tests give every "host" its own directories under
 //! [`Sshd::scratch_dir`], which the login user owns.
+//!
+//! [`Sshd::start_in_netns`] puts a daemon in a network namespace of its own, reached through a
+//! veth pair on a private 10.200.0.0/16 /30 subnet that exists only on this machine: several
+//! hosts with distinct addresses, all on port 22.
 
 use std::fs;
 use std::io::Read;
@@ -18,7 +22,22 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::{free_port, require_program, wait_for_port};
+use crate::{free_port, require_program};
+
+/// Waits until something accepts TCP connections on `address:port`.
+fn wait_for(address: &str, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let addr: std::net::SocketAddr = format!("{address}:{port}").parse()?;
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok() {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!("nothing listens on {address}:{port} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
 
 /// The login user of test sshds when the tests run as root.
 pub const TEST_USER: &str = "nimbus-test";
@@ -35,11 +54,139 @@ pub struct Sshd {
     client_public_key: String,
     host_public_key: String,
     child: Option<Child>,
+    netns: Option<Netns>,
+}
+
+/// A network namespace with a veth pair to the root namespace, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+    address: String,
+    slot: PathBuf,
+}
+
+impl Netns {
+    fn create() -> anyhow::Result<Netns> {
+        require_program("ip", &["/usr/sbin/ip", "/sbin/ip"], "iproute2")?;
+        if !is_root() {
+            bail!("network namespaces for test hosts need root");
+        }
+        let (idx, slot) = claim_slot()?;
+        let name = format!("nimbus-sshd-{idx}");
+        let host_if = format!("nbh{idx}");
+        let ns_if = format!("nbn{idx}");
+        let (hi, lo) = (idx / 64, (idx % 64) * 4);
+        let host_ip = format!("10.200.{hi}.{}", lo + 1);
+        let address = format!("10.200.{hi}.{}", lo + 2);
+        // Leftovers of a killed test run with the same slot.
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        let netns = Netns {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            address: address.clone(),
+            slot,
+        };
+        let steps: [&[&str]; 8] = [
+            &["netns", "add", &name],
+            &["-n", &name, "link", "set", "lo", "up"],
+            &[
+                "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+            ],
+            &["link", "set", &ns_if, "netns", &name],
+            &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+            &["link", "set", &host_if, "up"],
+            &[
+                "-n",
+                &name,
+                "addr",
+                "add",
+                &format!("{address}/30"),
+                "dev",
+                &ns_if,
+            ],
+            &["-n", &name, "link", "set", &ns_if, "up"],
+        ];
+        for args in steps {
+            let out = Command::new("ip").args(args).output().context("run ip")?;
+            if !out.status.success() {
+                bail!(
+                    "ip {} failed: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(netns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+        let _ = fs::remove_file(&self.slot);
+    }
+}
+
+/// A free /30 slot: a file created exclusively under the temp dir, holding the owner's pid; slots
+/// of dead processes are taken over.
+fn claim_slot() -> anyhow::Result<(u32, PathBuf)> {
+    let dir = std::env::temp_dir().join("nimbus-netns-slots");
+    fs::create_dir_all(&dir)?;
+    for idx in 0..4096u32 {
+        let path = dir.join(idx.to_string());
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut file) => {
+                use std::io::Write;
+                write!(file, "{}", std::process::id())?;
+                return Ok((idx, path));
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = fs::read_to_string(&path).unwrap_or_default();
+                let dead = owner
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+                if dead && fs::remove_file(&path).is_ok() {
+                    if let Ok(mut file) = fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                    {
+                        use std::io::Write;
+                        write!(file, "{}", std::process::id())?;
+                        return Ok((idx, path));
+                    }
+                }
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bail!("no free network namespace slot under {}", dir.display())
 }
 
 impl Sshd {
-    /// Starts a daemon on a free port with fresh host and client keys.
+    /// Starts a daemon on 127.0.0.1 and a free port with fresh host and client keys.
     pub fn start() -> anyhow::Result<Sshd> {
+        Sshd::launch(None)
+    }
+
+    /// Starts a daemon in a network namespace of its own, on port 22 of an address only this
+    /// machine routes (see the module docs). Needs root and iproute2.
+    pub fn start_in_netns() -> anyhow::Result<Sshd> {
+        Sshd::launch(Some(Netns::create()?))
+    }
+
+    fn launch(netns: Option<Netns>) -> anyhow::Result<Sshd> {
         let sshd = require_program("sshd", &["/usr/sbin/sshd"], "openssh-server")?;
         require_program("ssh-keygen", &["/usr/bin/ssh-keygen"], "openssh-client")?;
         let (user, uid, gid) = login_user()?;
@@ -69,7 +216,7 @@ impl Sshd {
         let mut sshd = Sshd {
             sshd,
             dir,
-            port: free_port(),
+            port: if netns.is_some() { 22 } else { free_port() },
             user,
             uid,
             gid,
@@ -77,6 +224,7 @@ impl Sshd {
             client_public_key: first_two_fields(&client_public_key),
             host_public_key: first_two_fields(&host_public_key),
             child: None,
+            netns,
         };
         sshd.write_config()?;
         sshd.spawn()?;
@@ -84,7 +232,9 @@ impl Sshd {
     }
 
     pub fn address(&self) -> &str {
-        "127.0.0.1"
+        self.netns
+            .as_ref()
+            .map_or("127.0.0.1", |netns| netns.address.as_str())
     }
 
     pub fn port(&self) -> u16 {
@@ -159,6 +309,27 @@ impl Sshd {
         }
     }
 
+    /// Stops the daemon without closing its socket (SIGSTOP): connections are accepted by the
+    /// kernel but nothing answers, like a hung machine.
+    pub fn freeze(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(child.id().to_string())
+                .output();
+        }
+    }
+
+    /// Resumes a frozen daemon.
+    pub fn thaw(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(child.id().to_string())
+                .output();
+        }
+    }
+
     /// Starts the daemon again on the same port with the same keys.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
@@ -191,7 +362,7 @@ impl Sshd {
             .args(["-o", "LogLevel=ERROR"])
             // Debian's ssh_config turns GSSAPI on; it only adds round trips here.
             .args(["-o", "GSSAPIAuthentication=no"])
-            .arg(format!("{}@127.0.0.1", self.user));
+            .arg(format!("{}@{}", self.user, self.address()));
         cmd
     }
 
@@ -203,7 +374,7 @@ impl Sshd {
         let dir = self.dir.path().display();
         let config = format!(
             "Port {port}
-ListenAddress 127.0.0.1
+ListenAddress {address}
 HostKey {dir}/host_key
 PidFile {dir}/sshd.pid
 AuthorizedKeysFile {dir}/authorized_keys
@@ -221,6 +392,7 @@ LogLevel VERBOSE
 Subsystem sftp internal-sftp
 ",
             port = self.port,
+            address = self.address(),
             user = self.user,
         );
         fs::write(self.config_path(), config)?;
@@ -245,7 +417,16 @@ Subsystem sftp internal-sftp
                 String::from_utf8_lossy(&check.stderr)
             );
         }
-        let child = Command::new(&self.sshd)
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                // `ip netns exec` execs the program: the child is sshd itself.
+                command.args(["netns", "exec", &netns.name]).arg(&self.sshd);
+                command
+            }
+            None => Command::new(&self.sshd),
+        };
+        let child = command
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -256,7 +437,7 @@ Subsystem sftp internal-sftp
             .spawn()
             .with_context(|| format!("start {}", self.sshd.display()))?;
         self.child = Some(child);
-        if let Err(err) = wait_for_port(self.port, Duration::from_secs(10)) {
+        if let Err(err) = wait_for(self.address(), self.port, Duration::from_secs(10)) {
             let running = self.is_running();
             bail!(
                 "sshd on port {} did not come up (running: {running}): {err}\nconfig: {}\nlog:\n{}",
@@ -445,5 +626,30 @@ mod tests {
 
         sshd.stop();
         assert!(std::net::TcpStream::connect(("127.0.0.1", sshd.port())).is_err());
+    }
+
+    #[test]
+    fn hosts_in_network_namespaces_have_their_own_addresses() {
+        let a = Sshd::start_in_netns().unwrap();
+        let b = Sshd::start_in_netns().unwrap();
+        assert_ne!(a.address(), b.address());
+        assert_eq!((a.port(), b.port()), (22, 22));
+        for sshd in [&a, &b] {
+            let out = sshd
+                .ssh_command()
+                .arg("echo $SSH_CONNECTION")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ssh to {} failed: {}\nsshd log:\n{}",
+                sshd.address(),
+                String::from_utf8_lossy(&out.stderr),
+                sshd.log()
+            );
+            // The server side of the connection is the namespace's own address.
+            let conn = String::from_utf8_lossy(&out.stdout);
+            assert!(conn.contains(&format!("{} 22", sshd.address())), "{conn}");
+        }
     }
 }
