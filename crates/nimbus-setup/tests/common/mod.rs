@@ -103,7 +103,11 @@ printf '%s' "$ACTIONS_RUNNER_INPUT_TOKEN" > .token-seen
 echo '{"agentName": "fake"}' > .runner
 echo "Runner successfully added"
 "#;
-    let run = "#!/bin/sh\necho \"Listening for Jobs\"\nexec sleep 300\n";
+    let run = r#"#!/bin/sh
+if [ -n "$ACTIONS_RUNNER_INPUT_JITCONFIG" ]; then printf '%s' "$ACTIONS_RUNNER_INPUT_JITCONFIG" > .jit-seen; fi
+echo "Listening for Jobs"
+exec sleep 300
+"#;
     write_exec(&dir.path().join("config.sh"), config);
     write_exec(&dir.path().join("run.sh"), run);
     let out = std::process::Command::new("tar")
@@ -120,6 +124,49 @@ echo "Runner successfully added"
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(dir.path().join("runner.tar.gz")).unwrap()
+}
+
+/// A fake `gitlab-runner` binary: `register` records its arguments and token and writes a
+/// config with a `[[runners]]` table; `run` stays up.
+pub const FAKE_GITLAB_RUNNER: &str = r#"#!/bin/sh
+cd "$(dirname "$0")"
+case "$1" in
+  register)
+    shift
+    [ -n "$CI_SERVER_TOKEN" ] || { echo "register: no CI_SERVER_TOKEN" >&2; exit 3; }
+    config=""
+    : > register-args
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --config) config=$2; shift 2 ;;
+        *) printf '%s\0' "$1" >> register-args; shift ;;
+      esac
+    done
+    printf '[[runners]]\n  name = "fake"\n' > "$config"
+    printf '%s' "$CI_SERVER_TOKEN" > token-seen ;;
+  run) echo "Configuration loaded"; exec sleep 300 ;;
+  *) echo "unknown command $1" >&2; exit 2 ;;
+esac
+"#;
+
+/// A fake `forgejo-runner` binary: `register` records its arguments and writes `.runner`;
+/// `daemon` stays up.
+pub const FAKE_FORGEJO_RUNNER: &str = r#"#!/bin/sh
+case "$1" in
+  register) shift; printf '%s\0' "$@" > register-args; echo '{"id": 1}' > .runner ;;
+  daemon) exec sleep 300 ;;
+  *) echo "unknown command $1" >&2; exit 2 ;;
+esac
+"#;
+
+/// Splits a file of NUL-terminated arguments.
+pub fn nul_args(path: &Path) -> Vec<String> {
+    std::fs::read(path)
+        .unwrap_or_else(|err| panic!("read {}: {err}", path.display()))
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8(a.to_vec()).unwrap())
+        .collect()
 }
 
 fn write_exec(path: &Path, text: &str) {
@@ -141,6 +188,15 @@ impl FakeForge {
         Arc::new(FakeForge {
             url: url.to_owned(),
             credential: RunnerCredential::Token(Secret::new(token)),
+            calls: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn jit(url: &str, config: &str) -> Arc<FakeForge> {
+        Arc::new(FakeForge {
+            url: url.to_owned(),
+            credential: RunnerCredential::JitConfig(Secret::new(config)),
             calls: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         })
