@@ -156,16 +156,16 @@ fn claim_slot() -> anyhow::Result<(u32, PathBuf)> {
                     .trim()
                     .parse::<u32>()
                     .is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-                if dead && fs::remove_file(&path).is_ok() {
-                    if let Ok(mut file) = fs::OpenOptions::new()
+                if dead
+                    && fs::remove_file(&path).is_ok()
+                    && let Ok(mut file) = fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
                         .open(&path)
-                    {
-                        use std::io::Write;
-                        write!(file, "{}", std::process::id())?;
-                        return Ok((idx, path));
-                    }
+                {
+                    use std::io::Write;
+                    write!(file, "{}", std::process::id())?;
+                    return Ok((idx, path));
                 }
             }
             Err(err) => return Err(err.into()),
