@@ -98,6 +98,82 @@ pub struct SshConfig {
     pub connect_timeout_secs: Option<u64>,
 }
 
+/// The file `nimbusctl provider add --type ssh --config FILE` reads (TOML with `[[hosts]]`
+/// tables): like [`HostConfig`], with `key_file` naming the private key on the operator's
+/// machine instead of a credentials entry. Deserialize it with any serde format.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsFile {
+    pub hosts: Vec<HostsFileEntry>,
+    #[serde(default)]
+    pub connect_timeout_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostsFileEntry {
+    pub address: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    pub user: String,
+    pub key_file: std::path::PathBuf,
+    pub os: Os,
+    pub arch: Arch,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub state_dir: Option<String>,
+}
+
+impl HostsFile {
+    /// The provider's `config` and sealed-to-be `credentials`: every key file is read with
+    /// `read_key` (relative paths are the caller's business) and filed under its host's
+    /// `address:port`. The result is validated like a stored record; errors never contain keys.
+    pub fn into_provider_parts(
+        self,
+        read_key: impl Fn(&std::path::Path) -> std::io::Result<String>,
+    ) -> Result<(serde_json::Value, Secret)> {
+        let mut keys = serde_json::Map::new();
+        let mut hosts = Vec::new();
+        for (idx, entry) in self.hosts.into_iter().enumerate() {
+            let key = read_key(&entry.key_file).map_err(|err| {
+                invalid(
+                    format!("hosts[{idx}].key_file"),
+                    format!("cannot read {}: {err}", entry.key_file.display()),
+                )
+            })?;
+            let host = HostConfig {
+                address: entry.address,
+                port: entry.port,
+                user: entry.user,
+                os: entry.os,
+                arch: entry.arch,
+                labels: entry.labels,
+                state_dir: entry.state_dir,
+                key: None,
+            };
+            keys.insert(host.key_name(), serde_json::Value::String(key));
+            hosts.push(host);
+        }
+        let config = serde_json::to_value(SshConfig {
+            hosts,
+            connect_timeout_secs: self.connect_timeout_secs,
+        })
+        .expect("config serializes");
+        let credentials = Secret::new(serde_json::json!({ "keys": keys }).to_string());
+        SshConfig::from_provider(&ProviderConfig {
+            id: ProviderId::new(),
+            tenant_id: TenantId::new(),
+            name: "check".into(),
+            provider_type: ProviderType::Ssh,
+            credentials: Some(credentials.clone()),
+            config: config.clone(),
+            created_at: nimbus_types::now(),
+        })?;
+        Ok((config, credentials))
+    }
+}
+
 /// The provider's `credentials`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -777,6 +853,45 @@ mod tests {
             json!({"hosts": [host(), host()]}),
             "config.hosts[1].address",
         );
+    }
+
+    #[test]
+    fn a_hosts_file_becomes_config_and_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .output()
+            .expect("ssh-keygen (openssh-client)");
+        assert!(out.status.success());
+        let file: HostsFile = serde_json::from_value(json!({"hosts": [
+            {"address": "10.0.0.5", "user": "ci", "key_file": key, "os": "macos", "arch": "arm64",
+             "labels": ["xcode-16"]},
+        ]}))
+        .unwrap();
+        let (config, credentials) = file
+            .clone()
+            .into_provider_parts(|path| std::fs::read_to_string(path))
+            .unwrap();
+        assert_eq!(config["hosts"][0]["port"], 22);
+        let creds: serde_json::Value = serde_json::from_str(credentials.expose()).unwrap();
+        assert!(
+            creds["keys"]["10.0.0.5:22"]
+                .as_str()
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+
+        let err = file
+            .clone()
+            .into_provider_parts(|_| Ok("hunter2".into()))
+            .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = file
+            .into_provider_parts(|_| Err(std::io::Error::other("gone")))
+            .unwrap_err();
+        assert!(err.to_string().contains("hosts[0].key_file"), "{err}");
     }
 
     #[test]
