@@ -65,7 +65,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 /// The provider types this build runs.
 pub fn provider_registry(env: ProviderEnv) -> ProviderRegistry {
     let mut registry = ProviderRegistry::new();
-    for kind in [ProviderType::Local] {
+    for kind in [ProviderType::Local, ProviderType::Ssh] {
         let build_env = env.clone();
         registry.register(
             kind,
