@@ -120,7 +120,9 @@ pub struct Authenticator {
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
 }
 
-const CACHE_TTL: Duration = Duration::from_secs(60);
+/// Every change to users or tokens clears the cache, so the TTL only bounds how long a
+/// verified password stays in memory.
+const CACHE_TTL: Duration = Duration::from_secs(600);
 const CACHE_MAX: usize = 4096;
 
 impl Authenticator {

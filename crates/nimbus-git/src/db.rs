@@ -44,6 +44,18 @@ pub async fn connect(url: &str) -> Result<Db, Error> {
     let pool = AnyPoolOptions::new()
         .max_connections(if is_sqlite { 4 } else { 8 })
         .min_connections(0)
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if is_sqlite {
+                    // A small page cache per connection: the working set is tiny.
+                    sqlx::query("PRAGMA cache_size = -512").execute(&mut *conn).await?;
+                    // WAL with NORMAL sync: a commit is atomic and ordered, and is fsynced at
+                    // checkpoints rather than on every push.
+                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                }
+                Ok(())
+            })
+        })
         .connect(url)
         .await?;
     if is_sqlite {

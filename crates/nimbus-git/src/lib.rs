@@ -135,6 +135,7 @@ pub fn app(state: AppState) -> Router {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            tune_allocator();
             init_tracing(args.log_format);
             let settings = Settings::resolve(&args)?;
             tokio::runtime::Builder::new_multi_thread()
@@ -145,6 +146,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .build()?
                 .block_on(serve(settings))
         }
+    }
+}
+
+/// Keep idle memory low: a fixed mmap threshold stops glibc from keeping large transient
+/// buffers (argon2's 19 MiB, pack-sized reads) on the heap after they are freed, and two arenas
+/// are plenty for a server whose heavy work happens in `git` children.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

@@ -232,11 +232,34 @@ mod tests {
 
     proptest! {
         #[test]
-        fn parser_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fn parser_never_panics_and_agrees_with_validator(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            chunk in 1usize..20,
+        ) {
+            let whole = parse_all(&bytes);
+            let mut v = Validator::new(usize::MAX, 1 << 20);
+            let mut ok = true;
+            for piece in bytes.chunks(chunk) {
+                if v.feed(piece).is_err() { ok = false; break; }
+            }
+            let ok = ok && v.finish(false).is_ok();
+            prop_assert_eq!(whole.is_ok(), ok, "parse_all: {:?}", whole);
+        }
+
+        #[test]
+        fn framed_looking_input_never_panics(
+            lines in proptest::collection::vec((0u16..0x1_0000, proptest::collection::vec(any::<u8>(), 0..40)), 0..10),
+        ) {
+            // Inputs with plausible hex headers reach deeper parser states than random bytes.
+            let mut bytes = Vec::new();
+            for (len, body) in &lines {
+                bytes.extend_from_slice(format!("{len:04x}").as_bytes());
+                bytes.extend_from_slice(body);
+            }
             let _ = parse_all(&bytes);
-            let mut v = Validator::new(usize::MAX, 200);
-            for chunk in bytes.chunks(7) {
-                if v.feed(chunk).is_err() { break; }
+            let mut v = Validator::new(1, 64);
+            for piece in bytes.chunks(3) {
+                if v.feed(piece).is_err() { break; }
             }
         }
 
