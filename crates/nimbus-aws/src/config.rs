@@ -925,6 +925,56 @@ linux_x86_64 = "ami-04681a1dbd79675a5"
         }
     }
 
+    /// The example in the README, so the documentation stays true.
+    const README_EXAMPLE: &str = r##"
+region = "us-east-1"
+availability_zones = ["us-east-1a", "us-east-1b"]
+subnet_id = "subnet-0123456789abcdef0"
+az_subnet_ids = { "us-east-1b" = "subnet-0fedcba9876543210" }
+security_group_ids = ["sg-0123456789abcdef0"]
+ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc nimbus"
+ssh_user = "ec2-user"
+mac_instance_type = "mac2-m2pro.metal"
+linux_instance_type = "c7i.large"
+linux_arm64_instance_type = "c7g.large"
+orphan_grace_secs = 900
+host_min_allocation_hours = 24
+host_scrub_minutes = 50
+host_reconcile_interval_secs = 600
+user_data = """#!/bin/sh
+echo 'hello from user data'
+"""
+access_key_id = "AKIAIOSFODNN7EXAMPLE"
+secret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+[image_ids]
+linux_x86_64 = "ami-0a1b2c3d4e5f60718"
+linux_arm64 = "ami-0b1c2d3e4f5a60718"
+macos_arm64 = "ami-0c1d2e3f4a5b60718"
+macos_x86_64 = "ami-0d1e2f3a4b5c60718"
+
+[tags]
+team = "ci"
+"##;
+
+    #[test]
+    fn the_readme_example_is_valid() {
+        let (config, secret) = split_config_file(README_EXAMPLE).unwrap();
+        let config = AwsConfig::from_json(&config).unwrap();
+        assert_eq!(
+            config.subnet_for(Some("us-east-1b")),
+            Some("subnet-0fedcba9876543210")
+        );
+        assert_eq!(
+            config.image_ids.get(Os::Macos, Arch::Arm64),
+            Some("ami-0c1d2e3f4a5b60718")
+        );
+        let credentials = AwsCredentials::from_secret(secret.as_ref())
+            .unwrap()
+            .unwrap();
+        assert!(credentials.aws_keys().is_some());
+    }
+
     #[test]
     fn subnets_follow_the_zone() {
         let mut config = AwsConfig::new("us-east-1");
