@@ -415,6 +415,21 @@ impl DemandBook for MemoryDemandBook {
     }
 }
 
+/// The reconcile's error policy: when to run again after `error`.
+pub fn requeue_after(error: &crate::Error) -> Duration {
+    match error {
+        crate::Error::RateLimited { reset } => {
+            let wait = *reset - nimbus_types::now();
+            wait.try_into()
+                .unwrap_or(Duration::ZERO)
+                .max(Duration::from_secs(1))
+        }
+        crate::Error::Retryable(_) => Duration::from_secs(30),
+        // Bad credentials or configuration: someone has to act; do not hammer the forge.
+        _ => DEFAULT_RECONCILE_PERIOD * 5,
+    }
+}
+
 /// One demand reconcile for a tenant: lists the forge's open jobs and corrects the book. Not told
 /// why it runs; idempotent. On a forge error the book is left untouched (a partial listing would
 /// close jobs that are still open), and the caller requeues after `error.is_retryable()`.
@@ -463,6 +478,24 @@ mod tests {
             runner_name: None,
             received_at: at(seconds),
         }
+    }
+
+    #[test]
+    fn requeue_follows_the_error() {
+        let reset = nimbus_types::now() + time::Duration::seconds(90);
+        let wait = requeue_after(&crate::Error::RateLimited { reset });
+        assert!(
+            wait > Duration::from_secs(85) && wait <= Duration::from_secs(90),
+            "{wait:?}"
+        );
+        assert_eq!(
+            requeue_after(&crate::Error::Retryable("x".into())),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            requeue_after(&crate::Error::Unauthorized("x".into())),
+            DEFAULT_RECONCILE_PERIOD * 5
+        );
     }
 
     #[test]

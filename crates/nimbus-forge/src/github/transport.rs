@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nimbus_types::Secret;
 use rand::Rng;
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, USER_AGENT};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{Method, StatusCode, Url};
 use time::OffsetDateTime;
 use tokio::time::Instant;
@@ -174,6 +174,14 @@ impl Transport {
             if budget == Budget::Track {
                 self.wait_for_budget(deadline).await?;
             }
+            // Marked sensitive so it never shows in a Debug of the request.
+            let mut authorization = HeaderValue::from_str(&format!("Bearer {}", bearer.expose()))
+                .map_err(|_| {
+                Error::Permanent(
+                    "the access token contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+            authorization.set_sensitive(true);
             let mut request = self
                 .http
                 .request(method.clone(), url.clone())
@@ -181,7 +189,7 @@ impl Transport {
                 .header(ACCEPT, ACCEPT_VALUE)
                 .header(USER_AGENT, concat!("nimbus/", env!("CARGO_PKG_VERSION")))
                 .header("x-github-api-version", API_VERSION)
-                .header(AUTHORIZATION, format!("Bearer {}", bearer.expose()));
+                .header(AUTHORIZATION, authorization);
             if let Some(body) = body {
                 request = request.json(body);
             }
