@@ -85,10 +85,9 @@ impl Metrics {
     }
 }
 
-/// Something that accepts telemetry events; implemented by [`Telemetry`] and by test sinks.
-pub trait EventSink: Send + Sync {
-    fn emit(&self, event: Event);
-}
+/// The one sink trait every crate reports through (defined beside the setup code, the lowest
+/// crate that emits events).
+pub use nimbus_setup::events::EventSink;
 
 /// The event bus. Cheap to clone.
 #[derive(Clone)]
@@ -173,25 +172,5 @@ fn log(event: &Event) {
             meta = %meta,
             "event"
         ),
-    }
-}
-
-/// Collects events in memory, for tests.
-#[derive(Clone, Default)]
-pub struct MemorySink(Arc<std::sync::Mutex<Vec<Event>>>);
-
-impl MemorySink {
-    pub fn events(&self) -> Vec<Event> {
-        self.0.lock().expect("sink lock").clone()
-    }
-
-    pub fn names(&self) -> Vec<String> {
-        self.events().into_iter().map(|event| event.name).collect()
-    }
-}
-
-impl EventSink for MemorySink {
-    fn emit(&self, event: Event) {
-        self.0.lock().expect("sink lock").push(event);
     }
 }

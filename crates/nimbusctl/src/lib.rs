@@ -322,11 +322,25 @@ async fn provider(client: &Client, printer: &Printer, cmd: ProviderCmd) -> anyho
             config,
             credentials,
         } => {
+            let (config, found) = match config.as_deref() {
+                Some(path) => {
+                    let base = path.parent().unwrap_or(Path::new("."));
+                    let (config, found) = split_secrets(provider_type, read_settings(path)?, base)?;
+                    (Some(config), found)
+                }
+                None => (None, serde_json::Map::new()),
+            };
+            let mut secrets = match credentials.as_deref().map(read_settings).transpose()? {
+                Some(serde_json::Value::Object(map)) => map,
+                Some(_) => bail!("the credentials file must hold a table of settings"),
+                None => serde_json::Map::new(),
+            };
+            merge_secrets(&mut secrets, found);
             let body = CreateProvider {
                 name,
                 provider_type,
-                config: config.as_deref().map(read_settings).transpose()?,
-                credentials: credentials.as_deref().map(read_settings).transpose()?,
+                config,
+                credentials: (!secrets.is_empty()).then_some(serde_json::Value::Object(secrets)),
             };
             let provider: ProviderView = client
                 .post(&format!("/v1/tenants/{}/providers", seg(&tenant)), &body)
@@ -565,6 +579,85 @@ fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {
     }
 }
 
+/// Moves secrets out of a provider's settings file so they travel as credentials (sealed by the
+/// server, never shown again): an ssh host's `key_file` is read and filed under `keys` by the
+/// host's `address:port`; aws access keys (and `ssh_private_key_file`) move as they are.
+/// Relative paths are relative to the settings file.
+fn split_secrets(
+    provider_type: ProviderType,
+    mut config: serde_json::Value,
+    base: &Path,
+) -> anyhow::Result<(serde_json::Value, serde_json::Map<String, serde_json::Value>)> {
+    use serde_json::Value;
+    let mut secrets = serde_json::Map::new();
+    let read_key = |field: &str, raw: &Value| -> anyhow::Result<Value> {
+        let path = raw
+            .as_str()
+            .with_context(|| format!("{field} must be a file path"))?;
+        let path = base.join(path);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{field}: cannot read {}", path.display()))?;
+        Ok(Value::String(text))
+    };
+    match provider_type {
+        ProviderType::Ssh => {
+            let mut keys = serde_json::Map::new();
+            if let Some(hosts) = config.get_mut("hosts").and_then(Value::as_array_mut) {
+                for (idx, host) in hosts.iter_mut().enumerate() {
+                    let Some(table) = host.as_object_mut() else { continue };
+                    let Some(raw) = table.remove("key_file") else { continue };
+                    let key = read_key(&format!("hosts[{idx}].key_file"), &raw)?;
+                    let address = table.get("address").and_then(Value::as_str).unwrap_or("");
+                    let port = table.get("port").and_then(Value::as_u64).unwrap_or(22);
+                    let host_id = if address.contains(':') {
+                        format!("[{address}]:{port}")
+                    } else {
+                        format!("{address}:{port}")
+                    };
+                    keys.insert(host_id, key);
+                }
+            }
+            if !keys.is_empty() {
+                secrets.insert("keys".into(), Value::Object(keys));
+            }
+        }
+        ProviderType::Aws => {
+            if let Some(table) = config.as_object_mut() {
+                for field in ["access_key_id", "secret_access_key", "session_token", "ssh_private_key"] {
+                    if let Some(value) = table.remove(field) {
+                        secrets.insert(field.into(), value);
+                    }
+                }
+                if let Some(raw) = table.remove("ssh_private_key_file") {
+                    secrets.insert("ssh_private_key".into(), read_key("ssh_private_key_file", &raw)?);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok((config, secrets))
+}
+
+/// Adds secrets found in the settings file to those of the credentials file (which win).
+fn merge_secrets(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    found: serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in found {
+        match (into.get_mut(&key), value) {
+            (Some(serde_json::Value::Object(existing)), serde_json::Value::Object(extra)) => {
+                for (k, v) in extra {
+                    existing.entry(k).or_insert(v);
+                }
+            }
+            (Some(_), _) => {}
+            (None, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
 /// Percent-encodes a path segment or query value.
 fn seg(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
@@ -595,6 +688,28 @@ mod tests {
             let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
             assert!(text.contains(".TH"), "{page}");
         }
+    }
+
+    #[test]
+    fn secrets_leave_the_settings_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("id_ed25519"), "-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+        let config = serde_json::json!({"hosts": [
+            {"address": "10.0.0.5", "user": "ci", "key_file": "id_ed25519", "os": "linux", "arch": "x86_64"},
+            {"address": "::1", "port": 2222, "user": "ci", "key_file": "id_ed25519", "os": "linux", "arch": "x86_64"},
+        ]});
+        let (config, secrets) = split_secrets(ProviderType::Ssh, config, dir.path()).unwrap();
+        assert!(config["hosts"][0].get("key_file").is_none());
+        assert!(secrets["keys"]["10.0.0.5:22"].as_str().unwrap().contains("PRIVATE KEY"));
+        assert!(secrets["keys"]["[::1]:2222"].is_string());
+
+        let config = serde_json::json!({"region": "eu-west-1", "access_key_id": "AKIA", "secret_access_key": "s3cr3t"});
+        let (config, secrets) = split_secrets(ProviderType::Aws, config, dir.path()).unwrap();
+        assert_eq!(config, serde_json::json!({"region": "eu-west-1"}));
+        assert_eq!(secrets["secret_access_key"], "s3cr3t");
+
+        let err = split_secrets(ProviderType::Ssh, serde_json::json!({"hosts": [{"address": "a", "key_file": "missing"}]}), dir.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("hosts[0].key_file"), "{err:#}");
     }
 
     #[test]

@@ -274,6 +274,13 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     let missing = w.root.path().join("missing.sh");
     w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", missing.to_str().unwrap()])
         .fails_with("cannot read");
+    // A setup script over 64 KiB names the field; a body over the server's limit is a 413.
+    let big = w.write_file("big.sh", &"#".repeat(70 * 1024));
+    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", big.to_str().unwrap()])
+        .fails_with("setup_script: must be at most 65536 bytes (HTTP 422)");
+    let huge = w.write_file("huge.sh", &"#".repeat(300 * 1024));
+    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", huge.to_str().unwrap()])
+        .fails_with("HTTP 413");
     let config = w.write_file("bad-local.toml", "max_machines = 0\n");
     w.ctl(&["provider", "add", "--tenant", "acme", "--type", "local", "--name", "other", "--config", config.to_str().unwrap()])
         .fails_with("max_machines");
@@ -495,6 +502,31 @@ fn a_failing_setup_script_fails_the_wait_and_leaves_nothing_running() {
     let show = w.ctl(&["machine", "show", &id]).ok();
     assert!(show.stdout.contains("exited with status 3"), "{}", show.stdout);
     w.ctl(&["machine", "can-terminate", &id]).ok();
+}
+
+#[test]
+fn a_provision_the_provider_refuses_fails_with_the_reason() {
+    let w = World::start();
+    w.tenant_with_local_provider("acme", "local");
+    let (os, arch) = match std::env::consts::ARCH {
+        "x86_64" => ("macos", "arm64"),
+        _ => ("linux", "x86_64"),
+    };
+    let run = w.ctl(&[
+        "machine", "provision", "--tenant", "acme", "--provider", "local", "--os", os, "--arch", arch, "--wait",
+    ]);
+    assert!(!run.status.success(), "{}", run.stderr);
+    let error_line = run.stderr.lines().last().unwrap_or_default();
+    assert!(error_line.starts_with("nimbusctl: machine "), "{}", run.stderr);
+    assert!(
+        error_line.contains(&format!("provider refused the machine: the local provider only has linux/{}", std::env::consts::ARCH)),
+        "names the refusal: {error_line}"
+    );
+    let id = run.table()[1][0].clone();
+    let machine = w.machine(&id);
+    assert_eq!(str_of(&machine, "state"), "failed");
+    assert!(machine_processes(&id).is_empty());
+    assert!(!w.machine_dir(&id).exists());
 }
 
 #[test]

@@ -11,7 +11,7 @@ mod secrets;
 use std::sync::Arc;
 
 use anyhow::Context;
-use nimbus_fleet::{Fleet, FleetConfig, ProviderRegistry, Telemetry};
+use nimbus_fleet::{EventSink, Fleet, FleetConfig, ProviderRegistry, Telemetry};
 use nimbus_provider::ProviderEnv;
 use nimbus_store::{SqlStore, Storage, StoreOptions};
 use nimbus_types::ProviderType;
@@ -62,9 +62,21 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SqlStore> {
     .context("cannot open the store")
 }
 
-/// The provider types this build runs.
-pub fn provider_registry(env: ProviderEnv) -> ProviderRegistry {
+/// The provider types this build runs. Providers report through `events` (the daemon's bus).
+pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> ProviderRegistry {
     let mut registry = ProviderRegistry::new();
+    registry.register(
+        ProviderType::Aws,
+        Arc::new(move |config| {
+            let provider = nimbus_aws::build_aws(
+                config,
+                Arc::new(nimbus_aws::SystemClock),
+                events.clone(),
+            )?;
+            Ok(provider as Arc<dyn nimbus_provider::Provider>)
+        }),
+        Arc::new(nimbus_aws::validate_config),
+    );
     for kind in [ProviderType::Local, ProviderType::Ssh] {
         let build_env = env.clone();
         registry.register(
@@ -94,9 +106,12 @@ impl Server {
         let mut registry = Registry::default();
         let telemetry = Telemetry::start(dyn_store.clone(), &mut registry);
         let http_metrics = http::HttpMetrics::register(&mut registry);
-        let providers = provider_registry(ProviderEnv {
-            local_machines_dir: settings.state_dir.join("machines"),
-        });
+        let providers = provider_registry(
+            ProviderEnv {
+                local_machines_dir: settings.state_dir.join("machines"),
+            },
+            Arc::new(telemetry.clone()),
+        );
         let fleet = Fleet::new(
             dyn_store.clone(),
             providers,
