@@ -248,7 +248,7 @@ mod tests {
 
         #[test]
         fn framed_looking_input_never_panics(
-            lines in proptest::collection::vec((0u16..0x1_0000, proptest::collection::vec(any::<u8>(), 0..40)), 0..10),
+            lines in proptest::collection::vec((0u32..0x1_0000, proptest::collection::vec(any::<u8>(), 0..40)), 0..10),
         ) {
             // Inputs with plausible hex headers reach deeper parser states than random bytes.
             let mut bytes = Vec::new();

@@ -222,7 +222,9 @@ pub async fn receive_pack(
     let stream = request_stream(&headers, body)?;
     let permit = state.admission.acquire(&entry.pack_slots).await?;
     let push_guard = entry.push_lock.clone().lock_owned().await;
-    let old = repos::fresh_snapshot(&entry, &state.caps).await?;
+    // Every ref change goes through a push under this lock and re-reads the snapshot after it,
+    // so the cached snapshot is exactly the state before this push.
+    let old = repos::snapshot(&entry, &state.caps).await?;
     let after = {
         let state = state.clone();
         let entry = entry.clone();
@@ -250,7 +252,9 @@ pub async fn receive_pack(
 /// Invalidate the snapshot, write the events of the ref diff to the outbox, wake the webhook
 /// deliverer and schedule maintenance.
 async fn after_push(state: &AppState, entry: &Arc<RepoEntry>, old: &Snapshot, pusher: &str) -> Result<(), crate::error::Error> {
+    let started = std::time::Instant::now();
     let new = repos::fresh_snapshot(entry, &state.caps).await?;
+    tracing::debug!(repo.name = %entry.name, elapsed_ms = started.elapsed().as_millis() as u64, "ref snapshot after push");
     let url = format!("{}/{}", state.base_url, entry.name);
     let ctx = PushContext { repo: &entry.name, pusher, url: &url };
     let events = events::from_ref_diff(old, &new, &ctx);
@@ -258,6 +262,7 @@ async fn after_push(state: &AppState, entry: &Arc<RepoEntry>, old: &Snapshot, pu
         return Ok(());
     }
     db::insert_events(&state.db, &entry.id, &events).await?;
+    tracing::debug!(repo.name = %entry.name, elapsed_ms = started.elapsed().as_millis() as u64, "push events written");
     state.webhook_wake.notify_one();
     state.maintainer.schedule(entry.clone());
     tracing::info!(repo.name = %entry.name, user.name = %pusher, n_events = events.len(), "push recorded");
@@ -365,7 +370,11 @@ async fn run_pack(job: PackJob) -> Result<Response, ApiError> {
     tokio::spawn(async move {
         let _permit = permit;
         let mut child = child;
-        if tx.send(Ok(Bytes::from(first))).await.is_err() {
+        // A push whose client went away still finishes, so its ref changes are recorded; a
+        // fetch whose client went away is killed (on drop) to save the work.
+        let finish_anyway = after.is_some();
+        let mut client_gone = tx.send(Ok(Bytes::from(first))).await.is_err();
+        if client_gone && !finish_anyway {
             return;
         }
         loop {
@@ -374,13 +383,19 @@ async fn run_pack(job: PackJob) -> Result<Response, ApiError> {
                 Ok(0) => break,
                 Ok(n) => {
                     buf.truncate(n);
-                    if tx.send(Ok(Bytes::from(buf))).await.is_err() {
-                        return; // client went away; the child is killed on drop
+                    if !client_gone && tx.send(Ok(Bytes::from(buf))).await.is_err() {
+                        client_gone = true;
+                        if !finish_anyway {
+                            return;
+                        }
                     }
                 }
                 Err(err) => {
                     let _ = tx.send(Err(err)).await;
-                    return;
+                    if !finish_anyway {
+                        return;
+                    }
+                    break;
                 }
             }
         }
@@ -397,9 +412,12 @@ async fn run_pack(job: PackJob) -> Result<Response, ApiError> {
             tracing::info!(repo.name = %entry.name, service, message = %first_error_line(&stderr, &entry), "git child failed");
         }
         if let Some(after) = after {
+            // The client's next request must see the new refs; the ref diff, the outbox write
+            // and the next push (which waits for the push lock) can come after the response.
+            entry.invalidate();
+            drop(tx);
             after.await;
         }
-        drop(tx);
     });
     Ok(git_response(content_type(service), Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))))
 }
