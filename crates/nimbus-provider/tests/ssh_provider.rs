@@ -132,10 +132,7 @@ async fn provision_setup_list_and_terminate_a_host() {
     let server = FileServer::start();
     let archive = fake_github_runner_archive();
     server.put("/gh/runner.tar.gz", archive.clone());
-    let paths = MachinePaths {
-        state_db: view.metadata.extra["state_db"].clone(),
-        work_dir: view.metadata.extra["work_dir"].clone(),
-    };
+    let paths = MachinePaths::from_metadata(&machine.provider_metadata).unwrap();
     let mut plan = Plan::new(
         request.tenant_id,
         request.machine_id,

@@ -67,6 +67,17 @@ impl MachinePaths {
     }
 }
 
+impl MachinePaths {
+    /// The paths a provider reported in a machine's metadata (`state_db` and `work_dir` in
+    /// `extra`, as the ssh provider does), if it did.
+    pub fn from_metadata(metadata: &nimbus_types::ProviderMetadata) -> Option<Self> {
+        Some(MachinePaths {
+            state_db: metadata.extra.get("state_db")?.clone(),
+            work_dir: metadata.extra.get("work_dir")?.clone(),
+        })
+    }
+}
+
 impl Default for MachinePaths {
     /// Under `/var/lib/nimbus`, which the login user must be able to write.
     fn default() -> Self {
@@ -843,5 +854,15 @@ mod tests {
         let paths = MachinePaths::default();
         assert_eq!(paths.state_db, "/var/lib/nimbus/state.db");
         assert_eq!(MachinePaths::under("/x/").work_dir, "/x/work");
+        let mut metadata = nimbus_types::ProviderMetadata::default();
+        assert_eq!(MachinePaths::from_metadata(&metadata), None);
+        metadata
+            .extra
+            .insert("state_db".into(), "/s/state.db".into());
+        metadata.extra.insert("work_dir".into(), "/s/work".into());
+        assert_eq!(
+            MachinePaths::from_metadata(&metadata).unwrap().work_dir,
+            "/s/work"
+        );
     }
 }
