@@ -100,6 +100,9 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     slots: Mutex<HashMap<MachineId, Arc<Slot>>>,
+    /// Live machines a provider's listing lacked, by consecutive passes (listings are
+    /// eventually consistent: a new EC2 instance can be missing for a few seconds).
+    missing: Mutex<HashMap<MachineId, u32>>,
 }
 
 /// Serializes operations on one machine and lets terminate interrupt a running setup.
@@ -125,6 +128,7 @@ impl Fleet {
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 slots: Mutex::new(HashMap::new()),
+                missing: Mutex::new(HashMap::new()),
             }),
         }
     }

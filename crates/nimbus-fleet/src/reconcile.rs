@@ -108,6 +108,9 @@ impl Fleet {
         for record in records {
             let mut machine = record.machine;
             let seen = at_provider.remove(&machine.id);
+            if seen.is_some() {
+                self.inner.missing.lock().expect("missing lock").remove(&machine.id);
+            }
             if self.is_busy(machine.id) {
                 continue;
             }
@@ -125,9 +128,11 @@ impl Fleet {
                     report.resumed += 1;
                 }
                 (MachineState::Ready | MachineState::Running, None) => {
-                    self.fail_vanished(&mut machine, "the machine disappeared at the provider")
-                        .await?;
-                    report.failed += 1;
+                    if self.missing_again(machine.id) {
+                        self.fail_vanished(&mut machine, "the machine disappeared at the provider")
+                            .await?;
+                        report.failed += 1;
+                    }
                 }
                 (MachineState::Ready | MachineState::Running, Some(seen))
                     if seen.status == ProviderStatus::Stopped =>
@@ -171,6 +176,20 @@ impl Fleet {
             tracing::warn!(count = untagged.len(), "provider lists resources without a nimbus:machine tag; leaving them alone");
         }
         Ok((report, Action::Requeue(self.inner.config.reconcile_interval)))
+    }
+
+    /// Counts a pass in which a live machine was missing from its provider's listing; true from
+    /// the second one in a row, so one stale listing never fails a machine.
+    fn missing_again(&self, id: MachineId) -> bool {
+        let mut missing = self.inner.missing.lock().expect("missing lock");
+        let count = missing.entry(id).or_insert(0);
+        *count += 1;
+        if *count >= 2 {
+            missing.remove(&id);
+            true
+        } else {
+            false
+        }
     }
 
     async fn fail_vanished(&self, machine: &mut Machine, reason: &str) -> Result<()> {

@@ -447,6 +447,11 @@ async fn reconcile_fails_machines_that_vanished_at_the_provider() {
     let ready = h.wait_for(machine.id, MachineState::Ready).await;
     // Someone removed the machine behind Nimbus's back.
     h.local_provider().terminate(&ready).await.unwrap();
+    // One listing without it could be a stale listing; the second pass decides.
+    let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
+    assert_eq!(report.failed, 0);
+    let still = h.store.get_machine(None, machine.id).await.unwrap().machine;
+    assert_eq!(still.state, MachineState::Ready);
     let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
     assert_eq!(report.failed, 1);
     let failed = h.wait_for(machine.id, MachineState::Failed).await;
