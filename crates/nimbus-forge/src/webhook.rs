@@ -247,6 +247,22 @@ impl WebhookReceiver {
     }
 }
 
+/// The HTTP answer for [`WebhookReceiver::receive`]'s result: the status code and the JSON
+/// body (`Accepted` as is, or the API's `{"error": {"code", "message"}}`). Forges only look at
+/// the status; the body shows in their delivery log for whoever debugs the hook.
+pub fn http_response(result: &Result<Accepted, WebhookError>) -> (u16, serde_json::Value) {
+    match result {
+        Ok(accepted) => (
+            200,
+            serde_json::to_value(accepted).unwrap_or(serde_json::Value::Null),
+        ),
+        Err(error) => (
+            error.status(),
+            serde_json::json!({ "error": { "code": error.code(), "message": error.to_string() } }),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +285,28 @@ mod tests {
         assert!(short.claim("x"));
         std::thread::sleep(Duration::from_millis(5));
         assert!(short.claim("x"), "an expired id is new again");
+    }
+
+    #[test]
+    fn http_responses() {
+        let ok = http_response(&Ok(Accepted::Recorded {
+            job_id: 7,
+            status: "queued",
+        }));
+        assert_eq!(
+            ok,
+            (
+                200,
+                serde_json::json!({"result": "recorded", "job_id": 7, "status": "queued"})
+            )
+        );
+        assert_eq!(
+            http_response(&Ok(Accepted::Replay)).1,
+            serde_json::json!({"result": "replay"})
+        );
+        let (status, body) = http_response(&Err(WebhookError::Unauthorized("missing")));
+        assert_eq!(status, 401);
+        assert_eq!(body["error"]["code"], "unauthorized");
     }
 
     #[test]
