@@ -273,8 +273,9 @@ impl Fleet {
 
     /// Starts terminating a machine: records `stopping`, interrupts a running setup, and removes
     /// the machine at its provider in the background. Terminating a terminated machine is a
-    /// no-op; a provider that refuses (e.g. a dedicated host's minimum allocation period) makes
-    /// this fail with [`Error::CannotTerminate`] and changes nothing.
+    /// no-op. When the provider must keep something past the terminate (an EC2 Mac dedicated
+    /// host inside its 24-hour minimum), the machine still goes, the provider keeps the host for
+    /// reuse and releases it later, and the recorded reason says so.
     pub async fn terminate_machine(&self, scope: Scope, id: MachineId) -> Result<Machine> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -293,22 +294,27 @@ impl Fleet {
                 _ => {}
             }
             let answer = self.can_terminate(&machine).await?;
-            if !answer.can_terminate {
-                return Err(Error::CannotTerminate(answer));
-            }
+            let reason = match (&answer.can_terminate, &answer.message) {
+                (false, Some(message)) => {
+                    format!("terminate requested; the provider keeps its resources for now: {message}")
+                }
+                _ => "terminate requested".to_owned(),
+            };
             match self
-                .move_to(&mut machine, MachineState::Stopping, Some("terminate requested"))
+                .move_to(&mut machine, MachineState::Stopping, Some(&reason))
                 .await
             {
                 Ok(()) => {}
                 Err(Error::Store(nimbus_store::Error::StaleState { .. })) => continue,
                 Err(err) => return Err(err),
             }
-            self.emit(
-                Event::new(event::MACHINE_TERMINATE_START)
-                    .tenant(machine.tenant_id)
-                    .machine(machine.id),
-            );
+            let mut start = Event::new(event::MACHINE_TERMINATE_START)
+                .tenant(machine.tenant_id)
+                .machine(machine.id);
+            if let Some(hours) = answer.hours_remaining {
+                start = start.meta("hours_remaining", hours);
+            }
+            self.emit(start);
             self.slot(id).cancel.cancel();
             self.spawn_terminate(id);
             return Ok(machine);

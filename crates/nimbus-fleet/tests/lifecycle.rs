@@ -542,20 +542,20 @@ async fn a_provision_that_fails_after_the_provider_created_something_leaves_noth
 }
 
 #[tokio::test]
-async fn a_provider_that_refuses_termination_changes_nothing() {
+async fn a_machine_on_a_host_inside_its_minimum_period_still_terminates_and_says_so() {
     let (h, fake) = fake_harness().await;
     let machine = h.provision(spec()).await;
     h.wait_for(machine.id, MachineState::Ready).await;
     let answer = h.fleet.can_terminate_machine(None, machine.id).await.unwrap();
     assert_eq!(answer.error.as_deref(), Some("minimum_allocation_period"));
     assert_eq!(answer.hours_remaining, Some(23.5));
-    match h.fleet.terminate_machine(None, machine.id).await {
-        Err(Error::CannotTerminate(answer)) => assert_eq!(answer.minimum_allocation_period, Some(24)),
-        other => panic!("expected CannotTerminate, got {other:?}"),
-    }
-    let still = h.store.get_machine(None, machine.id).await.unwrap().machine;
-    assert_eq!(still.state, MachineState::Ready);
-    assert_eq!(fake.machines.lock().unwrap().len(), 1);
+    h.fleet.terminate_machine(None, machine.id).await.unwrap();
+    h.wait_for(machine.id, MachineState::Terminated).await;
+    let history = h.store.machine_history(machine.id).await.unwrap();
+    let stopping = history.iter().find(|c| c.state == MachineState::Stopping).unwrap();
+    let reason = stopping.reason.as_deref().unwrap();
+    assert!(reason.contains("keeps its resources") && reason.contains("23.5 hours"), "{reason}");
+    assert!(fake.machines.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
