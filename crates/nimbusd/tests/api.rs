@@ -1,120 +1,17 @@
 //! The REST API through `oneshot` on `app()`, a fresh SQLite store and local provider per test.
 //! Mostly the bad cases: every one must be a clear 4xx and change nothing.
 
+mod common;
+
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use nimbusd::config::{ServerArgs, Settings};
-use serde_json::{Value, json};
+use serde_json::json;
 use tower::ServiceExt;
 
-struct Api {
-    _dir: tempfile::TempDir,
-    app: Router,
-    admin: String,
-}
-
-async fn api() -> Api {
-    api_on(None).await
-}
-
-async fn api_on(database_url: Option<String>) -> Api {
-    let dir = tempfile::tempdir().unwrap();
-    let args = ServerArgs {
-        data_dir: Some(dir.path().join("data")),
-        config_dir: Some(dir.path().join("config")),
-        state_dir: Some(dir.path().join("state")),
-        database_url,
-        ..ServerArgs::default()
-    };
-    let settings = Settings::resolve(&args).unwrap();
-    let server = nimbusd::Server::start(&settings).await.unwrap();
-    let admin = std::fs::read_to_string(dir.path().join("config/admin-token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    Api {
-        _dir: dir,
-        app: nimbusd::http::app(server.state),
-        admin,
-    }
-}
-
-struct Reply {
-    status: StatusCode,
-    body: Value,
-    text: String,
-}
-
-impl Api {
-    async fn send(&self, request: Request<Body>) -> Reply {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Reply { status, body, text }
-    }
-
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = token {
-            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = match body {
-            Some(body) => request
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(body.to_string())),
-            None => request.body(Body::empty()),
-        };
-        self.send(request.unwrap()).await
-    }
-
-    async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        self.call(method, path, Some(&self.admin.clone()), body).await
-    }
-
-    /// A tenant with a local provider named `local`, and a token for it.
-    async fn tenant(&self, name: &str) -> (String, String) {
-        let reply = self.admin("POST", "/v1/tenants", Some(json!({"name": name}))).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        let id = reply.body["id"].as_str().unwrap().to_owned();
-        let reply = self
-            .admin("POST", &format!("/v1/tenants/{name}/providers"), Some(json!({"name": "local", "type": "local"})))
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        let reply = self.admin("POST", &format!("/v1/tenants/{name}/tokens"), None).await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        (id, reply.body["token"].as_str().unwrap().to_owned())
-    }
-
-    async fn wait_for_state(&self, id: &str, state: &str) -> Value {
-        for _ in 0..200 {
-            let reply = self.admin("GET", &format!("/v1/machines/{id}"), None).await;
-            if reply.body["state"] == state {
-                return reply.body;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("machine {id} never reached {state}");
-    }
-}
-
-fn host_platform() -> (String, String) {
-    (
-        nimbus_types::Os::host().unwrap().to_string(),
-        nimbus_types::Arch::host().unwrap().to_string(),
-    )
-}
-
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "{}", reply.text);
-    assert_eq!(reply.body["error"]["code"], code, "{}", reply.text);
-    assert!(reply.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", reply.text);
-}
+use crate::common::{api, api_on, assert_error, host_platform};
 
 #[tokio::test]
 async fn health_readiness_openapi_and_metrics_need_no_token() {
