@@ -38,7 +38,10 @@ impl Admission {
     pub async fn acquire(&self, repo_slots: &Arc<Semaphore>) -> Result<PackPermit, ApiError> {
         if let Ok(repo) = repo_slots.clone().try_acquire_owned() {
             if let Ok(global) = self.global.clone().try_acquire_owned() {
-                return Ok(PackPermit { _global: global, _repo: repo });
+                return Ok(PackPermit {
+                    _global: global,
+                    _repo: repo,
+                });
             }
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
@@ -47,9 +50,21 @@ impl Admission {
             return Err(ApiError::too_busy(RETRY_AFTER_SECS).plain());
         }
         let wait = async {
-            let repo = repo_slots.clone().acquire_owned().await.expect("semaphore never closed");
-            let global = self.global.clone().acquire_owned().await.expect("semaphore never closed");
-            PackPermit { _global: global, _repo: repo }
+            let repo = repo_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            let global = self
+                .global
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore never closed");
+            PackPermit {
+                _global: global,
+                _repo: repo,
+            }
         };
         let result = tokio::time::timeout(self.timeout, wait).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -72,7 +87,11 @@ mod tests {
         let admission = Admission::new(&limits);
         let slots = Arc::new(Semaphore::new(1));
         let held = admission.acquire(&slots).await.expect("first gets a slot");
-        let refused = admission.acquire(&slots).await.err().expect("second is refused");
+        let refused = admission
+            .acquire(&slots)
+            .await
+            .err()
+            .expect("second is refused");
         assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(refused.retry_after, Some(RETRY_AFTER_SECS));
         drop(held);
@@ -90,7 +109,11 @@ mod tests {
         let admission = Admission::new(&limits);
         let slots = Arc::new(Semaphore::new(1));
         let _held = admission.acquire(&slots).await.expect("first gets a slot");
-        let refused = admission.acquire(&slots).await.err().expect("waits, then refused");
+        let refused = admission
+            .acquire(&slots)
+            .await
+            .err()
+            .expect("waits, then refused");
         assert_eq!(refused.status, axum::http::StatusCode::TOO_MANY_REQUESTS);
     }
 }

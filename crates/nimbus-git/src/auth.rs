@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::http::HeaderMap;
 use base64::Engine as _;
 use rand::Rng as _;
@@ -17,7 +17,19 @@ use crate::db::{self, Db};
 use crate::error::{ApiError, Error};
 
 /// Per-repository permission, ordered: Read < Write < Admin.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Perm {
     Read,
@@ -68,13 +80,18 @@ pub struct Principal {
 
 impl Principal {
     pub fn anonymous() -> Principal {
-        Principal { user: None, token_scope: None }
+        Principal {
+            user: None,
+            token_scope: None,
+        }
     }
     pub fn is_owner(&self) -> bool {
         self.user.as_ref().is_some_and(|u| u.is_owner) && self.token_scope != Some(Scope::Read)
     }
     pub fn name(&self) -> &str {
-        self.user.as_ref().map_or("anonymous", |u| u.username.as_str())
+        self.user
+            .as_ref()
+            .map_or("anonymous", |u| u.username.as_str())
     }
     /// Cap a permission by the token's scope.
     pub fn cap(&self, perm: Perm) -> Perm {
@@ -88,7 +105,8 @@ impl Principal {
 pub const TOKEN_PREFIX: &str = "ngp_";
 
 pub fn hash_password(password: &str) -> Result<String, Error> {
-    let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>()).map_err(|e| Error::Internal(e.to_string()))?;
+    let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
+        .map_err(|e| Error::Internal(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
@@ -96,7 +114,11 @@ pub fn hash_password(password: &str) -> Result<String, Error> {
 }
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    PasswordHash::new(hash).is_ok_and(|parsed| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok()
+    })
 }
 
 pub fn generate_secret(n_bytes: usize) -> String {
@@ -127,7 +149,10 @@ const CACHE_MAX: usize = 4096;
 
 impl Authenticator {
     pub fn new(db: Db) -> Authenticator {
-        Authenticator { db, cache: Mutex::new(HashMap::new()) }
+        Authenticator {
+            db,
+            cache: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn forget_all(&self) {
@@ -172,7 +197,9 @@ impl Authenticator {
     }
 
     async fn by_password(&self, username: &str, password: &str) -> Result<Principal, ApiError> {
-        let row = db::user_by_name(&self.db, username).await?.ok_or_else(ApiError::unauthorized)?;
+        let row = db::user_by_name(&self.db, username)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
         let hash = row.password_hash.clone();
         let password = password.to_owned();
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
@@ -182,17 +209,33 @@ impl Authenticator {
             return Err(ApiError::unauthorized());
         }
         Ok(Principal {
-            user: Some(User { id: row.id, username: row.username, is_owner: row.is_owner != 0 }),
+            user: Some(User {
+                id: row.id,
+                username: row.username,
+                is_owner: row.is_owner != 0,
+            }),
             token_scope: None,
         })
     }
 
     async fn by_token(&self, token: &str) -> Result<Principal, ApiError> {
-        let row = db::token_by_hash(&self.db, &token_hash(token)).await?.ok_or_else(ApiError::unauthorized)?;
-        let user = db::user_by_id(&self.db, &row.user_id).await?.ok_or_else(ApiError::unauthorized)?;
-        let scope = if row.scope == "write" { Scope::Write } else { Scope::Read };
+        let row = db::token_by_hash(&self.db, &token_hash(token))
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        let user = db::user_by_id(&self.db, &row.user_id)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        let scope = if row.scope == "write" {
+            Scope::Write
+        } else {
+            Scope::Read
+        };
         Ok(Principal {
-            user: Some(User { id: user.id, username: user.username, is_owner: user.is_owner != 0 }),
+            user: Some(User {
+                id: user.id,
+                username: user.username,
+                is_owner: user.is_owner != 0,
+            }),
             token_scope: Some(scope),
         })
     }
@@ -212,8 +255,15 @@ mod tests {
 
     #[test]
     fn read_token_caps_permission() {
-        let user = User { id: "u".into(), username: "o".into(), is_owner: true };
-        let p = Principal { user: Some(user), token_scope: Some(Scope::Read) };
+        let user = User {
+            id: "u".into(),
+            username: "o".into(),
+            is_owner: true,
+        };
+        let p = Principal {
+            user: Some(user),
+            token_scope: Some(Scope::Read),
+        };
         assert_eq!(p.cap(Perm::Admin), Perm::Read);
         assert!(!p.is_owner());
     }

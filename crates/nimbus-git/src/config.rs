@@ -7,7 +7,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "nimbus-git", version, about = "Nimbus Git: a fast single-owner Git server")]
+#[command(
+    name = "nimbus-git",
+    version,
+    about = "Nimbus Git: a fast single-owner Git server"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -39,7 +43,12 @@ pub struct ServeArgs {
     /// Public base URL used in clone URLs and webhook payloads [default: http://LISTEN].
     #[arg(long, env = "NIMBUS_GIT_BASE_URL")]
     pub base_url: Option<String>,
-    #[arg(long, env = "NIMBUS_GIT_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "NIMBUS_GIT_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Pack jobs (upload-pack/receive-pack) running at once, all repositories together.
     #[arg(long, env = "NIMBUS_GIT_MAX_PACK_JOBS", default_value_t = 8)]
@@ -51,16 +60,32 @@ pub struct ServeArgs {
     #[arg(long, env = "NIMBUS_GIT_PACK_QUEUE", default_value_t = 32)]
     pub pack_queue: usize,
     /// How long a queued request waits for a pack slot before it gets 429, in milliseconds.
-    #[arg(long, env = "NIMBUS_GIT_PACK_QUEUE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        long,
+        env = "NIMBUS_GIT_PACK_QUEUE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub pack_queue_timeout_ms: u64,
     /// Quiet time after the last push before a repository's maintenance runs, in milliseconds.
-    #[arg(long, env = "NIMBUS_GIT_MAINTENANCE_DELAY_MS", default_value_t = 30_000)]
+    #[arg(
+        long,
+        env = "NIMBUS_GIT_MAINTENANCE_DELAY_MS",
+        default_value_t = 30_000
+    )]
     pub maintenance_delay_ms: u64,
     /// Allow webhooks to loopback and private addresses (for tests and trusted networks).
-    #[arg(long, env = "NIMBUS_GIT_WEBHOOK_ALLOW_PRIVATE", default_value_t = false)]
+    #[arg(
+        long,
+        env = "NIMBUS_GIT_WEBHOOK_ALLOW_PRIVATE",
+        default_value_t = false
+    )]
     pub webhook_allow_private: bool,
     /// First retry delay of a failed webhook delivery, in milliseconds (doubles each attempt).
-    #[arg(long, env = "NIMBUS_GIT_WEBHOOK_RETRY_BASE_MS", default_value_t = 5_000)]
+    #[arg(
+        long,
+        env = "NIMBUS_GIT_WEBHOOK_RETRY_BASE_MS",
+        default_value_t = 5_000
+    )]
     pub webhook_retry_base_ms: u64,
     /// Attempts before a webhook delivery is given up.
     #[arg(long, env = "NIMBUS_GIT_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
@@ -129,7 +154,10 @@ impl Settings {
         };
         let database_url = match &args.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}?mode=rwc", data_dir.join("nimbus-git.db").display()),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("nimbus-git.db").display()
+            ),
         };
         Ok(Settings {
             listen: args.listen,
@@ -157,7 +185,10 @@ impl Settings {
     pub fn for_tests(data_dir: PathBuf) -> Settings {
         Settings {
             listen: "127.0.0.1:0".parse().expect("valid address"),
-            database_url: format!("sqlite://{}?mode=rwc", data_dir.join("nimbus-git.db").display()),
+            database_url: format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join("nimbus-git.db").display()
+            ),
             data_dir,
             base_url: None,
             limits: Limits {

@@ -48,10 +48,14 @@ pub async fn connect(url: &str) -> Result<Db, Error> {
             Box::pin(async move {
                 if is_sqlite {
                     // A small page cache per connection: the working set is tiny.
-                    sqlx::query("PRAGMA cache_size = -512").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA cache_size = -512")
+                        .execute(&mut *conn)
+                        .await?;
                     // WAL with NORMAL sync: a commit is atomic and ordered, and is fsynced at
                     // checkpoints rather than on every push.
-                    sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA synchronous = NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
                 }
                 Ok(())
             })
@@ -59,7 +63,9 @@ pub async fn connect(url: &str) -> Result<Db, Error> {
         .connect(url)
         .await?;
     if is_sqlite {
-        sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
+        sqlx::query("PRAGMA journal_mode=WAL")
+            .execute(&pool)
+            .await?;
     }
     for stmt in SCHEMA {
         sqlx::query(stmt).execute(&pool).await?;
@@ -155,22 +161,37 @@ pub struct NewEvent {
 // ---- users
 
 pub async fn owner(db: &Db) -> Result<Option<UserRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM users WHERE is_owner = 1").fetch_optional(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM users WHERE is_owner = 1")
+        .fetch_optional(db)
+        .await?)
 }
 
 pub async fn user_by_name(db: &Db, username: &str) -> Result<Option<UserRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+        .bind(username)
+        .fetch_optional(db)
+        .await?)
 }
 
 pub async fn user_by_id(db: &Db, id: &str) -> Result<Option<UserRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1").bind(id).fetch_optional(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
 }
 
 pub async fn users(db: &Db) -> Result<Vec<UserRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM users ORDER BY username").fetch_all(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM users ORDER BY username")
+        .fetch_all(db)
+        .await?)
 }
 
-pub async fn insert_user(db: &Db, username: &str, password_hash: &str, is_owner: bool) -> Result<UserRow, Error> {
+pub async fn insert_user(
+    db: &Db,
+    username: &str,
+    password_hash: &str,
+    is_owner: bool,
+) -> Result<UserRow, Error> {
     let row = UserRow {
         id: new_id(),
         username: username.to_owned(),
@@ -191,16 +212,31 @@ pub async fn insert_user(db: &Db, username: &str, password_hash: &str, is_owner:
 
 pub async fn delete_user(db: &Db, id: &str) -> Result<(), Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM tokens WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM collaborators WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM users WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM tokens WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM collaborators WHERE user_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM users WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
 
 // ---- tokens
 
-pub async fn insert_token(db: &Db, user_id: &str, name: &str, scope: &str, token_hash: &str) -> Result<TokenRow, Error> {
+pub async fn insert_token(
+    db: &Db,
+    user_id: &str,
+    name: &str,
+    scope: &str,
+    token_hash: &str,
+) -> Result<TokenRow, Error> {
     let row = TokenRow {
         id: new_id(),
         user_id: user_id.to_owned(),
@@ -221,32 +257,48 @@ pub async fn insert_token(db: &Db, user_id: &str, name: &str, scope: &str, token
 }
 
 pub async fn token_by_hash(db: &Db, token_hash: &str) -> Result<Option<TokenRow>, Error> {
-    Ok(sqlx::query_as("SELECT id, user_id, name, scope, created_at FROM tokens WHERE token_hash = $1")
-        .bind(token_hash)
-        .fetch_optional(db)
-        .await?)
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, name, scope, created_at FROM tokens WHERE token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(db)
+    .await?)
 }
 
 pub async fn tokens_of(db: &Db, user_id: &str) -> Result<Vec<TokenRow>, Error> {
-    Ok(sqlx::query_as("SELECT id, user_id, name, scope, created_at FROM tokens WHERE user_id = $1 ORDER BY id")
-        .bind(user_id)
-        .fetch_all(db)
-        .await?)
+    Ok(sqlx::query_as(
+        "SELECT id, user_id, name, scope, created_at FROM tokens WHERE user_id = $1 ORDER BY id",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await?)
 }
 
 pub async fn delete_token(db: &Db, user_id: &str, id: &str) -> Result<bool, Error> {
-    let done = sqlx::query("DELETE FROM tokens WHERE id = $1 AND user_id = $2").bind(id).bind(user_id).execute(db).await?;
+    let done = sqlx::query("DELETE FROM tokens WHERE id = $1 AND user_id = $2")
+        .bind(id)
+        .bind(user_id)
+        .execute(db)
+        .await?;
     Ok(done.rows_affected() > 0)
 }
 
 // ---- repositories
 
 pub async fn repos(db: &Db) -> Result<Vec<RepoRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM repos ORDER BY name").fetch_all(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM repos ORDER BY name")
+        .fetch_all(db)
+        .await?)
 }
 
 /// Insert a repository and its `RepositoryCreated` event in one transaction.
-pub async fn insert_repo(db: &Db, name: &str, private: bool, description: &str, event: NewEvent) -> Result<RepoRow, Error> {
+pub async fn insert_repo(
+    db: &Db,
+    name: &str,
+    private: bool,
+    description: &str,
+    event: NewEvent,
+) -> Result<RepoRow, Error> {
     let row = RepoRow {
         id: new_id(),
         name: name.to_owned(),
@@ -280,13 +332,24 @@ pub async fn update_repo(db: &Db, id: &str, private: bool, description: &str) ->
 
 pub async fn delete_repo(db: &Db, id: &str) -> Result<(), Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM collaborators WHERE repo_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM deliveries WHERE webhook_id IN (SELECT id FROM webhooks WHERE repo_id = $1)")
+    sqlx::query("DELETE FROM collaborators WHERE repo_id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("DELETE FROM webhooks WHERE repo_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM repos WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query(
+        "DELETE FROM deliveries WHERE webhook_id IN (SELECT id FROM webhooks WHERE repo_id = $1)",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM webhooks WHERE repo_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM repos WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -302,7 +365,12 @@ pub async fn collaborators(db: &Db) -> Result<Vec<CollaboratorRow>, Error> {
     .await?)
 }
 
-pub async fn upsert_collaborator(db: &Db, repo_id: &str, user_id: &str, permission: &str) -> Result<(), Error> {
+pub async fn upsert_collaborator(
+    db: &Db,
+    repo_id: &str,
+    user_id: &str,
+    permission: &str,
+) -> Result<(), Error> {
     let mut tx = db.begin().await?;
     sqlx::query("DELETE FROM collaborators WHERE repo_id = $1 AND user_id = $2")
         .bind(repo_id)
@@ -330,7 +398,13 @@ pub async fn delete_collaborator(db: &Db, repo_id: &str, user_id: &str) -> Resul
 
 // ---- webhooks
 
-pub async fn insert_webhook(db: &Db, repo_id: &str, url: &str, secret: &str, events: &str) -> Result<WebhookRow, Error> {
+pub async fn insert_webhook(
+    db: &Db,
+    repo_id: &str,
+    url: &str,
+    secret: &str,
+    events: &str,
+) -> Result<WebhookRow, Error> {
     let row = WebhookRow {
         id: new_id(),
         repo_id: repo_id.to_owned(),
@@ -356,24 +430,42 @@ pub async fn insert_webhook(db: &Db, repo_id: &str, url: &str, secret: &str, eve
 }
 
 pub async fn webhooks_of(db: &Db, repo_id: &str) -> Result<Vec<WebhookRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM webhooks WHERE repo_id = $1 ORDER BY id").bind(repo_id).fetch_all(db).await?)
+    Ok(
+        sqlx::query_as("SELECT * FROM webhooks WHERE repo_id = $1 ORDER BY id")
+            .bind(repo_id)
+            .fetch_all(db)
+            .await?,
+    )
 }
 
 pub async fn webhook(db: &Db, id: &str) -> Result<Option<WebhookRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM webhooks WHERE id = $1").bind(id).fetch_optional(db).await?)
+    Ok(sqlx::query_as("SELECT * FROM webhooks WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?)
 }
 
 pub async fn delete_webhook(db: &Db, id: &str) -> Result<(), Error> {
     let mut tx = db.begin().await?;
-    sqlx::query("DELETE FROM deliveries WHERE webhook_id = $1").bind(id).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM webhooks WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM deliveries WHERE webhook_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM webhooks WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
 
 // ---- events (the outbox)
 
-async fn insert_event(tx: &mut sqlx::Transaction<'_, sqlx::Any>, repo_id: &str, event: &NewEvent) -> Result<(), Error> {
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    repo_id: &str,
+    event: &NewEvent,
+) -> Result<(), Error> {
     sqlx::query("INSERT INTO events (id, repo_id, kind, payload, created_at, dispatched) VALUES ($1, $2, $3, $4, $5, 0)")
         .bind(new_id())
         .bind(repo_id)
@@ -433,16 +525,21 @@ pub async fn dispatch_event(db: &Db, event_id: &str, webhook_ids: &[String]) -> 
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query("UPDATE events SET dispatched = 1 WHERE id = $1").bind(event_id).execute(&mut *tx).await?;
+    sqlx::query("UPDATE events SET dispatched = 1 WHERE id = $1")
+        .bind(event_id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
 
 pub async fn event(db: &Db, id: &str) -> Result<Option<EventRow>, Error> {
-    Ok(sqlx::query_as("SELECT id, repo_id, kind, payload, created_at FROM events WHERE id = $1")
-        .bind(id)
-        .fetch_optional(db)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT id, repo_id, kind, payload, created_at FROM events WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db)
+            .await?,
+    )
 }
 
 // ---- deliveries
@@ -492,8 +589,10 @@ pub async fn record_attempt(db: &Db, id: &str, attempt: Attempt<'_>) -> Result<(
 }
 
 pub async fn deliveries_of(db: &Db, webhook_id: &str) -> Result<Vec<DeliveryRow>, Error> {
-    Ok(sqlx::query_as("SELECT * FROM deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT 200")
-        .bind(webhook_id)
-        .fetch_all(db)
-        .await?)
+    Ok(
+        sqlx::query_as("SELECT * FROM deliveries WHERE webhook_id = $1 ORDER BY id DESC LIMIT 200")
+            .bind(webhook_id)
+            .fetch_all(db)
+            .await?,
+    )
 }

@@ -36,14 +36,25 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into(), plain: false, retry_after: None, www_authenticate: false }
+        Self {
+            status,
+            code,
+            message: message.into(),
+            plain: false,
+            retry_after: None,
+            www_authenticate: false,
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
     }
     /// A field failed validation; the message names it.
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", format!("{field}: {problem}"))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            format!("{field}: {problem}"),
+        )
     }
     pub fn not_found(what: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
@@ -52,7 +63,11 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
     pub fn unauthorized() -> Self {
-        let mut err = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "authentication required");
+        let mut err = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "authentication required",
+        );
         err.www_authenticate = true;
         err
     }
@@ -60,12 +75,20 @@ impl ApiError {
         Self::new(StatusCode::FORBIDDEN, "forbidden", message)
     }
     pub fn too_busy(retry_after: u64) -> Self {
-        let mut err = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_busy", "server busy with pack work, retry later");
+        let mut err = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_busy",
+            "server busy with pack work, retry later",
+        );
         err.retry_after = Some(retry_after);
         err
     }
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
     }
     pub fn plain(mut self) -> Self {
         self.plain = true;
@@ -100,19 +123,31 @@ pub struct ErrorDetail {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = if self.plain {
-            (self.status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{}\n", self.message))
+            (
+                self.status,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                format!("{}\n", self.message),
+            )
                 .into_response()
         } else {
-            let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+            let body = ErrorBody {
+                error: ErrorDetail {
+                    code: self.code.to_owned(),
+                    message: self.message,
+                },
+            };
             (self.status, axum::Json(body)).into_response()
         };
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.www_authenticate {
             response
                 .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nimbus-git\""));
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"nimbus-git\""),
+            );
         }
         response
     }

@@ -11,7 +11,13 @@ pub const BRANCH_DELETED: &str = "BranchDeleted";
 pub const COMMIT_PUSHED: &str = "CommitPushed";
 pub const TAG_CREATED: &str = "TagCreated";
 
-pub const ALL: &[&str] = &[REPOSITORY_CREATED, BRANCH_CREATED, BRANCH_DELETED, COMMIT_PUSHED, TAG_CREATED];
+pub const ALL: &[&str] = &[
+    REPOSITORY_CREATED,
+    BRANCH_CREATED,
+    BRANCH_DELETED,
+    COMMIT_PUSHED,
+    TAG_CREATED,
+];
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
 
@@ -31,7 +37,12 @@ pub fn repository_created(repo: &str, private: bool, url: &str) -> NewEvent {
 /// Events for the change from `old` to `new`, in ref name order.
 pub fn from_ref_diff(old: &Snapshot, new: &Snapshot, ctx: &PushContext<'_>) -> Vec<NewEvent> {
     let mut events = Vec::new();
-    let mut names: Vec<&str> = old.refs.iter().chain(&new.refs).map(|r| r.name.as_str()).collect();
+    let mut names: Vec<&str> = old
+        .refs
+        .iter()
+        .chain(&new.refs)
+        .map(|r| r.name.as_str())
+        .collect();
     names.sort_unstable();
     names.dedup();
     for name in names {
@@ -56,20 +67,32 @@ pub fn from_ref_diff(old: &Snapshot, new: &Snapshot, ctx: &PushContext<'_>) -> V
                 (None, Some(_)) => {
                     let mut p = payload(BRANCH_CREATED);
                     p["branch"] = branch.into();
-                    events.push(NewEvent { kind: BRANCH_CREATED, payload: p });
+                    events.push(NewEvent {
+                        kind: BRANCH_CREATED,
+                        payload: p,
+                    });
                     let mut p = payload(COMMIT_PUSHED);
                     p["branch"] = branch.into();
-                    events.push(NewEvent { kind: COMMIT_PUSHED, payload: p });
+                    events.push(NewEvent {
+                        kind: COMMIT_PUSHED,
+                        payload: p,
+                    });
                 }
                 (Some(_), None) => {
                     let mut p = payload(BRANCH_DELETED);
                     p["branch"] = branch.into();
-                    events.push(NewEvent { kind: BRANCH_DELETED, payload: p });
+                    events.push(NewEvent {
+                        kind: BRANCH_DELETED,
+                        payload: p,
+                    });
                 }
                 _ => {
                     let mut p = payload(COMMIT_PUSHED);
                     p["branch"] = branch.into();
-                    events.push(NewEvent { kind: COMMIT_PUSHED, payload: p });
+                    events.push(NewEvent {
+                        kind: COMMIT_PUSHED,
+                        payload: p,
+                    });
                 }
             }
         } else if let Some(tag) = name.strip_prefix("refs/tags/")
@@ -77,7 +100,10 @@ pub fn from_ref_diff(old: &Snapshot, new: &Snapshot, ctx: &PushContext<'_>) -> V
         {
             let mut p = payload(TAG_CREATED);
             p["tag"] = tag.into();
-            events.push(NewEvent { kind: TAG_CREATED, payload: p });
+            events.push(NewEvent {
+                kind: TAG_CREATED,
+                payload: p,
+            });
         }
     }
     events
@@ -89,15 +115,29 @@ mod tests {
     use crate::refs::{Capabilities, RefEntry};
 
     fn snap(refs: &[(&str, &str)]) -> Snapshot {
-        let caps = Capabilities { upload_v0: String::new(), receive_v0: String::new(), upload_v2: Default::default() };
-        let mut refs: Vec<RefEntry> =
-            refs.iter().map(|(n, o)| RefEntry { name: n.to_string(), oid: o.repeat(40), peeled: None }).collect();
+        let caps = Capabilities {
+            upload_v0: String::new(),
+            receive_v0: String::new(),
+            upload_v2: Default::default(),
+        };
+        let mut refs: Vec<RefEntry> = refs
+            .iter()
+            .map(|(n, o)| RefEntry {
+                name: n.to_string(),
+                oid: o.repeat(40),
+                peeled: None,
+            })
+            .collect();
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot::new(None, None, refs, &caps)
     }
 
     fn check(old: &[(&str, &str)], new: &[(&str, &str)], expect: &[&str]) {
-        let ctx = PushContext { repo: "r", pusher: "p", url: "u" };
+        let ctx = PushContext {
+            repo: "r",
+            pusher: "p",
+            url: "u",
+        };
         let got: Vec<String> = from_ref_diff(&snap(old), &snap(new), &ctx)
             .into_iter()
             .map(|e| format!("{} {}", e.kind, e.payload["ref"].as_str().unwrap()))
@@ -107,10 +147,29 @@ mod tests {
 
     #[test]
     fn ref_diff_events() {
-        check(&[], &[("refs/heads/main", "a")], &["BranchCreated refs/heads/main", "CommitPushed refs/heads/main"]);
-        check(&[("refs/heads/main", "a")], &[("refs/heads/main", "b")], &["CommitPushed refs/heads/main"]);
-        check(&[("refs/heads/main", "a")], &[("refs/heads/main", "a")], &[]);
-        check(&[("refs/heads/x", "a")], &[], &["BranchDeleted refs/heads/x"]);
+        check(
+            &[],
+            &[("refs/heads/main", "a")],
+            &[
+                "BranchCreated refs/heads/main",
+                "CommitPushed refs/heads/main",
+            ],
+        );
+        check(
+            &[("refs/heads/main", "a")],
+            &[("refs/heads/main", "b")],
+            &["CommitPushed refs/heads/main"],
+        );
+        check(
+            &[("refs/heads/main", "a")],
+            &[("refs/heads/main", "a")],
+            &[],
+        );
+        check(
+            &[("refs/heads/x", "a")],
+            &[],
+            &["BranchDeleted refs/heads/x"],
+        );
         check(&[], &[("refs/tags/v1", "a")], &["TagCreated refs/tags/v1"]);
         check(&[("refs/tags/v1", "a")], &[], &[]);
     }

@@ -71,10 +71,13 @@ impl AppState {
         let repo_root = settings.data_dir.join("repos");
         std::fs::create_dir_all(&repo_root)
             .with_context(|| format!("cannot create {}", repo_root.display()))?;
-        let db = db::connect(&settings.database_url).await.context("cannot open the database")?;
+        let db = db::connect(&settings.database_url)
+            .await
+            .context("cannot open the database")?;
         let mut generated_owner_password = None;
         if db::owner(&db).await?.is_none() {
-            names::check_username(&settings.owner).map_err(|e| anyhow::anyhow!("owner name: {e}"))?;
+            names::check_username(&settings.owner)
+                .map_err(|e| anyhow::anyhow!("owner name: {e}"))?;
             let password = match &settings.owner_password {
                 Some(secret) => secret.0.clone(),
                 None => {
@@ -108,13 +111,19 @@ impl AppState {
             settings,
             db,
         }));
-        Ok(Started { state, generated_owner_password })
+        Ok(Started {
+            state,
+            generated_owner_password,
+        })
     }
 
     /// Start the background webhook deliverer.
     pub fn spawn_workers(&self) {
-        let deliverer =
-            webhooks::Deliverer::new(self.db.clone(), self.settings.webhooks.clone(), self.webhook_wake.clone());
+        let deliverer = webhooks::Deliverer::new(
+            self.db.clone(),
+            self.settings.webhooks.clone(),
+            self.webhook_wake.clone(),
+        );
         tokio::spawn(deliverer.run());
     }
 }
@@ -164,7 +173,9 @@ fn tune_allocator() {
 fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -178,9 +189,15 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let base_url = settings.base_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let base_url = settings
+        .base_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let owner = settings.owner.clone();
-    let Started { state, generated_owner_password } = AppState::open(settings, base_url.clone()).await?;
+    let Started {
+        state,
+        generated_owner_password,
+    } = AppState::open(settings, base_url.clone()).await?;
     if let Some(password) = generated_owner_password {
         println!("created owner account '{owner}' with password: {password}");
         println!("(shown once; set NIMBUS_GIT_OWNER_PASSWORD on first start to choose it)");

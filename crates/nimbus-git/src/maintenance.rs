@@ -37,7 +37,10 @@ pub struct Maintainer {
 
 impl Maintainer {
     pub fn new(delay: Duration) -> Maintainer {
-        Maintainer { delay, global: Arc::new(Semaphore::new(1)) }
+        Maintainer {
+            delay,
+            global: Arc::new(Semaphore::new(1)),
+        }
     }
 
     /// Ask for maintenance; pushes within `delay` of each other share one run.
@@ -74,13 +77,33 @@ impl Maintainer {
 fn maintain(path: &Path) -> Result<(), String> {
     let steps: &[&[&str]] = &[
         &["pack-refs", "--all", "--prune"],
-        &["repack", "-d", "-q", "--geometric=2", "--write-midx", "--write-bitmap-index"],
-        &["commit-graph", "write", "--reachable", "--split", "--no-progress"],
+        &[
+            "repack",
+            "-d",
+            "-q",
+            "--geometric=2",
+            "--write-midx",
+            "--write-bitmap-index",
+        ],
+        &[
+            "commit-graph",
+            "write",
+            "--reachable",
+            "--split",
+            "--no-progress",
+        ],
     ];
     for step in steps {
-        let out = git_command(Some(path)).args(*step).output().map_err(|e| format!("git {}: {e}", step[0]))?;
+        let out = git_command(Some(path))
+            .args(*step)
+            .output()
+            .map_err(|e| format!("git {}: {e}", step[0]))?;
         if !out.status.success() {
-            return Err(format!("git {}: {}", step.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+            return Err(format!(
+                "git {}: {}",
+                step.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
     }
     Ok(())

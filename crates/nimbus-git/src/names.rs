@@ -2,9 +2,28 @@
 
 /// Names that would collide with routes or mean something else on disk.
 const RESERVED: &[&str] = &[
-    "api", "static", "assets", "login", "logout", "settings", "users", "user", "admin", "new",
-    "health", "healthz", "metrics", "favicon.ico", "robots.txt", "info", "objects", "refs", "hooks",
-    "head", "git", "repos",
+    "api",
+    "static",
+    "assets",
+    "login",
+    "logout",
+    "settings",
+    "users",
+    "user",
+    "admin",
+    "new",
+    "health",
+    "healthz",
+    "metrics",
+    "favicon.ico",
+    "robots.txt",
+    "info",
+    "objects",
+    "refs",
+    "hooks",
+    "head",
+    "git",
+    "repos",
 ];
 
 /// Why a name was refused; shown to the user next to the field name.
@@ -12,7 +31,10 @@ pub fn check_repo_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 100 {
         return Err("must be 1 to 100 characters".into());
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err("may only contain letters, digits, '-', '_' and '.'".into());
     }
     if name.starts_with(['.', '-']) {
@@ -38,7 +60,10 @@ pub fn check_username(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1 to 64 characters".into());
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
         return Err("may only contain letters, digits, '-', '_' and '.'".into());
     }
     if name.starts_with(['.', '-']) {
@@ -62,8 +87,21 @@ mod tests {
             check(good, true);
         }
         for bad in [
-            "", "../etc", "a/b", "..", ".hidden", "-x", "x.git", "API", "info", "a..b", "x y", "é", "a\0b",
-            "x.lock", &"a".repeat(101),
+            "",
+            "../etc",
+            "a/b",
+            "..",
+            ".hidden",
+            "-x",
+            "x.git",
+            "API",
+            "info",
+            "a..b",
+            "x y",
+            "é",
+            "a\0b",
+            "x.lock",
+            &"a".repeat(101),
         ] {
             check(bad, false);
         }

@@ -134,7 +134,12 @@ pub enum ValidateError {
 impl Validator {
     /// `flushes`: how many flush-pkts end the framed part; `usize::MAX` for an all-pkt-line body.
     pub fn new(flushes: usize, limit: usize) -> Self {
-        Self { pending: Vec::new(), flushes_left: flushes, seen: 0, limit }
+        Self {
+            pending: Vec::new(),
+            flushes_left: flushes,
+            seen: 0,
+            limit,
+        }
     }
 
     /// True once the framed part is over and the rest of the body is opaque.
@@ -192,7 +197,10 @@ mod tests {
     fn parses_and_rejects() {
         check(b"0000", Ok(vec![Pkt::Flush]));
         check(b"00010002", Ok(vec![Pkt::Delim, Pkt::ResponseEnd]));
-        check(b"0009done\n0000", Ok(vec![Pkt::Data(b"done\n"), Pkt::Flush]));
+        check(
+            b"0009done\n0000",
+            Ok(vec![Pkt::Data(b"done\n"), Pkt::Flush]),
+        );
         check(b"0004", Ok(vec![Pkt::Data(b"")]));
         check(b"0003", Err(ParseAllError::Pkt(Error::Reserved(3))));
         check(b"zzzz", Err(ParseAllError::Pkt(Error::BadLength(*b"zzzz"))));
@@ -206,7 +214,10 @@ mod tests {
         let mut out = Vec::new();
         write_str(&mut out, "want abc\n");
         flush(&mut out);
-        assert_eq!(parse_all(&out).unwrap(), vec![Pkt::Data(b"want abc\n"), Pkt::Flush]);
+        assert_eq!(
+            parse_all(&out).unwrap(),
+            vec![Pkt::Data(b"want abc\n"), Pkt::Flush]
+        );
     }
 
     #[test]

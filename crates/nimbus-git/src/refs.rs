@@ -57,26 +57,47 @@ impl Capabilities {
                 return Err(Error::Git("capability probe: no advertisement".into()));
             };
             let line = String::from_utf8_lossy(pktline::text(line)).into_owned();
-            let caps = line.split_once('\0').map(|(_, caps)| caps).unwrap_or_default();
-            Ok(caps.split(' ').filter(|c| !c.starts_with("symref=")).collect::<Vec<_>>().join(" "))
+            let caps = line
+                .split_once('\0')
+                .map(|(_, caps)| caps)
+                .unwrap_or_default();
+            Ok(caps
+                .split(' ')
+                .filter(|c| !c.starts_with("symref="))
+                .collect::<Vec<_>>()
+                .join(" "))
         };
-        let upload = run(git_command(None).args(["upload-pack", "--advertise-refs", "--stateless-rpc"]).arg(&repo))?;
-        let receive = run(git_command(None).args(["receive-pack", "--advertise-refs", "--stateless-rpc"]).arg(&repo))?;
+        let upload = run(git_command(None)
+            .args(["upload-pack", "--advertise-refs", "--stateless-rpc"])
+            .arg(&repo))?;
+        let receive = run(git_command(None)
+            .args(["receive-pack", "--advertise-refs", "--stateless-rpc"])
+            .arg(&repo))?;
         let v2 = run(git_command(None)
             .env("GIT_PROTOCOL", "version=2")
             .args(["upload-pack", "--advertise-refs", "--stateless-rpc"])
             .arg(&repo))?;
         if !v2.windows(9).any(|w| w == b"version 2") {
-            return Err(Error::Git("installed git does not speak protocol v2".into()));
+            return Err(Error::Git(
+                "installed git does not speak protocol v2".into(),
+            ));
         }
-        Ok(Capabilities { upload_v0: first_caps(upload)?, receive_v0: first_caps(receive)?, upload_v2: Bytes::from(v2) })
+        Ok(Capabilities {
+            upload_v0: first_caps(upload)?,
+            receive_v0: first_caps(receive)?,
+            upload_v2: Bytes::from(v2),
+        })
     }
 }
 
 fn run(cmd: &mut Command) -> Result<Vec<u8>, Error> {
     let out = cmd.output()?;
     if !out.status.success() {
-        return Err(Error::Git(format!("{:?}: {}", cmd, String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::Git(format!(
+            "{:?}: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     Ok(out.stdout)
 }
@@ -105,7 +126,9 @@ impl Snapshot {
         let platform = repo.references().map_err(Error::git)?;
         for reference in platform.all().map_err(Error::git)? {
             let mut reference = reference.map_err(Error::git)?;
-            let Some(id) = reference.try_id() else { continue };
+            let Some(id) = reference.try_id() else {
+                continue;
+            };
             let oid = id.to_string();
             let name = reference.name().as_bstr().to_string();
             let peeled = if name.starts_with("refs/tags/") {
@@ -117,24 +140,49 @@ impl Snapshot {
             refs.push(RefEntry { name, oid, peeled });
         }
         refs.sort_by(|a, b| a.name.cmp(&b.name));
-        let head_target = repo.head_name().map_err(Error::git)?.map(|n| n.as_bstr().to_string());
-        let head_oid = head_target.as_ref().and_then(|t| refs.iter().find(|r| &r.name == t)).map(|r| r.oid.clone());
+        let head_target = repo
+            .head_name()
+            .map_err(Error::git)?
+            .map(|n| n.as_bstr().to_string());
+        let head_oid = head_target
+            .as_ref()
+            .and_then(|t| refs.iter().find(|r| &r.name == t))
+            .map(|r| r.oid.clone());
         Ok(Snapshot::new(head_target, head_oid, refs, caps))
     }
 
-    pub fn new(head_target: Option<String>, head_oid: Option<String>, refs: Vec<RefEntry>, caps: &Capabilities) -> Snapshot {
-        let mut snapshot = Snapshot { head_target, head_oid, refs, upload_v0: Bytes::new(), receive_v0: Bytes::new() };
+    pub fn new(
+        head_target: Option<String>,
+        head_oid: Option<String>,
+        refs: Vec<RefEntry>,
+        caps: &Capabilities,
+    ) -> Snapshot {
+        let mut snapshot = Snapshot {
+            head_target,
+            head_oid,
+            refs,
+            upload_v0: Bytes::new(),
+            receive_v0: Bytes::new(),
+        };
         snapshot.upload_v0 = snapshot.render_v0(true, caps);
         snapshot.receive_v0 = snapshot.render_v0(false, caps);
         snapshot
     }
 
     fn render_v0(&self, upload: bool, caps: &Capabilities) -> Bytes {
-        let service = if upload { "git-upload-pack" } else { "git-receive-pack" };
+        let service = if upload {
+            "git-upload-pack"
+        } else {
+            "git-receive-pack"
+        };
         let mut out = Vec::with_capacity(64 + self.refs.len() * 70);
         pktline::write_str(&mut out, &format!("# service={service}\n"));
         pktline::flush(&mut out);
-        let mut caps_line = if upload { caps.upload_v0.clone() } else { caps.receive_v0.clone() };
+        let mut caps_line = if upload {
+            caps.upload_v0.clone()
+        } else {
+            caps.receive_v0.clone()
+        };
         if upload && let (Some(target), Some(_)) = (&self.head_target, &self.head_oid) {
             caps_line = format!("{caps_line} symref=HEAD:{target}");
         }
@@ -185,7 +233,9 @@ impl Snapshot {
                 }
             }
         }
-        let wanted = |name: &str| prefixes.is_empty() || prefixes.iter().any(|p| name.as_bytes().starts_with(p));
+        let wanted = |name: &str| {
+            prefixes.is_empty() || prefixes.iter().any(|p| name.as_bytes().starts_with(p))
+        };
         let mut out = Vec::with_capacity(self.refs.len() * 70);
         if wanted("HEAD") {
             match (&self.head_oid, &self.head_target) {
@@ -215,7 +265,10 @@ impl Snapshot {
     }
 
     pub fn get(&self, name: &str) -> Option<&RefEntry> {
-        self.refs.binary_search_by(|r| r.name.as_str().cmp(name)).ok().map(|idx| &self.refs[idx])
+        self.refs
+            .binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|idx| &self.refs[idx])
     }
 }
 
@@ -224,14 +277,21 @@ mod tests {
     use super::*;
 
     fn caps() -> Capabilities {
-        Capabilities { upload_v0: "ofs-delta".into(), receive_v0: "report-status".into(), upload_v2: Bytes::new() }
+        Capabilities {
+            upload_v0: "ofs-delta".into(),
+            receive_v0: "report-status".into(),
+            upload_v2: Bytes::new(),
+        }
     }
 
     #[test]
     fn empty_repo_advertises_capabilities_line() {
         let s = Snapshot::new(Some("refs/heads/main".into()), None, vec![], &caps());
         let text = String::from_utf8_lossy(&s.upload_v0).into_owned();
-        assert!(text.contains(&format!("{ZERO_OID} capabilities^{{}}\0ofs-delta\n")), "{text:?}");
+        assert!(
+            text.contains(&format!("{ZERO_OID} capabilities^{{}}\0ofs-delta\n")),
+            "{text:?}"
+        );
     }
 
     #[test]
@@ -239,20 +299,42 @@ mod tests {
         let a = "a".repeat(40);
         let b = "b".repeat(40);
         let refs = vec![
-            RefEntry { name: "refs/heads/main".into(), oid: a.clone(), peeled: None },
-            RefEntry { name: "refs/tags/v1".into(), oid: b.clone(), peeled: Some(a.clone()) },
+            RefEntry {
+                name: "refs/heads/main".into(),
+                oid: a.clone(),
+                peeled: None,
+            },
+            RefEntry {
+                name: "refs/tags/v1".into(),
+                oid: b.clone(),
+                peeled: Some(a.clone()),
+            },
         ];
-        let s = Snapshot::new(Some("refs/heads/main".into()), Some(a.clone()), refs, &caps());
+        let s = Snapshot::new(
+            Some("refs/heads/main".into()),
+            Some(a.clone()),
+            refs,
+            &caps(),
+        );
         let out = s.ls_refs(&[b"peel", b"symrefs", b"ref-prefix refs/tags/"]);
         let mut expect = Vec::new();
         pktline::write_str(&mut expect, &format!("{b} refs/tags/v1 peeled:{a}\n"));
         pktline::flush(&mut expect);
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expect));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&expect)
+        );
         let out = s.ls_refs(&[b"symrefs", b"ref-prefix HEAD"]);
         let mut expect = Vec::new();
-        pktline::write_str(&mut expect, &format!("{a} HEAD symref-target:refs/heads/main\n"));
+        pktline::write_str(
+            &mut expect,
+            &format!("{a} HEAD symref-target:refs/heads/main\n"),
+        );
         pktline::flush(&mut expect);
-        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expect));
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            String::from_utf8_lossy(&expect)
+        );
         let v0 = String::from_utf8_lossy(&s.upload_v0).into_owned();
         assert!(v0.contains(&format!("{a} refs/tags/v1^{{}}\n")), "{v0}");
         let v0r = String::from_utf8_lossy(&s.receive_v0).into_owned();

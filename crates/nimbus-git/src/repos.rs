@@ -105,7 +105,10 @@ impl RepoEntry {
     }
 }
 
-pub async fn snapshot(entry: &Arc<RepoEntry>, caps: &Arc<Capabilities>) -> Result<Arc<Snapshot>, Error> {
+pub async fn snapshot(
+    entry: &Arc<RepoEntry>,
+    caps: &Arc<Capabilities>,
+) -> Result<Arc<Snapshot>, Error> {
     if let Some(snapshot) = entry.cached_snapshot() {
         return Ok(snapshot);
     }
@@ -117,7 +120,10 @@ pub async fn snapshot(entry: &Arc<RepoEntry>, caps: &Arc<Capabilities>) -> Resul
 }
 
 /// A snapshot read now, bypassing the cache (used around pushes).
-pub async fn fresh_snapshot(entry: &Arc<RepoEntry>, caps: &Arc<Capabilities>) -> Result<Arc<Snapshot>, Error> {
+pub async fn fresh_snapshot(
+    entry: &Arc<RepoEntry>,
+    caps: &Arc<Capabilities>,
+) -> Result<Arc<Snapshot>, Error> {
     entry.invalidate();
     snapshot(entry, caps).await
 }
@@ -130,7 +136,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(root: PathBuf, per_repo_slots: usize) -> Registry {
-        Registry { root, per_repo_slots, map: RwLock::new(HashMap::new()) }
+        Registry {
+            root,
+            per_repo_slots,
+            map: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn path_for(&self, name: &str) -> PathBuf {
@@ -145,7 +155,9 @@ impl Registry {
         let collaborators = collaborators
             .iter()
             .filter(|c| c.repo_id == row.id)
-            .filter_map(|c| Perm::parse(&c.permission).map(|p| (c.user_id.clone(), (c.username.clone(), p))))
+            .filter_map(|c| {
+                Perm::parse(&c.permission).map(|p| (c.user_id.clone(), (c.username.clone(), p)))
+            })
             .collect();
         let entry = Arc::new(RepoEntry {
             id: row.id.clone(),
@@ -164,7 +176,10 @@ impl Registry {
             pack_slots: Arc::new(Semaphore::new(self.per_repo_slots)),
             maintenance: MaintenanceState::default(),
         });
-        self.map.write().expect("registry lock").insert(row.name.clone(), entry.clone());
+        self.map
+            .write()
+            .expect("registry lock")
+            .insert(row.name.clone(), entry.clone());
         entry
     }
 
@@ -177,7 +192,13 @@ impl Registry {
     }
 
     pub fn all(&self) -> Vec<Arc<RepoEntry>> {
-        let mut all: Vec<_> = self.map.read().expect("registry lock").values().cloned().collect();
+        let mut all: Vec<_> = self
+            .map
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -26,12 +26,12 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use crate::AppState;
 use crate::admission::PackPermit;
 use crate::auth::{Perm, Principal, Scope};
+use crate::db;
 use crate::error::ApiError;
 use crate::events::{self, PushContext};
 use crate::pktline::{self, Pkt, ValidateError, Validator};
 use crate::refs::{Snapshot, git_command};
 use crate::repos::{self, RepoEntry};
-use crate::db;
 
 /// Largest pkt-line section we check before passing the rest through.
 const SECTION_LIMIT: usize = 64 << 20;
@@ -56,10 +56,23 @@ pub(crate) async fn authorize(
     need: Perm,
 ) -> Result<(Arc<RepoEntry>, Principal), ApiError> {
     let name = segment.strip_suffix(".git").unwrap_or(segment);
-    let not_found = || git_error(StatusCode::NOT_FOUND, format!("repository '{name}' not found"));
-    let principal = state.auth.principal(headers).await.map_err(ApiError::plain)?;
+    let not_found = || {
+        git_error(
+            StatusCode::NOT_FOUND,
+            format!("repository '{name}' not found"),
+        )
+    };
+    let principal = state
+        .auth
+        .principal(headers)
+        .await
+        .map_err(ApiError::plain)?;
     let Some(entry) = state.repos.get(name) else {
-        return Err(if principal.user.is_none() { ApiError::unauthorized().plain() } else { not_found() });
+        return Err(if principal.user.is_none() {
+            ApiError::unauthorized().plain()
+        } else {
+            not_found()
+        });
     };
     match entry.permission(&principal) {
         Some(perm) if perm >= need => Ok((entry, principal)),
@@ -85,21 +98,30 @@ pub(crate) async fn authorize(
 
 fn wants_v2(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("git-protocol")?.to_str().ok()?;
-    if value.len() > 256 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b":=._-".contains(&b)) {
+    if value.len() > 256
+        || !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":=._-".contains(&b))
+    {
         return None;
     }
     Some(value.to_owned())
 }
 
 fn is_v2(protocol: &Option<String>) -> bool {
-    protocol.as_deref().is_some_and(|p| p.split(':').any(|kv| kv == "version=2"))
+    protocol
+        .as_deref()
+        .is_some_and(|p| p.split(':').any(|kv| kv == "version=2"))
 }
 
 fn git_response(content_type: &'static str, body: Body) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, max-age=0, must-revalidate"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, max-age=0, must-revalidate"),
+    );
     response
 }
 
@@ -113,18 +135,43 @@ pub async fn info_refs(
     let upload = match query.service.as_deref() {
         Some("git-upload-pack") => true,
         Some("git-receive-pack") => false,
-        Some(other) => return Err(git_error(StatusCode::BAD_REQUEST, format!("service: unknown service '{other}'"))),
-        None => return Err(git_error(StatusCode::FORBIDDEN, "the dumb HTTP protocol is not supported")),
+        Some(other) => {
+            return Err(git_error(
+                StatusCode::BAD_REQUEST,
+                format!("service: unknown service '{other}'"),
+            ));
+        }
+        None => {
+            return Err(git_error(
+                StatusCode::FORBIDDEN,
+                "the dumb HTTP protocol is not supported",
+            ));
+        }
     };
-    let (entry, _) = authorize(&state, &headers, &segment, if upload { Perm::Read } else { Perm::Write }).await?;
+    let (entry, _) = authorize(
+        &state,
+        &headers,
+        &segment,
+        if upload { Perm::Read } else { Perm::Write },
+    )
+    .await?;
     if upload && is_v2(&wants_v2(&headers)) {
-        return Ok(git_response("application/x-git-upload-pack-advertisement", Body::from(state.caps.upload_v2.clone())));
+        return Ok(git_response(
+            "application/x-git-upload-pack-advertisement",
+            Body::from(state.caps.upload_v2.clone()),
+        ));
     }
     let snapshot = repos::snapshot(&entry, &state.caps).await?;
     Ok(if upload {
-        git_response("application/x-git-upload-pack-advertisement", Body::from(snapshot.upload_v0.clone()))
+        git_response(
+            "application/x-git-upload-pack-advertisement",
+            Body::from(snapshot.upload_v0.clone()),
+        )
     } else {
-        git_response("application/x-git-receive-pack-advertisement", Body::from(snapshot.receive_v0.clone()))
+        git_response(
+            "application/x-git-receive-pack-advertisement",
+            Body::from(snapshot.receive_v0.clone()),
+        )
     })
 }
 
@@ -139,7 +186,10 @@ fn request_stream(headers: &HeaderMap, body: Body) -> Result<ByteStream, ApiErro
         }
         Some(other) => Err(git_error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("content-encoding: '{}' is not supported", String::from_utf8_lossy(other)),
+            format!(
+                "content-encoding: '{}' is not supported",
+                String::from_utf8_lossy(other)
+            ),
         )),
     }
 }
@@ -194,7 +244,10 @@ pub async fn upload_pack(
                 })
                 .collect();
             let snapshot = repos::snapshot(&entry, &state.caps).await?;
-            return Ok(git_response("application/x-git-upload-pack-result", Body::from(snapshot.ls_refs(&args))));
+            return Ok(git_response(
+                "application/x-git-upload-pack-result",
+                Body::from(snapshot.ls_refs(&args)),
+            ));
         }
     }
     let permit = state.admission.acquire(&entry.pack_slots).await?;
@@ -251,12 +304,21 @@ pub async fn receive_pack(
 
 /// Invalidate the snapshot, write the events of the ref diff to the outbox, wake the webhook
 /// deliverer and schedule maintenance.
-async fn after_push(state: &AppState, entry: &Arc<RepoEntry>, old: &Snapshot, pusher: &str) -> Result<(), crate::error::Error> {
+async fn after_push(
+    state: &AppState,
+    entry: &Arc<RepoEntry>,
+    old: &Snapshot,
+    pusher: &str,
+) -> Result<(), crate::error::Error> {
     let started = std::time::Instant::now();
     let new = repos::fresh_snapshot(entry, &state.caps).await?;
     tracing::debug!(repo.name = %entry.name, elapsed_ms = started.elapsed().as_millis() as u64, "ref snapshot after push");
     let url = format!("{}/{}", state.base_url, entry.name);
-    let ctx = PushContext { repo: &entry.name, pusher, url: &url };
+    let ctx = PushContext {
+        repo: &entry.name,
+        pusher,
+        url: &url,
+    };
     let events = events::from_ref_diff(old, &new, &ctx);
     if events.is_empty() {
         return Ok(());
@@ -289,7 +351,16 @@ enum FeedError {
 }
 
 async fn run_pack(job: PackJob) -> Result<Response, ApiError> {
-    let PackJob { service, entry, protocol, prefix, mut body, mut validator, permit, after } = job;
+    let PackJob {
+        service,
+        entry,
+        protocol,
+        prefix,
+        mut body,
+        mut validator,
+        permit,
+        after,
+    } = job;
     let mut cmd = tokio::process::Command::from(git_command(None));
     cmd.args([service, "--stateless-rpc"])
         .arg(&entry.path)
@@ -419,11 +490,18 @@ async fn run_pack(job: PackJob) -> Result<Response, ApiError> {
             after.await;
         }
     });
-    Ok(git_response(content_type(service), Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    Ok(git_response(
+        content_type(service),
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    ))
 }
 
 fn content_type(service: &str) -> &'static str {
-    if service == "upload-pack" { "application/x-git-upload-pack-result" } else { "application/x-git-receive-pack-result" }
+    if service == "upload-pack" {
+        "application/x-git-upload-pack-result"
+    } else {
+        "application/x-git-receive-pack-result"
+    }
 }
 
 /// The first `fatal:`/`error:` line of a child's stderr, without server paths.

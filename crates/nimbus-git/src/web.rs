@@ -4,11 +4,11 @@
 
 use std::fmt::Write as _;
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
-use axum::Router;
 use gix::bstr::ByteSlice;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::Deserialize;
@@ -56,12 +56,17 @@ impl From<crate::error::Error> for WebError {
 impl IntoResponse for WebError {
     fn into_response(self) -> Response {
         let err = self.0;
-        let body = page(&err.status.to_string(), None, html! { p.error { (err.message) } });
+        let body = page(
+            &err.status.to_string(),
+            None,
+            html! { p.error { (err.message) } },
+        );
         let mut response = (err.status, Html(body.into_string())).into_response();
         if err.www_authenticate {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"nimbus-git\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"nimbus-git\""),
+            );
         }
         response
     }
@@ -105,10 +110,22 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, WebE
     Ok(state.auth.principal(headers).await?)
 }
 
-fn visible(state: &AppState, principal: &Principal, name: &str) -> Result<std::sync::Arc<RepoEntry>, WebError> {
-    let not_found = || WebError(ApiError::not_found(format!("repository '{name}' not found")));
+fn visible(
+    state: &AppState,
+    principal: &Principal,
+    name: &str,
+) -> Result<std::sync::Arc<RepoEntry>, WebError> {
+    let not_found = || {
+        WebError(ApiError::not_found(format!(
+            "repository '{name}' not found"
+        )))
+    };
     let entry = state.repos.get(name).ok_or_else(|| {
-        if principal.user.is_none() { WebError(ApiError::unauthorized()) } else { not_found() }
+        if principal.user.is_none() {
+            WebError(ApiError::unauthorized())
+        } else {
+            not_found()
+        }
     })?;
     match entry.permission(principal) {
         Some(perm) if perm >= Perm::Read => Ok(entry),
@@ -136,11 +153,19 @@ fn git_err(err: impl std::fmt::Display) -> WebError {
 
 fn resolve_commit<'r>(repo: &'r gix::Repository, rev: &str) -> Result<gix::Commit<'r>, WebError> {
     let not_found = || WebError(ApiError::not_found(format!("revision '{rev}' not found")));
-    if rev.is_empty() || rev.len() > 256 || rev.starts_with('-') || rev.contains("..") || rev.contains('@') {
+    if rev.is_empty()
+        || rev.len() > 256
+        || rev.starts_with('-')
+        || rev.contains("..")
+        || rev.contains('@')
+    {
         return Err(not_found());
     }
     let id = repo.rev_parse_single(rev).map_err(|_| not_found())?;
-    id.object().map_err(|_| not_found())?.peel_to_commit().map_err(|_| not_found())
+    id.object()
+        .map_err(|_| not_found())?
+        .peel_to_commit()
+        .map_err(|_| not_found())
 }
 
 fn etag_for(parts: &[&str]) -> String {
@@ -156,17 +181,25 @@ fn etag_for(parts: &[&str]) -> String {
 /// A page, with an ETag when it is fixed by an object id; 304 when the client has it.
 fn respond(headers: &HeaderMap, etag: Option<String>, body: Markup) -> Response {
     if let Some(etag) = &etag
-        && headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+        && headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
     {
         let mut response = StatusCode::NOT_MODIFIED.into_response();
-        response.headers_mut().insert(header::ETAG, HeaderValue::from_str(etag).expect("hex etag"));
+        response
+            .headers_mut()
+            .insert(header::ETAG, HeaderValue::from_str(etag).expect("hex etag"));
         return response;
     }
     let mut response = Html(body.into_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     if let Some(etag) = etag {
-        headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
+        headers.insert(
+            header::ETAG,
+            HeaderValue::from_str(&etag).expect("hex etag"),
+        );
     }
     response
 }
@@ -174,7 +207,12 @@ fn respond(headers: &HeaderMap, etag: Option<String>, body: Markup) -> Response 
 fn when(seconds: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(seconds)
         .ok()
-        .and_then(|t| t.format(time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]")).ok())
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]"
+            ))
+            .ok()
+        })
         .unwrap_or_default()
 }
 
@@ -192,7 +230,12 @@ fn enc(segment: &str) -> String {
 
 async fn index(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, WebError> {
     let principal = caller(&state, &headers).await?;
-    let repos: Vec<_> = state.repos.all().into_iter().filter(|e| e.permission(&principal).is_some()).collect();
+    let repos: Vec<_> = state
+        .repos
+        .all()
+        .into_iter()
+        .filter(|e| e.permission(&principal).is_some())
+        .collect();
     let body = page(
         "Repositories",
         None,
@@ -233,12 +276,18 @@ struct TreeRow {
     mode: String,
 }
 
-fn list_tree(repo: &gix::Repository, commit: &gix::Commit<'_>, path: &str) -> Result<Option<Vec<TreeRow>>, WebError> {
+fn list_tree(
+    repo: &gix::Repository,
+    commit: &gix::Commit<'_>,
+    path: &str,
+) -> Result<Option<Vec<TreeRow>>, WebError> {
     let root = commit.tree().map_err(git_err)?;
     let tree = if path.is_empty() {
         root
     } else {
-        let Some(entry) = root.lookup_entry_by_path(path).map_err(git_err)? else { return Ok(None) };
+        let Some(entry) = root.lookup_entry_by_path(path).map_err(git_err)? else {
+            return Ok(None);
+        };
         if !entry.mode().is_tree() {
             return Ok(None);
         }
@@ -259,7 +308,11 @@ fn list_tree(repo: &gix::Repository, commit: &gix::Commit<'_>, path: &str) -> Re
 }
 
 fn tree_table(repo: &str, rev: &str, path: &str, rows: &[TreeRow]) -> Markup {
-    let base = if path.is_empty() { String::new() } else { format!("{path}/") };
+    let base = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
     html! {
         table {
             @for row in rows {
@@ -278,7 +331,11 @@ fn tree_table(repo: &str, rev: &str, path: &str, rows: &[TreeRow]) -> Markup {
     }
 }
 
-async fn summary(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, WebError> {
+async fn summary(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
     if let Some(stripped) = name.strip_suffix(".git") {
         return Ok(Redirect::to(&format!("/{stripped}")).into_response());
     }
@@ -294,13 +351,19 @@ async fn summary(State(state): State<AppState>, Path(name): Path<String>, header
         };
         let commit = repo.find_commit(head).map_err(git_err)?;
         let rows = list_tree(repo, &commit, "")?.unwrap_or_default();
-        let readme = rows.iter().find(|r| !r.is_dir && r.name.to_ascii_lowercase().starts_with("readme")).and_then(|r| {
-            let entry = commit.tree().ok()?.lookup_entry_by_path(&r.name).ok()??;
-            let blob = entry.object().ok()?;
-            let data = &blob.data[..blob.data.len().min(64 << 10)];
-            std::str::from_utf8(data).ok().map(str::to_owned)
-        });
-        let summary = commit.message().map(|m| m.summary().to_str_lossy().into_owned()).unwrap_or_default();
+        let readme = rows
+            .iter()
+            .find(|r| !r.is_dir && r.name.to_ascii_lowercase().starts_with("readme"))
+            .and_then(|r| {
+                let entry = commit.tree().ok()?.lookup_entry_by_path(&r.name).ok()??;
+                let blob = entry.object().ok()?;
+                let data = &blob.data[..blob.data.len().min(64 << 10)];
+                std::str::from_utf8(data).ok().map(str::to_owned)
+            });
+        let summary = commit
+            .message()
+            .map(|m| m.summary().to_str_lossy().into_owned())
+            .unwrap_or_default();
         Ok(Some((head.to_string(), summary, rows, readme)))
     })
     .await?;
@@ -343,8 +406,11 @@ async fn tree(
     let (repo_name, rev2, path2) = (entry.name.clone(), rev.clone(), path.clone());
     let (commit_id, rows) = with_repo(entry, move |repo| {
         let commit = resolve_commit(repo, &rev2)?;
-        let rows = list_tree(repo, &commit, &path2)?
-            .ok_or_else(|| WebError(ApiError::not_found(format!("no directory '{path2}' at {rev2}"))))?;
+        let rows = list_tree(repo, &commit, &path2)?.ok_or_else(|| {
+            WebError(ApiError::not_found(format!(
+                "no directory '{path2}' at {rev2}"
+            )))
+        })?;
         Ok((commit.id.to_string(), rows))
     })
     .await?;
@@ -373,14 +439,21 @@ async fn blob(
         let commit = resolve_commit(repo, &rev2)?;
         let not_found = || WebError(ApiError::not_found(format!("no file '{path2}' at {rev2}")));
         let tree = commit.tree().map_err(git_err)?;
-        let file = tree.lookup_entry_by_path(&path2).map_err(git_err)?.ok_or_else(not_found)?;
+        let file = tree
+            .lookup_entry_by_path(&path2)
+            .map_err(git_err)?
+            .ok_or_else(not_found)?;
         if !file.mode().is_blob() && !file.mode().is_link() {
             return Err(not_found());
         }
         let object = file.object().map_err(git_err)?;
         let size = object.data.len();
         let data = &object.data[..size.min(BLOB_LIMIT)];
-        let text = if data.contains(&0) { None } else { Some(String::from_utf8_lossy(data).into_owned()) };
+        let text = if data.contains(&0) {
+            None
+        } else {
+            Some(String::from_utf8_lossy(data).into_owned())
+        };
         Ok((commit.id.to_string(), size, text))
     })
     .await?;
@@ -426,7 +499,9 @@ async fn log(
         let head = resolve_commit(repo, &rev2)?;
         let walk = repo
             .rev_walk([head.id])
-            .sorting(gix::revision::walk::Sorting::ByCommitTime(Default::default()))
+            .sorting(gix::revision::walk::Sorting::ByCommitTime(
+                Default::default(),
+            ))
             .all()
             .map_err(git_err)?;
         let mut commits = Vec::new();
@@ -438,8 +513,14 @@ async fn log(
             }
             let info = info.map_err(git_err)?;
             let commit = info.object().map_err(git_err)?;
-            let author = commit.author().map(|a| a.name.to_str_lossy().into_owned()).unwrap_or_default();
-            let summary = commit.message().map(|m| m.summary().to_str_lossy().into_owned()).unwrap_or_default();
+            let author = commit
+                .author()
+                .map(|a| a.name.to_str_lossy().into_owned())
+                .unwrap_or_default();
+            let summary = commit
+                .message()
+                .map(|m| m.summary().to_str_lossy().into_owned())
+                .unwrap_or_default();
             let seconds = commit.time().map(|t| t.seconds).unwrap_or_default();
             commits.push((commit.id.to_string(), summary, author, seconds));
         }
@@ -478,10 +559,17 @@ struct FileDiff {
     text: Option<String>,
 }
 
-fn diff_commit(repo: &gix::Repository, commit: &gix::Commit<'_>) -> Result<(Vec<FileDiff>, bool), WebError> {
+fn diff_commit(
+    repo: &gix::Repository,
+    commit: &gix::Commit<'_>,
+) -> Result<(Vec<FileDiff>, bool), WebError> {
     let new_tree = commit.tree().map_err(git_err)?;
     let old_tree = match commit.parent_ids().next() {
-        Some(parent) => repo.find_commit(parent).map_err(git_err)?.tree().map_err(git_err)?,
+        Some(parent) => repo
+            .find_commit(parent)
+            .map_err(git_err)?
+            .tree()
+            .map_err(git_err)?,
         None => repo.empty_tree(),
     };
     let mut recorder = gix::diff::tree::Recorder::default();
@@ -496,15 +584,37 @@ fn diff_commit(repo: &gix::Repository, commit: &gix::Commit<'_>) -> Result<(Vec<
     let mut files = Vec::new();
     let mut total = 0usize;
     let mut capped = false;
-    let load = |id: gix::ObjectId| -> Option<Vec<u8>> { repo.find_object(id).ok().map(|o| o.data.clone()) };
+    let load = |id: gix::ObjectId| -> Option<Vec<u8>> {
+        repo.find_object(id).ok().map(|o| o.data.clone())
+    };
     for change in recorder.records {
         use gix::diff::tree::recorder::Change;
         let (path, status, old, new, is_blob) = match change {
-            Change::Addition { entry_mode, oid, path, .. } => (path, "added", None, Some(oid), entry_mode.is_blob()),
-            Change::Deletion { entry_mode, oid, path, .. } => (path, "deleted", Some(oid), None, entry_mode.is_blob()),
-            Change::Modification { previous_oid, oid, path, entry_mode, .. } => {
-                (path, "modified", Some(previous_oid), Some(oid), entry_mode.is_blob())
-            }
+            Change::Addition {
+                entry_mode,
+                oid,
+                path,
+                ..
+            } => (path, "added", None, Some(oid), entry_mode.is_blob()),
+            Change::Deletion {
+                entry_mode,
+                oid,
+                path,
+                ..
+            } => (path, "deleted", Some(oid), None, entry_mode.is_blob()),
+            Change::Modification {
+                previous_oid,
+                oid,
+                path,
+                entry_mode,
+                ..
+            } => (
+                path,
+                "modified",
+                Some(previous_oid),
+                Some(oid),
+                entry_mode.is_blob(),
+            ),
         };
         if !is_blob {
             continue;
@@ -545,11 +655,22 @@ async fn commit(
     let (id, message, author, seconds, parents, files, capped) = with_repo(entry, move |repo| {
         let commit = resolve_commit(repo, &rev2)?;
         let message = commit.message_raw_sloppy().to_str_lossy().into_owned();
-        let author = commit.author().map(|a| format!("{} <{}>", a.name, a.email)).unwrap_or_default();
+        let author = commit
+            .author()
+            .map(|a| format!("{} <{}>", a.name, a.email))
+            .unwrap_or_default();
         let seconds = commit.time().map(|t| t.seconds).unwrap_or_default();
         let parents: Vec<String> = commit.parent_ids().map(|p| p.to_string()).collect();
         let (files, capped) = diff_commit(repo, &commit)?;
-        Ok((commit.id.to_string(), message, author, seconds, parents, files, capped))
+        Ok((
+            commit.id.to_string(),
+            message,
+            author,
+            seconds,
+            parents,
+            files,
+            capped,
+        ))
     })
     .await?;
     let etag = etag_for(&["commit", &repo_name, &id]);
@@ -586,13 +707,25 @@ async fn commit(
     Ok(respond(&headers, Some(etag), body))
 }
 
-async fn refs(State(state): State<AppState>, Path(name): Path<String>, headers: HeaderMap) -> Result<Response, WebError> {
+async fn refs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
     let principal = caller(&state, &headers).await?;
     let entry = visible(&state, &principal, &name)?;
     let snapshot = crate::repos::snapshot(&entry, &state.caps).await?;
     let repo_name = entry.name.clone();
-    let branches: Vec<_> = snapshot.refs.iter().filter_map(|r| r.name.strip_prefix("refs/heads/").map(|b| (b, r))).collect();
-    let tags: Vec<_> = snapshot.refs.iter().filter_map(|r| r.name.strip_prefix("refs/tags/").map(|t| (t, r))).collect();
+    let branches: Vec<_> = snapshot
+        .refs
+        .iter()
+        .filter_map(|r| r.name.strip_prefix("refs/heads/").map(|b| (b, r)))
+        .collect();
+    let tags: Vec<_> = snapshot
+        .refs
+        .iter()
+        .filter_map(|r| r.name.strip_prefix("refs/tags/").map(|t| (t, r)))
+        .collect();
     let body = page(
         &format!("refs · {repo_name}"),
         Some(&repo_name),

@@ -21,7 +21,8 @@ pub const EVENT_HEADER: &str = "X-Nimbus-Event";
 pub const DELIVERY_HEADER: &str = "X-Nimbus-Delivery";
 
 pub fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("hmac takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -65,7 +66,10 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
         return Ok(());
     }
     let port = parsed.port_or_known_default().unwrap_or(80);
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((host.as_str(), port))
@@ -78,7 +82,9 @@ pub async fn check_target(url: &str, allow_private: bool) -> Result<(), String> 
         return Err(format!("{host} resolves to no address"));
     }
     if let Some(ip) = addrs.into_iter().find(|ip| is_private(*ip)) {
-        return Err(format!("{ip} is a loopback or private address (not allowed by configuration)"));
+        return Err(format!(
+            "{ip} is a loopback or private address (not allowed by configuration)"
+        ));
     }
     Ok(())
 }
@@ -98,7 +104,12 @@ impl Deliverer {
             .user_agent(concat!("nimbus-git/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("http client");
-        Deliverer { db, settings, client, wake }
+        Deliverer {
+            db,
+            settings,
+            client,
+            wake,
+        }
     }
 
     pub async fn run(self) {
@@ -142,10 +153,22 @@ impl Deliverer {
     async fn deliver_due(&self) -> Result<(), crate::error::Error> {
         let due = db::due_deliveries(&self.db, db::now_ms(), 50).await?;
         for delivery in due {
-            let Some(hook) = db::webhook(&self.db, &delivery.webhook_id).await? else { continue };
-            let Some(event) = db::event(&self.db, &delivery.event_id).await? else { continue };
+            let Some(hook) = db::webhook(&self.db, &delivery.webhook_id).await? else {
+                continue;
+            };
+            let Some(event) = db::event(&self.db, &delivery.event_id).await? else {
+                continue;
+            };
             let attempts = delivery.attempts + 1;
-            let outcome = self.attempt(&hook.url, &hook.secret, &event.kind, &delivery.id, &event.payload).await;
+            let outcome = self
+                .attempt(
+                    &hook.url,
+                    &hook.secret,
+                    &event.kind,
+                    &delivery.id,
+                    &event.payload,
+                )
+                .await;
             let now = db::now_ms();
             let attempt = match outcome {
                 Ok(code) => Attempt {
@@ -158,7 +181,8 @@ impl Deliverer {
                 },
                 Err((code, error, permanent)) => {
                     let give_up = permanent || attempts >= i64::from(self.settings.max_attempts);
-                    let backoff = self.settings.retry_base.as_millis() as i64 * (1i64 << (attempts - 1).min(20));
+                    let backoff = self.settings.retry_base.as_millis() as i64
+                        * (1i64 << (attempts - 1).min(20));
                     Attempt {
                         status: if give_up { "failed" } else { "pending" },
                         attempts,
@@ -187,7 +211,9 @@ impl Deliverer {
         delivery_id: &str,
         payload: &str,
     ) -> Result<i64, (Option<i64>, String, bool)> {
-        check_target(url, self.settings.allow_private).await.map_err(|e| (None, e, true))?;
+        check_target(url, self.settings.allow_private)
+            .await
+            .map_err(|e| (None, e, true))?;
         let response = self
             .client
             .post(url)
@@ -203,7 +229,11 @@ impl Deliverer {
         if response.status().is_success() {
             Ok(code)
         } else {
-            Err((Some(code), format!("receiver answered {}", response.status()), false))
+            Err((
+                Some(code),
+                format!("receiver answered {}", response.status()),
+                false,
+            ))
         }
     }
 }
@@ -223,11 +253,27 @@ mod tests {
 
     #[tokio::test]
     async fn private_targets_refused_unless_allowed() {
-        for url in ["http://127.0.0.1:9/x", "http://10.1.2.3/", "http://[::1]/", "http://169.254.169.254/", "http://localhost/"] {
-            assert!(check_target(url, false).await.is_err(), "{url} should be refused");
-            assert!(check_target(url, true).await.is_ok(), "{url} should be allowed with allow_private");
+        for url in [
+            "http://127.0.0.1:9/x",
+            "http://10.1.2.3/",
+            "http://[::1]/",
+            "http://169.254.169.254/",
+            "http://localhost/",
+        ] {
+            assert!(
+                check_target(url, false).await.is_err(),
+                "{url} should be refused"
+            );
+            assert!(
+                check_target(url, true).await.is_ok(),
+                "{url} should be allowed with allow_private"
+            );
         }
-        assert!(check_target("http://93.184.215.14/hook", false).await.is_ok());
+        assert!(
+            check_target("http://93.184.215.14/hook", false)
+                .await
+                .is_ok()
+        );
         assert!(check_target("ftp://example.com/", true).await.is_err());
     }
 }

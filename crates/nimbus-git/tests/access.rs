@@ -21,7 +21,10 @@ fn access_matrix() {
     for (name, private) in [("pub", false), ("priv", true)] {
         server.create_repo(name, private);
         let work = server.work_tree(&format!("seed-{name}"), 2);
-        server.git(&work, &["push", "-q", &server.repo_url(name, Some(OWNER)), "main"]);
+        server.git(
+            &work,
+            &["push", "-q", &server.repo_url(name, Some(OWNER)), "main"],
+        );
     }
     for user in ["reader", "writer", "admin", "stranger"] {
         server.create_user(user, &format!("{user}-password"));
@@ -32,8 +35,12 @@ fn access_matrix() {
         server.grant(repo, "admin", "admin");
     }
     let token = |scope: &str| -> String {
-        let (status, body) =
-            server.api("POST", "/tokens", Some(("writer", "writer-password")), Some(json!({"name": scope, "scope": scope})));
+        let (status, body) = server.api(
+            "POST",
+            "/tokens",
+            Some(("writer", "writer-password")),
+            Some(json!({"name": scope, "scope": scope})),
+        );
         assert_eq!(status, 201, "{body}");
         body["token"].as_str().unwrap().to_owned()
     };
@@ -45,7 +52,10 @@ fn access_matrix() {
     let may_not_push = "may not push";
     let passwords: Vec<(&str, Option<(String, String)>)> = vec![
         ("anonymous", None),
-        ("stranger", Some(("stranger".into(), "stranger-password".into()))),
+        (
+            "stranger",
+            Some(("stranger".into(), "stranger-password".into())),
+        ),
         ("reader", Some(("reader".into(), "reader-password".into()))),
         ("writer", Some(("writer".into(), "writer-password".into()))),
         ("admin", Some(("admin".into(), "admin-password".into()))),
@@ -87,30 +97,75 @@ fn access_matrix() {
             }
         }
     }
-    assert!(failures.is_empty(), "access matrix mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "access matrix mismatches:\n{}",
+        failures.join("\n")
+    );
 
     // The 403 message is shown by git as remote output.
     let work = server.work_tree("w-msg", 1);
-    let out = server.git_output(&work, &["push", &server.repo_url("pub", Some(("reader", "reader-password"))), "main:m"]);
+    let out = server.git_output(
+        &work,
+        &[
+            "push",
+            &server.repo_url("pub", Some(("reader", "reader-password"))),
+            "main:m",
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("remote: nimbus-git: reader may not push to 'pub'"), "git shows the reason:\n{stderr}");
+    assert!(
+        stderr.contains("remote: nimbus-git: reader may not push to 'pub'"),
+        "git shows the reason:\n{stderr}"
+    );
     assert!(stderr.contains("403"), "{stderr}");
 
     // A wrong password is refused, never treated as anonymous.
     let dir = server.scratch("wrong");
-    let out = server.git_output(&dir, &["ls-remote", &server.repo_url("priv", Some(("reader", "nope")))]);
-    assert!(!out.status.success(), "wrong password must not read a private repository");
+    let out = server.git_output(
+        &dir,
+        &[
+            "ls-remote",
+            &server.repo_url("priv", Some(("reader", "nope"))),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "wrong password must not read a private repository"
+    );
     let (status, body) = server.api("GET", "/repos/pub", Some(("reader", "nope")), None);
-    assert_eq!(status, 401, "wrong password on a public repository via the API: {body}");
+    assert_eq!(
+        status, 401,
+        "wrong password on a public repository via the API: {body}"
+    );
 
     // Revoking a collaborator takes effect at once.
-    let (status, _) = server.api("DELETE", "/repos/priv/collaborators/reader", Some(OWNER), None);
+    let (status, _) = server.api(
+        "DELETE",
+        "/repos/priv/collaborators/reader",
+        Some(OWNER),
+        None,
+    );
     assert_eq!(status, 204);
-    let out = server.git_output(&dir, &["ls-remote", &server.repo_url("priv", Some(("reader", "reader-password")))]);
-    assert!(!out.status.success(), "revoked reader still reads the private repo");
+    let out = server.git_output(
+        &dir,
+        &[
+            "ls-remote",
+            &server.repo_url("priv", Some(("reader", "reader-password"))),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "revoked reader still reads the private repo"
+    );
 
     // Making the repository public opens it to anonymous readers.
-    let (status, body) = server.api("PATCH", "/repos/priv", Some(("admin", "admin-password")), Some(json!({"private": false})));
+    let (status, body) = server.api(
+        "PATCH",
+        "/repos/priv",
+        Some(("admin", "admin-password")),
+        Some(json!({"private": false})),
+    );
     assert_eq!(status, 200, "{body}");
     server.git(&dir, &["ls-remote", &server.repo_url("priv", None)]);
 }

@@ -60,7 +60,10 @@ fn first_start_prints_owner_password_once() {
         .unwrap_or_else(|| panic!("no listening line: {lines:#?}"))
         .to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let status = rt.block_on(async {
         reqwest::Client::new()
             .get(format!("{url}/api/v1/user"))
@@ -71,11 +74,20 @@ fn first_start_prints_owner_password_once() {
             .status()
     });
     assert_eq!(status, 200, "the printed password works");
-    assert!(data.join("nimbus-git.db").exists(), "SQLite database in the data dir");
+    assert!(
+        data.join("nimbus-git.db").exists(),
+        "SQLite database in the data dir"
+    );
     drop(server);
 
     // Second start: the owner exists, nothing is printed about passwords.
     let (_server, lines) = start(&data, dir.path());
-    assert!(lines.iter().all(|l| !l.contains("password")), "password printed again: {lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("listening on")), "{lines:#?}");
+    assert!(
+        lines.iter().all(|l| !l.contains("password")),
+        "password printed again: {lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("listening on")),
+        "{lines:#?}"
+    );
 }

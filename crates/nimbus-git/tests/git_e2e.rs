@@ -7,7 +7,15 @@ use common::{OWNER, Server, head_of};
 
 fn ls_remote(server: &Server, version: &str, url: &str) -> String {
     let dir = server.scratch("ls");
-    server.git(&dir, &["-c", &format!("protocol.version={version}"), "ls-remote", url])
+    server.git(
+        &dir,
+        &[
+            "-c",
+            &format!("protocol.version={version}"),
+            "ls-remote",
+            url,
+        ],
+    )
 }
 
 #[test]
@@ -20,28 +28,66 @@ fn push_clone_fetch_both_protocol_versions() {
     server.git(&work, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
     server.git(&work, &["tag", "light"]);
     server.git(&work, &["branch", "feature"]);
-    server.git(&work, &["push", "-q", "origin", "main", "feature", "--tags"]);
+    server.git(
+        &work,
+        &["push", "-q", "origin", "main", "feature", "--tags"],
+    );
     let main = head_of(&server, &work, "main");
 
     for version in ["0", "2"] {
         let anon = server.repo_url("demo", None);
         let refs = ls_remote(&server, version, &anon);
-        assert!(refs.contains(&format!("{main}\tHEAD")), "v{version} ls-remote lacks HEAD:\n{refs}");
-        assert!(refs.contains(&format!("{main}\trefs/heads/feature")), "v{version}:\n{refs}");
-        assert!(refs.contains("refs/tags/v1.0^{}"), "v{version} lacks peeled tag:\n{refs}");
-        assert!(refs.contains(&format!("{main}\trefs/tags/light")), "v{version}:\n{refs}");
+        assert!(
+            refs.contains(&format!("{main}\tHEAD")),
+            "v{version} ls-remote lacks HEAD:\n{refs}"
+        );
+        assert!(
+            refs.contains(&format!("{main}\trefs/heads/feature")),
+            "v{version}:\n{refs}"
+        );
+        assert!(
+            refs.contains("refs/tags/v1.0^{}"),
+            "v{version} lacks peeled tag:\n{refs}"
+        );
+        assert!(
+            refs.contains(&format!("{main}\trefs/tags/light")),
+            "v{version}:\n{refs}"
+        );
 
         let parent = server.scratch(&format!("clone-v{version}"));
-        server.git(&parent, &["-c", &format!("protocol.version={version}"), "clone", "-q", &anon, "demo"]);
+        server.git(
+            &parent,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                &anon,
+                "demo",
+            ],
+        );
         let clone = parent.join("demo");
-        assert_eq!(head_of(&server, &clone, "HEAD"), main, "clone v{version} HEAD");
-        assert!(clone.join("file4.txt").exists(), "clone v{version} has the files");
-        assert_eq!(server.git(&clone, &["rev-list", "--count", "HEAD"]).trim(), "5");
+        assert_eq!(
+            head_of(&server, &clone, "HEAD"),
+            main,
+            "clone v{version} HEAD"
+        );
+        assert!(
+            clone.join("file4.txt").exists(),
+            "clone v{version} has the files"
+        );
+        assert_eq!(
+            server.git(&clone, &["rev-list", "--count", "HEAD"]).trim(),
+            "5"
+        );
     }
 
     // A new push is visible to the next fetch (the ref snapshot is invalidated).
     let parent = server.scratch("fetcher");
-    server.git(&parent, &["clone", "-q", &server.repo_url("demo", None), "demo"]);
+    server.git(
+        &parent,
+        &["clone", "-q", &server.repo_url("demo", None), "demo"],
+    );
     let fetcher = parent.join("demo");
     std::fs::write(work.join("new.txt"), "new\n").unwrap();
     server.git(&work, &["add", "."]);
@@ -49,29 +95,64 @@ fn push_clone_fetch_both_protocol_versions() {
     server.git(&work, &["push", "-q", "origin", "main"]);
     let new_main = head_of(&server, &work, "main");
     for version in ["0", "2"] {
-        server.git(&fetcher, &["-c", &format!("protocol.version={version}"), "fetch", "-q", "origin"]);
-        assert_eq!(head_of(&server, &fetcher, "origin/main"), new_main, "fetch v{version} sees the push");
+        server.git(
+            &fetcher,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "fetch",
+                "-q",
+                "origin",
+            ],
+        );
+        assert_eq!(
+            head_of(&server, &fetcher, "origin/main"),
+            new_main,
+            "fetch v{version} sees the push"
+        );
     }
     // no-op fetch
     let out = server.git_output(&fetcher, &["fetch", "origin"]);
-    assert!(out.status.success(), "no-op fetch: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "no-op fetch: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Force push: rewrite main to its grandparent.
     server.git(&work, &["reset", "-q", "--hard", "HEAD~2"]);
     let rewound = head_of(&server, &work, "main");
     let stderr = server.git_fails(&work, &["push", "origin", "main"]);
-    assert!(stderr.contains("rejected") || stderr.contains("non-fast-forward"), "plain push of rewind: {stderr}");
+    assert!(
+        stderr.contains("rejected") || stderr.contains("non-fast-forward"),
+        "plain push of rewind: {stderr}"
+    );
     server.git(&work, &["push", "-q", "--force", "origin", "main"]);
     let refs = ls_remote(&server, "2", &server.repo_url("demo", None));
-    assert!(refs.contains(&format!("{rewound}\trefs/heads/main")), "force push landed:\n{refs}");
+    assert!(
+        refs.contains(&format!("{rewound}\trefs/heads/main")),
+        "force push landed:\n{refs}"
+    );
 
     // Delete a branch and a tag.
-    server.git(&work, &["push", "-q", "origin", ":feature", ":refs/tags/light"]);
+    server.git(
+        &work,
+        &["push", "-q", "origin", ":feature", ":refs/tags/light"],
+    );
     for version in ["0", "2"] {
         let refs = ls_remote(&server, version, &server.repo_url("demo", None));
-        assert!(!refs.contains("refs/heads/feature"), "branch deleted (v{version}):\n{refs}");
-        assert!(!refs.contains("refs/tags/light"), "tag deleted (v{version}):\n{refs}");
-        assert!(refs.contains("refs/tags/v1.0"), "other tag kept (v{version}):\n{refs}");
+        assert!(
+            !refs.contains("refs/heads/feature"),
+            "branch deleted (v{version}):\n{refs}"
+        );
+        assert!(
+            !refs.contains("refs/tags/light"),
+            "tag deleted (v{version}):\n{refs}"
+        );
+        assert!(
+            refs.contains("refs/tags/v1.0"),
+            "other tag kept (v{version}):\n{refs}"
+        );
     }
 }
 
@@ -83,9 +164,19 @@ fn empty_repository_clones_and_first_push_works() {
     for version in ["0", "2"] {
         let out = server.git_output(
             &parent,
-            &["-c", &format!("protocol.version={version}"), "clone", &server.repo_url("empty", Some(OWNER)), &format!("e{version}")],
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                &server.repo_url("empty", Some(OWNER)),
+                &format!("e{version}"),
+            ],
         );
-        assert!(out.status.success(), "clone empty v{version}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "clone empty v{version}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let clone = parent.join("e2");
     std::fs::write(clone.join("a.txt"), "a\n").unwrap();
@@ -101,30 +192,98 @@ fn shallow_and_partial_clones() {
     let server = Server::start();
     server.create_repo("deep", false);
     let work = server.work_tree("work", 12);
-    server.git(&work, &["push", "-q", &server.repo_url("deep", Some(OWNER)), "main"]);
+    server.git(
+        &work,
+        &["push", "-q", &server.repo_url("deep", Some(OWNER)), "main"],
+    );
     let url = server.repo_url("deep", None);
     for version in ["0", "2"] {
         let parent = server.scratch(&format!("shallow-v{version}"));
-        server.git(&parent, &["-c", &format!("protocol.version={version}"), "clone", "-q", "--depth", "1", &url, "s"]);
+        server.git(
+            &parent,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                "--depth",
+                "1",
+                &url,
+                "s",
+            ],
+        );
         let shallow = parent.join("s");
-        assert_eq!(server.git(&shallow, &["rev-list", "--count", "HEAD"]).trim(), "1", "depth 1 (v{version})");
+        assert_eq!(
+            server
+                .git(&shallow, &["rev-list", "--count", "HEAD"])
+                .trim(),
+            "1",
+            "depth 1 (v{version})"
+        );
         assert!(shallow.join(".git/shallow").exists());
-        server.git(&shallow, &["-c", &format!("protocol.version={version}"), "fetch", "-q", "--deepen", "3"]);
-        assert_eq!(server.git(&shallow, &["rev-list", "--count", "HEAD"]).trim(), "4", "deepened (v{version})");
+        server.git(
+            &shallow,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "fetch",
+                "-q",
+                "--deepen",
+                "3",
+            ],
+        );
+        assert_eq!(
+            server
+                .git(&shallow, &["rev-list", "--count", "HEAD"])
+                .trim(),
+            "4",
+            "deepened (v{version})"
+        );
 
         let parent = server.scratch(&format!("partial-v{version}"));
         server.git(
             &parent,
-            &["-c", &format!("protocol.version={version}"), "clone", "-q", "--filter=blob:none", "--no-checkout", &url, "p"],
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "clone",
+                "-q",
+                "--filter=blob:none",
+                "--no-checkout",
+                &url,
+                "p",
+            ],
         );
         let partial = parent.join("p");
         let promisor = server.git(&partial, &["config", "remote.origin.promisor"]);
-        assert_eq!(promisor.trim(), "true", "partial clone (v{version}) is a promisor remote");
-        let missing = server.git(&partial, &["rev-list", "--objects", "--missing=print", "HEAD"]);
-        assert!(missing.lines().any(|l| l.starts_with('?')), "blobs were filtered out (v{version}):\n{missing}");
+        assert_eq!(
+            promisor.trim(),
+            "true",
+            "partial clone (v{version}) is a promisor remote"
+        );
+        let missing = server.git(
+            &partial,
+            &["rev-list", "--objects", "--missing=print", "HEAD"],
+        );
+        assert!(
+            missing.lines().any(|l| l.starts_with('?')),
+            "blobs were filtered out (v{version}):\n{missing}"
+        );
         // Checking out fetches the missing blobs lazily.
-        server.git(&partial, &["-c", &format!("protocol.version={version}"), "checkout", "-q", "main"]);
-        assert_eq!(std::fs::read_to_string(partial.join("file11.txt")).unwrap(), "content 11\nline two\n");
+        server.git(
+            &partial,
+            &[
+                "-c",
+                &format!("protocol.version={version}"),
+                "checkout",
+                "-q",
+                "main",
+            ],
+        );
+        assert_eq!(
+            std::fs::read_to_string(partial.join("file11.txt")).unwrap(),
+            "content 11\nline two\n"
+        );
     }
 }
 
@@ -144,16 +303,32 @@ fn maintenance_runs_after_pushes() {
         repo["maintenance_runs"].as_u64().unwrap_or(0) >= 1
     });
     let entry = server.state.repos.get("kept").unwrap();
-    assert_eq!(entry.maintenance.failures(), 0, "maintenance failed; see the test log");
+    assert_eq!(
+        entry.maintenance.failures(),
+        0,
+        "maintenance failed; see the test log"
+    );
     let objects = entry.path.join("objects");
-    assert!(objects.join("info/commit-graphs").exists() || objects.join("info/commit-graph").exists(), "commit-graph written");
+    assert!(
+        objects.join("info/commit-graphs").exists() || objects.join("info/commit-graph").exists(),
+        "commit-graph written"
+    );
     let packs: Vec<String> = std::fs::read_dir(objects.join("pack"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(packs.iter().any(|p| p.starts_with("multi-pack-index")), "midx written: {packs:?}");
-    assert!(packs.iter().any(|p| p.ends_with(".bitmap")), "bitmap written: {packs:?}");
+    assert!(
+        packs.iter().any(|p| p.starts_with("multi-pack-index")),
+        "midx written: {packs:?}"
+    );
+    assert!(
+        packs.iter().any(|p| p.ends_with(".bitmap")),
+        "bitmap written: {packs:?}"
+    );
     // The repository still serves after maintenance.
     let parent = server.scratch("after");
-    server.git(&parent, &["clone", "-q", &server.repo_url("kept", None), "k"]);
+    server.git(
+        &parent,
+        &["clone", "-q", &server.repo_url("kept", None), "k"],
+    );
 }

@@ -25,17 +25,25 @@ const SECRET: &str = "s3cret-for-tests";
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let mut got = shared.lock().unwrap();
     got.calls += 1;
-    let signature = headers.get("x-nimbus-signature-256").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let signature = headers
+        .get("x-nimbus-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let expected = nimbus_git::webhooks::sign(SECRET, &body);
     if signature != expected {
-        got.bad_signatures.push(format!("got {signature:?}, expected {expected:?}"));
+        got.bad_signatures
+            .push(format!("got {signature:?}, expected {expected:?}"));
         return StatusCode::UNAUTHORIZED;
     }
     if got.calls == 1 {
         return StatusCode::INTERNAL_SERVER_ERROR; // force one retry
     }
     let mut event: Value = serde_json::from_slice(&body).unwrap();
-    event["header_event"] = headers.get("x-nimbus-event").and_then(|v| v.to_str().ok()).unwrap_or("").into();
+    event["header_event"] = headers
+        .get("x-nimbus-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .into();
     got.events.push(event);
     StatusCode::NO_CONTENT
 }
@@ -47,7 +55,9 @@ fn signed_webhooks_for_every_push_with_retries() {
     let receiver_url = server.rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(shared.clone());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .with_state(shared.clone());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         url
     });
@@ -77,7 +87,13 @@ fn signed_webhooks_for_every_push_with_retries() {
         let mut kinds: Vec<String> = got
             .events
             .iter()
-            .map(|e| format!("{} {}", e["event"].as_str().unwrap_or(""), e["ref"].as_str().unwrap_or("")))
+            .map(|e| {
+                format!(
+                    "{} {}",
+                    e["event"].as_str().unwrap_or(""),
+                    e["ref"].as_str().unwrap_or("")
+                )
+            })
             .collect();
         kinds.sort();
         kinds
@@ -96,7 +112,11 @@ fn signed_webhooks_for_every_push_with_retries() {
         "events delivered"
     );
     let got = shared.lock().unwrap();
-    assert!(got.bad_signatures.is_empty(), "bad signatures: {:?}", got.bad_signatures);
+    assert!(
+        got.bad_signatures.is_empty(),
+        "bad signatures: {:?}",
+        got.bad_signatures
+    );
     for event in &got.events {
         assert_eq!(event["repository"], "hooked");
         assert_eq!(event["pusher"], "owner");
@@ -104,16 +124,31 @@ fn signed_webhooks_for_every_push_with_retries() {
     }
     drop(got);
 
-    let (status, log) = server.api("GET", &format!("/repos/hooked/webhooks/{hook_id}/deliveries"), Some(OWNER), None);
+    let (status, log) = server.api(
+        "GET",
+        &format!("/repos/hooked/webhooks/{hook_id}/deliveries"),
+        Some(OWNER),
+        None,
+    );
     assert_eq!(status, 200, "{log}");
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 6, "one delivery per event: {log:?}");
     assert!(log.iter().all(|d| d["status"] == "delivered"), "{log:?}");
-    assert!(log.iter().any(|d| d["attempts"].as_i64() == Some(2)), "the first one was retried: {log:?}");
+    assert!(
+        log.iter().any(|d| d["attempts"].as_i64() == Some(2)),
+        "the first one was retried: {log:?}"
+    );
 
     // The outbox also lists the repository's creation.
     let (_, events) = server.api("GET", "/repos/hooked/events", Some(OWNER), None);
-    assert!(events.as_array().unwrap().iter().any(|e| e["kind"] == "RepositoryCreated"), "{events}");
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "RepositoryCreated"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -128,5 +163,8 @@ fn loopback_targets_refused_by_default() {
     );
     assert_eq!(status, 422, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("url:") && message.contains("loopback"), "{message}");
+    assert!(
+        message.starts_with("url:") && message.contains("loopback"),
+        "{message}"
+    );
 }

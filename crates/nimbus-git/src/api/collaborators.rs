@@ -17,7 +17,10 @@ use crate::error::ApiError;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/repos/{name}/collaborators", get(list))
-        .route("/repos/{name}/collaborators/{username}", put(grant).delete(revoke))
+        .route(
+            "/repos/{name}/collaborators/{username}",
+            put(grant).delete(revoke),
+        )
 }
 
 #[derive(Serialize, ToSchema)]
@@ -34,13 +37,20 @@ pub struct Grant {
 
 #[utoipa::path(get, path = "/api/v1/repos/{name}/collaborators", tag = "collaborators",
     params(("name" = String, Path)), responses((status = 200, body = Vec<Collaborator>)))]
-pub async fn list(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Vec<Collaborator>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Collaborator>>, ApiError> {
     let (entry, _) = find(&state, &caller, &name, Perm::Admin)?;
     let mut out: Vec<Collaborator> = entry
         .meta()
         .collaborators
         .into_values()
-        .map(|(username, permission)| Collaborator { username, permission })
+        .map(|(username, permission)| Collaborator {
+            username,
+            permission,
+        })
         .collect();
     out.sort_by(|a, b| a.username.cmp(&b.username));
     Ok(Json(out))
@@ -60,13 +70,20 @@ pub async fn grant(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("username: no user '{username}'")))?;
     if user.is_owner != 0 {
-        return Err(ApiError::invalid("username", "the owner has admin access everywhere already"));
+        return Err(ApiError::invalid(
+            "username",
+            "the owner has admin access everywhere already",
+        ));
     }
     db::upsert_collaborator(&state.db, &entry.id, &user.id, body.permission.as_str()).await?;
     entry.update_meta(|m| {
-        m.collaborators.insert(user.id.clone(), (user.username.clone(), body.permission));
+        m.collaborators
+            .insert(user.id.clone(), (user.username.clone(), body.permission));
     });
-    Ok(Json(Collaborator { username: user.username, permission: body.permission }))
+    Ok(Json(Collaborator {
+        username: user.username,
+        permission: body.permission,
+    }))
 }
 
 #[utoipa::path(delete, path = "/api/v1/repos/{name}/collaborators/{username}", tag = "collaborators",
@@ -81,7 +98,9 @@ pub async fn revoke(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("username: no user '{username}'")))?;
     if !db::delete_collaborator(&state.db, &entry.id, &user.id).await? {
-        return Err(ApiError::not_found(format!("username: '{username}' is not a collaborator")));
+        return Err(ApiError::not_found(format!(
+            "username: '{username}' is not a collaborator"
+        )));
     }
     entry.update_meta(|m| {
         m.collaborators.remove(&user.id);

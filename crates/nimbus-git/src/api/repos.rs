@@ -71,8 +71,16 @@ pub(crate) fn view(state: &AppState, entry: &RepoEntry, permission: Perm) -> Rep
 }
 
 /// The repository if the caller may see it with at least `need`; 404 when they may not see it.
-pub(crate) fn find(state: &AppState, caller: &Caller, name: &str, need: Perm) -> Result<(Arc<RepoEntry>, Perm), ApiError> {
-    let entry = state.repos.get(name).ok_or_else(|| ApiError::not_found(format!("repository '{name}' not found")))?;
+pub(crate) fn find(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    need: Perm,
+) -> Result<(Arc<RepoEntry>, Perm), ApiError> {
+    let entry = state
+        .repos
+        .get(name)
+        .ok_or_else(|| ApiError::not_found(format!("repository '{name}' not found")))?;
     match entry.permission(&caller.0) {
         None => Err(if caller.0.user.is_none() {
             ApiError::unauthorized()
@@ -80,9 +88,11 @@ pub(crate) fn find(state: &AppState, caller: &Caller, name: &str, need: Perm) ->
             ApiError::not_found(format!("repository '{name}' not found"))
         }),
         Some(_) if caller.0.user.is_none() && need > Perm::Read => Err(ApiError::unauthorized()),
-        Some(perm) if perm < need => {
-            Err(ApiError::forbidden(format!("needs {} access to '{name}', caller has {}", need.as_str(), perm.as_str())))
-        }
+        Some(perm) if perm < need => Err(ApiError::forbidden(format!(
+            "needs {} access to '{name}', caller has {}",
+            need.as_str(),
+            perm.as_str()
+        ))),
         Some(perm) => Ok((entry, perm)),
     }
 }
@@ -109,14 +119,23 @@ pub async fn create(
     caller.require_owner()?;
     names::check_repo_name(&body.name).map_err(|e| ApiError::invalid("name", e))?;
     if body.description.len() > 1000 {
-        return Err(ApiError::invalid("description", "must be at most 1000 bytes"));
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1000 bytes",
+        ));
     }
     if state.repos.get(&body.name).is_some() {
-        return Err(ApiError::conflict(format!("name: repository '{}' already exists", body.name)));
+        return Err(ApiError::conflict(format!(
+            "name: repository '{}' already exists",
+            body.name
+        )));
     }
     let path = state.repos.path_for(&body.name);
     if path.exists() {
-        return Err(ApiError::conflict(format!("name: a directory for '{}' already exists on disk", body.name)));
+        return Err(ApiError::conflict(format!(
+            "name: a directory for '{}' already exists on disk",
+            body.name
+        )));
     }
     let init_path = path.clone();
     tokio::task::spawn_blocking(move || init_bare(&init_path))
@@ -124,14 +143,25 @@ pub async fn create(
         .map_err(|e| Error::Internal(e.to_string()))??;
     let url = format!("{}/{}", state.base_url, body.name);
     let event = events::repository_created(&body.name, body.private, &url);
-    let row = match db::insert_repo(&state.db, &body.name, body.private, &body.description, event).await {
+    let row = match db::insert_repo(
+        &state.db,
+        &body.name,
+        body.private,
+        &body.description,
+        event,
+    )
+    .await
+    {
         Ok(row) => row,
         Err(err) => {
             let _ = std::fs::remove_dir_all(&path);
             if let Error::Db(sqlx::Error::Database(db_err)) = &err
                 && db_err.is_unique_violation()
             {
-                return Err(ApiError::conflict(format!("name: repository '{}' already exists", body.name)));
+                return Err(ApiError::conflict(format!(
+                    "name: repository '{}' already exists",
+                    body.name
+                )));
             }
             return Err(err.into());
         }
@@ -143,15 +173,24 @@ pub async fn create(
 }
 
 fn init_bare(path: &std::path::Path) -> Result<(), Error> {
-    let out = refs::git_command(None).args(["init", "--bare", "-q", "-b", "main"]).arg(path).output()?;
+    let out = refs::git_command(None)
+        .args(["init", "--bare", "-q", "-b", "main"])
+        .arg(path)
+        .output()?;
     if !out.status.success() {
-        return Err(Error::Git(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+        return Err(Error::Git(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
     }
     for kv in refs::GIT_CONFIG {
         let (key, value) = kv.split_once('=').expect("key=value");
-        let out = refs::git_command(Some(path)).args(["config", key, value]).output()?;
+        let out = refs::git_command(Some(path))
+            .args(["config", key, value])
+            .output()?;
         if !out.status.success() {
-            return Err(Error::Git(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            return Err(Error::Git(
+                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            ));
         }
     }
     Ok(())
@@ -159,7 +198,11 @@ fn init_bare(path: &std::path::Path) -> Result<(), Error> {
 
 #[utoipa::path(get, path = "/api/v1/repos/{name}", tag = "repos", params(("name" = String, Path)),
     responses((status = 200, body = Repo), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Repo>, ApiError> {
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Repo>, ApiError> {
     let (entry, perm) = find(&state, &caller, &name, Perm::Read)?;
     Ok(Json(view(&state, &entry, perm)))
 }
@@ -177,7 +220,10 @@ pub async fn update(
     let private = body.private.unwrap_or(meta.private);
     let description = body.description.unwrap_or(meta.description);
     if description.len() > 1000 {
-        return Err(ApiError::invalid("description", "must be at most 1000 bytes"));
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1000 bytes",
+        ));
     }
     db::update_repo(&state.db, &entry.id, private, &description).await?;
     entry.update_meta(|m| {
@@ -189,7 +235,11 @@ pub async fn update(
 
 #[utoipa::path(delete, path = "/api/v1/repos/{name}", tag = "repos", params(("name" = String, Path)),
     responses((status = 204), (status = 403, body = crate::error::ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     caller.require_owner()?;
     let (entry, _) = find(&state, &caller, &name, Perm::Admin)?;
     let _push = entry.push_lock.lock().await;

@@ -15,7 +15,9 @@ use crate::db;
 use crate::error::ApiError;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/tokens", get(list).post(create)).route("/tokens/{id}", routing::delete(delete))
+    Router::new()
+        .route("/tokens", get(list).post(create))
+        .route("/tokens/{id}", routing::delete(delete))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -37,24 +39,39 @@ pub struct Token {
 }
 
 fn scope_of(s: &str) -> Scope {
-    if s == "write" { Scope::Write } else { Scope::Read }
+    if s == "write" {
+        Scope::Write
+    } else {
+        Scope::Read
+    }
 }
 
 fn password_or_write_token(caller: &Caller) -> Result<&crate::auth::User, ApiError> {
     let user = caller.user()?;
     if caller.0.token_scope == Some(Scope::Read) {
-        return Err(ApiError::forbidden("a read-only token cannot manage tokens"));
+        return Err(ApiError::forbidden(
+            "a read-only token cannot manage tokens",
+        ));
     }
     Ok(user)
 }
 
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<Token>)))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<Token>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<Token>>, ApiError> {
     let user = caller.user()?;
     let rows = db::tokens_of(&state.db, &user.id).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|r| Token { scope: scope_of(&r.scope), id: r.id, name: r.name, created_at: iso8601(r.created_at), token: None })
+            .map(|r| Token {
+                scope: scope_of(&r.scope),
+                id: r.id,
+                name: r.name,
+                created_at: iso8601(r.created_at),
+                token: None,
+            })
             .collect(),
     ))
 }
@@ -75,16 +92,33 @@ pub async fn create(
         Scope::Read => "read",
         Scope::Write => "write",
     };
-    let row = db::insert_token(&state.db, &user.id, &body.name, scope, &auth::token_hash(&token)).await?;
+    let row = db::insert_token(
+        &state.db,
+        &user.id,
+        &body.name,
+        scope,
+        &auth::token_hash(&token),
+    )
+    .await?;
     Ok((
         StatusCode::CREATED,
-        Json(Token { id: row.id, name: row.name, scope: body.scope, created_at: iso8601(row.created_at), token: Some(token) }),
+        Json(Token {
+            id: row.id,
+            name: row.name,
+            scope: body.scope,
+            created_at: iso8601(row.created_at),
+            token: Some(token),
+        }),
     ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let user = password_or_write_token(&caller)?;
     if !db::delete_token(&state.db, &user.id, &id).await? {
         return Err(ApiError::not_found(format!("id: no token '{id}'")));

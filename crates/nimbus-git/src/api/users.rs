@@ -40,16 +40,29 @@ pub struct CreateUser {
 #[utoipa::path(get, path = "/api/v1/user", tag = "users", responses((status = 200, body = User), (status = 401, body = crate::error::ErrorBody)))]
 pub async fn me(caller: Caller) -> Result<Json<User>, ApiError> {
     let user = caller.user()?;
-    Ok(Json(User { username: user.username.clone(), owner: user.is_owner, created_at: None, token_scope: caller.0.token_scope }))
+    Ok(Json(User {
+        username: user.username.clone(),
+        owner: user.is_owner,
+        created_at: None,
+        token_scope: caller.0.token_scope,
+    }))
 }
 
 #[utoipa::path(get, path = "/api/v1/users", tag = "users", responses((status = 200, body = Vec<User>)))]
-pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Vec<User>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<User>>, ApiError> {
     caller.require_owner()?;
     let rows = db::users(&state.db).await?;
     Ok(Json(
         rows.into_iter()
-            .map(|r| User { username: r.username, owner: r.is_owner != 0, created_at: Some(iso8601(r.created_at)), token_scope: None })
+            .map(|r| User {
+                username: r.username,
+                owner: r.is_owner != 0,
+                created_at: Some(iso8601(r.created_at)),
+                token_scope: None,
+            })
             .collect(),
     ))
 }
@@ -64,13 +77,22 @@ pub async fn create(
     caller.require_owner()?;
     names::check_username(&body.username).map_err(|e| ApiError::invalid("username", e))?;
     if body.password.len() < 8 || body.password.len() > 1024 {
-        return Err(ApiError::invalid("password", "must be 8 to 1024 characters"));
+        return Err(ApiError::invalid(
+            "password",
+            "must be 8 to 1024 characters",
+        ));
     }
     if body.password.starts_with(auth::TOKEN_PREFIX) {
-        return Err(ApiError::invalid("password", format!("must not start with '{}'", auth::TOKEN_PREFIX)));
+        return Err(ApiError::invalid(
+            "password",
+            format!("must not start with '{}'", auth::TOKEN_PREFIX),
+        ));
     }
     if db::user_by_name(&state.db, &body.username).await?.is_some() {
-        return Err(ApiError::conflict(format!("username: '{}' already exists", body.username)));
+        return Err(ApiError::conflict(format!(
+            "username: '{}' already exists",
+            body.username
+        )));
     }
     let password = body.password.clone();
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
@@ -79,13 +101,22 @@ pub async fn create(
     let row = db::insert_user(&state.db, &body.username, &hash, false).await?;
     Ok((
         StatusCode::CREATED,
-        Json(User { username: row.username, owner: false, created_at: Some(iso8601(row.created_at)), token_scope: None }),
+        Json(User {
+            username: row.username,
+            owner: false,
+            created_at: Some(iso8601(row.created_at)),
+            token_scope: None,
+        }),
     ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/users/{username}", tag = "users", params(("username" = String, Path)),
     responses((status = 204), (status = 404, body = crate::error::ErrorBody)))]
-pub async fn delete(State(state): State<AppState>, caller: Caller, Path(username): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+) -> Result<StatusCode, ApiError> {
     caller.require_owner()?;
     let user = db::user_by_name(&state.db, &username)
         .await?

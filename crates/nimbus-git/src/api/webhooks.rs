@@ -59,7 +59,12 @@ fn view(row: db::WebhookRow) -> Webhook {
     Webhook {
         id: row.id,
         url: row.url,
-        events: row.events.split(',').filter(|e| !e.is_empty()).map(str::to_owned).collect(),
+        events: row
+            .events
+            .split(',')
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect(),
         active: row.active != 0,
         created_at: iso8601(row.created_at),
     }
@@ -67,9 +72,19 @@ fn view(row: db::WebhookRow) -> Webhook {
 
 #[utoipa::path(get, path = "/api/v1/repos/{name}/webhooks", tag = "webhooks", params(("name" = String, Path)),
     responses((status = 200, body = Vec<Webhook>)))]
-pub async fn list(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Result<Json<Vec<Webhook>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Webhook>>, ApiError> {
     let (entry, _) = find(&state, &caller, &name, Perm::Admin)?;
-    Ok(Json(db::webhooks_of(&state.db, &entry.id).await?.into_iter().map(view).collect()))
+    Ok(Json(
+        db::webhooks_of(&state.db, &entry.id)
+            .await?
+            .into_iter()
+            .map(view)
+            .collect(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/repos/{name}/webhooks", tag = "webhooks", params(("name" = String, Path)),
@@ -90,18 +105,39 @@ pub async fn create(
     if body.secret.is_empty() || body.secret.len() > 256 {
         return Err(ApiError::invalid("secret", "must be 1 to 256 characters"));
     }
-    if let Some(bad) = body.events.iter().find(|e| !events::ALL.contains(&e.as_str())) {
-        return Err(ApiError::invalid("events", format!("unknown event '{bad}'; known: {}", events::ALL.join(", "))));
+    if let Some(bad) = body
+        .events
+        .iter()
+        .find(|e| !events::ALL.contains(&e.as_str()))
+    {
+        return Err(ApiError::invalid(
+            "events",
+            format!("unknown event '{bad}'; known: {}", events::ALL.join(", ")),
+        ));
     }
-    let row = db::insert_webhook(&state.db, &entry.id, &body.url, &body.secret, &body.events.join(",")).await?;
+    let row = db::insert_webhook(
+        &state.db,
+        &entry.id,
+        &body.url,
+        &body.secret,
+        &body.events.join(","),
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view(row))))
 }
 
-async fn hook_of(state: &AppState, caller: &Caller, name: &str, id: &str) -> Result<db::WebhookRow, ApiError> {
+async fn hook_of(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    id: &str,
+) -> Result<db::WebhookRow, ApiError> {
     let (entry, _) = find(state, caller, name, Perm::Admin)?;
     match db::webhook(&state.db, id).await? {
         Some(row) if row.repo_id == entry.id => Ok(row),
-        _ => Err(ApiError::not_found(format!("id: no webhook '{id}' on '{name}'"))),
+        _ => Err(ApiError::not_found(format!(
+            "id: no webhook '{id}' on '{name}'"
+        ))),
     }
 }
 

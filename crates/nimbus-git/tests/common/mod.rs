@@ -28,14 +28,25 @@ impl Server {
     }
 
     pub fn start_with(tweak: impl FnOnce(&mut Settings)) -> Server {
-        let dir = tempfile::Builder::new().prefix("nimbus-git-test").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("nimbus-git-test")
+            .tempdir()
+            .expect("tempdir");
         let mut settings = Settings::for_tests(dir.path().join("data"));
         tweak(&mut settings);
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let (url, state) = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
             let url = format!("http://{}", listener.local_addr().expect("addr"));
-            let started = AppState::open(settings, url.clone()).await.expect("open server state");
+            let started = AppState::open(settings, url.clone())
+                .await
+                .expect("open server state");
             let state = started.state;
             state.spawn_workers();
             let app = nimbus_git::app(state.clone());
@@ -50,7 +61,13 @@ impl Server {
              [advice]\n\tdetachedHead = false\n[core]\n\tautocrlf = false\n",
         )
         .expect("gitconfig");
-        Server { url, state, dir, rt, http: reqwest::Client::new() }
+        Server {
+            url,
+            state,
+            dir,
+            rt,
+            http: reqwest::Client::new(),
+        }
     }
 
     pub fn home(&self) -> PathBuf {
@@ -67,7 +84,11 @@ impl Server {
     /// Clone URL with optional credentials.
     pub fn repo_url(&self, repo: &str, auth: Option<(&str, &str)>) -> String {
         match auth {
-            Some((user, secret)) => format!("{}/{repo}.git", self.url.replace("http://", &format!("http://{user}:{secret}@"))),
+            Some((user, secret)) => format!(
+                "{}/{repo}.git",
+                self.url
+                    .replace("http://", &format!("http://{user}:{secret}@"))
+            ),
             None => format!("{}/{repo}.git", self.url),
         }
     }
@@ -125,8 +146,20 @@ impl Server {
     }
 
     /// An API call; returns status and JSON (Null when the body is empty or not JSON).
-    pub fn api(&self, method: &str, path: &str, auth: Option<(&str, &str)>, body: Option<Value>) -> (u16, Value) {
-        let (status, text) = self.request(method, &format!("/api/v1{path}"), auth, body.map(|b| b.to_string()), &[]);
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<(&str, &str)>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let (status, text) = self.request(
+            method,
+            &format!("/api/v1{path}"),
+            auth,
+            body.map(|b| b.to_string()),
+            &[],
+        );
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
@@ -139,7 +172,8 @@ impl Server {
         body: Option<String>,
         headers: &[(&str, &str)],
     ) -> (u16, String) {
-        let (status, _, text) = self.request_full(method, path, auth, body.map(String::into_bytes), headers);
+        let (status, _, text) =
+            self.request_full(method, path, auth, body.map(String::into_bytes), headers);
         (status, text)
     }
 
@@ -171,15 +205,23 @@ impl Server {
     }
 
     pub fn create_repo(&self, name: &str, private: bool) -> Value {
-        let (status, body) =
-            self.api("POST", "/repos", Some(OWNER), Some(serde_json::json!({"name": name, "private": private})));
+        let (status, body) = self.api(
+            "POST",
+            "/repos",
+            Some(OWNER),
+            Some(serde_json::json!({"name": name, "private": private})),
+        );
         assert_eq!(status, 201, "create repo {name}: {body}");
         body
     }
 
     pub fn create_user(&self, name: &str, password: &str) {
-        let (status, body) =
-            self.api("POST", "/users", Some(OWNER), Some(serde_json::json!({"username": name, "password": password})));
+        let (status, body) = self.api(
+            "POST",
+            "/users",
+            Some(OWNER),
+            Some(serde_json::json!({"username": name, "password": password})),
+        );
         assert_eq!(status, 201, "create user {name}: {body}");
     }
 
@@ -190,7 +232,10 @@ impl Server {
             Some(OWNER),
             Some(serde_json::json!({"permission": permission})),
         );
-        assert_eq!(status, 200, "grant {permission} on {repo} to {user}: {body}");
+        assert_eq!(
+            status, 200,
+            "grant {permission} on {repo} to {user}: {body}"
+        );
     }
 
     /// A working copy with `n` commits on main, each adding a file.
@@ -201,9 +246,16 @@ impl Server {
         self.git(&dir, &["add", "."]);
         self.git(&dir, &["commit", "-q", "-m", "initial commit"]);
         for idx in 1..n {
-            std::fs::write(dir.join(format!("file{idx}.txt")), format!("content {idx}\nline two\n")).expect("write");
+            std::fs::write(
+                dir.join(format!("file{idx}.txt")),
+                format!("content {idx}\nline two\n"),
+            )
+            .expect("write");
             self.git(&dir, &["add", "."]);
-            self.git(&dir, &["commit", "-q", "-m", &format!("commit number {idx}")]);
+            self.git(
+                &dir,
+                &["commit", "-q", "-m", &format!("commit number {idx}")],
+            );
         }
         dir
     }
