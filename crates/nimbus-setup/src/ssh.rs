@@ -424,25 +424,46 @@ impl SshExec {
                 let _ = write.eof().await;
             };
             let drain = async {
+                // After the exit status, output is collected while it keeps coming (each chunk
+                // renews a short deadline): a background job the command started may hold its
+                // pipes, and so the channel, open for good.
+                let mut drain_until = None;
                 loop {
-                    match read.wait().await {
+                    let msg = match drain_until {
+                        None => read.wait().await,
+                        Some(deadline) => {
+                            match tokio::time::timeout_at(deadline, read.wait()).await {
+                                Ok(msg) => msg,
+                                Err(_) => return Ok(false),
+                            }
+                        }
+                    };
+                    match msg {
                         Some(ChannelMsg::Data { data }) => {
+                            if drain_until.is_some() {
+                                drain_until = Some(tokio::time::Instant::now() + PIPE_DRAIN);
+                            }
                             push_capped(&mut stdout, &data);
                             if let Some(lines) = lines {
                                 out_lines.push(&data, |line| lines(Stream::Stdout, line));
                             }
                         }
                         Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                            if drain_until.is_some() {
+                                drain_until = Some(tokio::time::Instant::now() + PIPE_DRAIN);
+                            }
                             push_capped(&mut stderr, &data);
                             if let Some(lines) = lines {
                                 err_lines.push(&data, |line| lines(Stream::Stderr, line));
                             }
                         }
                         Some(ChannelMsg::ExitStatus { exit_status }) => {
-                            exit_code = Some(exit_status as i32)
+                            exit_code = Some(exit_status as i32);
+                            drain_until = Some(tokio::time::Instant::now() + PIPE_DRAIN);
                         }
                         Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
-                            exit_code = Some(128 + signal_number(&signal_name))
+                            exit_code = Some(128 + signal_number(&signal_name));
+                            drain_until = Some(tokio::time::Instant::now() + PIPE_DRAIN);
                         }
                         Some(ChannelMsg::Failure) => {
                             return Err(Error::Unreachable(format!(
@@ -450,7 +471,7 @@ impl SshExec {
                                 self.target.endpoint()
                             )));
                         }
-                        Some(ChannelMsg::Close) | None => return Ok(()),
+                        Some(ChannelMsg::Close) | None => return Ok(true),
                         Some(_) => {}
                     }
                 }
@@ -458,13 +479,18 @@ impl SshExec {
             let ((), drained) = tokio::join!(feed, drain);
             drained
         };
-        match tokio::time::timeout(command.timeout, work).await {
-            Ok(Ok(())) => {}
+        let closed = match tokio::time::timeout(command.timeout, work).await {
+            Ok(Ok(closed)) => closed,
             Ok(Err(err)) => return Err(err),
             Err(_) => return Err(Error::Timeout(command.timeout)),
+        };
+        // The command is over: nothing to kill. Background jobs it started live on; a channel
+        // they keep open is closed from our side.
+        if let Some(write) = guard.0.take()
+            && !closed
+        {
+            let _ = write.close().await;
         }
-        // The command is over: nothing to kill.
-        guard.0 = None;
         if let Some(lines) = lines {
             out_lines.finish(|line| lines(Stream::Stdout, line));
             err_lines.finish(|line| lines(Stream::Stderr, line));
@@ -482,6 +508,10 @@ impl SshExec {
         })
     }
 }
+
+/// How long to wait for more output once the exit status arrived (background jobs may hold the
+/// command's pipes open indefinitely).
+const PIPE_DRAIN: Duration = Duration::from_millis(200);
 
 /// Sends `SIGKILL` to a command's process group unless disarmed: covers timeouts and dropped
 /// futures.

@@ -379,3 +379,33 @@ async fn hosts_in_network_namespaces_are_reached_on_their_own_addresses() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_background_job_holding_the_pipes_does_not_block_completion() {
+    let sshd = Sshd::start().unwrap();
+    let exec = exec_with(&sshd, MemoryHostKeyStore::new(), &VecSink::new());
+    let pidfile = sshd.scratch_dir().join("bg.pid");
+    let started = Instant::now();
+    let out = exec
+        .run(
+            &Command::new(r#"sleep 30 & echo $! > "$1"; echo started; echo bad >&2; exit 4"#)
+                .arg(pidfile.display().to_string())
+                .timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out.exit_code, 4);
+    assert_eq!(out.stdout_str(), "started\n");
+    assert_eq!(out.stderr_str(), "bad\n");
+    // The background job lives on (as it does on local machines) until the test ends it.
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{}", pid.trim())).exists());
+    let _ = std::process::Command::new("kill").arg(pid.trim()).output();
+    // The connection is still usable.
+    assert_eq!(ok(&exec, Command::new("echo next"), &sshd).await, "next\n");
+}
