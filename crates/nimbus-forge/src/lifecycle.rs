@@ -6,6 +6,7 @@
 //! check and the removal), the answer is [`Outcome::Busy`] and the caller must keep the machine
 //! and try again later.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -13,7 +14,8 @@ use nimbus_types::event::{self, Event};
 use nimbus_types::{MachineId, TenantId};
 
 use crate::{
-    Error, Forge, JitConfig, JitRequest, RegistrationToken, Result, RunnerId, RunnerStatus,
+    Error, Forge, JitConfig, JitRequest, RegistrationToken, Result, Runner, RunnerId, RunnerStatus,
+    unique_label,
 };
 
 /// Where forge events go (the daemon's event bus).
@@ -193,4 +195,61 @@ pub async fn registration_token(
         Err(error) => events.emit(done(event::FORGE_REGISTER_RUNNER_FAILURE).error(error)),
     }
     result
+}
+
+/// Runners Nimbus registered (they carry [`unique_label`] of their own name) whose name is not
+/// among `live_names`: the names of every machine of the tenant that is not terminated,
+/// provisioning ones included.
+pub fn orphaned<'a>(runners: &'a [Runner], live_names: &HashSet<String>) -> Vec<&'a Runner> {
+    runners
+        .iter()
+        .filter(|runner| {
+            let own = unique_label(&runner.name);
+            runner.labels.iter().any(|l| l.eq_ignore_ascii_case(&own))
+                && !live_names.contains(&runner.name)
+        })
+        .collect()
+}
+
+/// What [`remove_orphans`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OrphanReport {
+    pub removed: Vec<RunnerId>,
+    /// Orphans running a job: left alone until the job ends (invariant 2 outranks 3).
+    pub busy: Vec<RunnerId>,
+    pub failed: Vec<(RunnerId, String)>,
+}
+
+/// Invariant 3 for the fleet reconcile: removes every runner Nimbus registered that has no live
+/// machine behind it, through [`deregister_then_check`] (so a busy one is kept). One failing
+/// runner does not stop the others; a failing listing is returned as the error.
+pub async fn remove_orphans(
+    forge: &dyn Forge,
+    live_names: &HashSet<String>,
+    tenant_id: TenantId,
+    events: &dyn EventSink,
+) -> Result<OrphanReport> {
+    let runners = forge.list_runners().await?;
+    let mut report = OrphanReport::default();
+    for runner in orphaned(&runners, live_names) {
+        let subject = Subject {
+            tenant_id,
+            machine_id: None,
+        };
+        match deregister_then_check(forge, runner.id, subject, events).await {
+            Ok(Outcome::Removed | Outcome::AlreadyGone) => report.removed.push(runner.id),
+            Ok(Outcome::Busy) => report.busy.push(runner.id),
+            Err(error) => report.failed.push((runner.id, error.to_string())),
+        }
+    }
+    if report != OrphanReport::default() {
+        tracing::info!(
+            tenant.id = %tenant_id,
+            removed = report.removed.len(),
+            busy = report.busy.len(),
+            failed = report.failed.len(),
+            "runners without a machine handled"
+        );
+    }
+    Ok(report)
 }

@@ -762,3 +762,81 @@ async fn org_demand_with_an_app_lists_the_installation_repositories() {
     );
     assert_eq!(forge.budget_key(), "installation:777");
 }
+
+#[tokio::test]
+async fn orphaned_nimbus_runners_are_removed_unless_busy() {
+    let server = MockServer::start().await;
+    let runner = |id: u64, name: &str, busy: bool, nimbus: bool| {
+        let mut labels =
+            vec![serde_json::json!({"id": 1, "name": "self-hosted", "type": "read-only"})];
+        if nimbus {
+            labels.push(
+                serde_json::json!({"id": 2, "name": format!("nimbus-{name}"), "type": "custom"}),
+            );
+        }
+        serde_json::json!({"id": id, "name": name, "os": "linux", "status": "online", "busy": busy, "labels": labels})
+    };
+    let listing = vec![
+        runner(1, "m-live", false, true),
+        runner(2, "m-gone", false, true),
+        runner(3, "m-gone-busy", true, true),
+        runner(4, "someone-elses", false, false),
+    ];
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total_count": 4, "runners": listing})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners/2"))
+        .respond_with(Sequence::new(vec![
+            ResponseTemplate::new(200).set_body_json(runner(2, "m-gone", false, true)),
+            ResponseTemplate::new(404),
+        ]))
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners/3"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(runner(
+            3,
+            "m-gone-busy",
+            true,
+            true,
+        )))
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/orgs/acme/actions/runners/2"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    for other in [
+        "/orgs/acme/actions/runners/1",
+        "/orgs/acme/actions/runners/3",
+        "/orgs/acme/actions/runners/4",
+    ] {
+        Mock::given(method("DELETE"))
+            .and(path(other))
+            .respond_with(ResponseTemplate::new(204))
+            .expect(0)
+            .mount(&server)
+            .await;
+    }
+    let forge = token_forge(&server.uri(), org("acme"), fast_retry());
+    let live = ["m-live".to_owned()].into_iter().collect();
+    let report = nimbus_forge::lifecycle::remove_orphans(
+        &forge,
+        &live,
+        TenantId::new(),
+        &MemorySink::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.removed, [RunnerId(2)]);
+    assert_eq!(report.busy, [RunnerId(3)]);
+    assert!(report.failed.is_empty());
+}
