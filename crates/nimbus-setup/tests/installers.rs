@@ -17,12 +17,13 @@ use nimbus_setup::ssh::{MemoryHostKeyStore, SshExec, SshOptions};
 use nimbus_testkit::sshd::Sshd;
 use nimbus_types::{Arch, MachineId, MachineSpec, Os, StepStatus, TenantId};
 
+/// Fields drop in order: the runner is killed while its pid file still exists.
 struct Setup {
+    _runner: KillPidfile,
     sshd: Sshd,
     server: FileServer,
     exec: SshExec,
     dir: PathBuf,
-    _runner: KillPidfile,
 }
 
 fn setup() -> Setup {

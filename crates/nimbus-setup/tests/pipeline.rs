@@ -20,12 +20,13 @@ use nimbus_testkit::sshd::Sshd;
 use nimbus_types::event as ev;
 use nimbus_types::{Arch, MachineId, MachineSpec, Os, StepStatus, TenantId};
 
+/// Fields drop in order: the runner is killed while its pid file still exists.
 struct Machine {
+    _runner: KillPidfile,
     sshd: Sshd,
     exec: SshExec,
     dir: PathBuf,
     paths: MachinePaths,
-    _runner: KillPidfile,
 }
 
 fn machine(sink: &Arc<VecSink>) -> Machine {
