@@ -369,12 +369,14 @@ impl World {
             std::thread::spawn(move || {
                 for line in reader.lines() {
                     let Ok(line) = line else { break };
+                    {
+                        let mut sink = sink.lock().unwrap();
+                        sink.extend_from_slice(line.as_bytes());
+                        sink.push(b'\n');
+                    }
                     if let Some(url) = line.strip_prefix("nimbusd listening on ") {
                         let _ = addr_tx.send(url.trim().to_owned());
                     }
-                    let mut sink = sink.lock().unwrap();
-                    sink.extend_from_slice(line.as_bytes());
-                    sink.push(b'\n');
                 }
             });
         }
