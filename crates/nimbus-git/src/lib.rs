@@ -128,15 +128,31 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface.
+/// API and web requests end after this long; Git routes stream for as long as pack work takes.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The whole HTTP surface. The middleware stack lives here and only here: request id, trace
+/// span, and a timeout for everything but the Git routes.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .nest("/api/v1", api::router())
+    use axum::http::{Request, StatusCode};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::timeout::TimeoutLayer;
+
+    let timeout = || TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, PAGE_TIMEOUT);
+    let git = Router::new()
         .route("/{repo}/info/refs", get(smart::info_refs))
         .route("/{repo}/git-upload-pack", post(smart::upload_pack))
-        .route("/{repo}/git-receive-pack", post(smart::receive_pack))
-        .merge(web::router())
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .route("/{repo}/git-receive-pack", post(smart::receive_pack));
+    Router::new()
+        .nest("/api/v1", api::router().layer(timeout()))
+        .merge(git)
+        .merge(web::router().layer(timeout()))
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request.id = %id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 

@@ -37,6 +37,9 @@ pub struct Capabilities {
 
 pub fn git_command(git_dir: Option<&Path>) -> Command {
     let mut cmd = Command::new("git");
+    // Children need none of the server's secrets.
+    cmd.env_remove("NIMBUS_GIT_OWNER_PASSWORD")
+        .env_remove("NIMBUS_GIT_DATABASE_URL");
     for kv in GIT_CONFIG {
         cmd.arg("-c").arg(kv);
     }

@@ -178,4 +178,8 @@ fn malformed_requests_get_4xx_and_gzip_works() {
         body.contains("symref=HEAD:refs/heads/main") && body.contains("filter"),
         "{body}"
     );
+    assert!(
+        headers.contains_key("x-request-id"),
+        "every response carries a request id: {headers:?}"
+    );
 }
