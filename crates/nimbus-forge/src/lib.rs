@@ -51,6 +51,9 @@ pub enum Error {
     /// The forge rejected the credentials (bad token, bad App key, uninstalled App).
     #[error("the forge rejected the credentials: {0}")]
     Unauthorized(String),
+    /// Something with that identity already exists (a runner name taken).
+    #[error("{0}")]
+    Conflict(String),
     /// The forge configuration is invalid; `field` names the offending setting.
     #[error("invalid forge config: {field}: {message}")]
     InvalidConfig { field: String, message: String },

@@ -840,3 +840,72 @@ async fn orphaned_nimbus_runners_are_removed_unless_busy() {
     assert_eq!(report.busy, [RunnerId(3)]);
     assert!(report.failed.is_empty());
 }
+
+#[tokio::test]
+async fn jit_name_taken_by_a_lost_attempt_is_replaced() {
+    let server = MockServer::start().await;
+    let jit_path = "/orgs/acme/actions/runners/generate-jitconfig";
+    let created = ResponseTemplate::new(201).set_body_json(serde_json::json!({
+        "runner": runner_json(8, false, "offline"),
+        "encoded_jit_config": "eyJzZWNyZXQiOiJ0b3AifQ=="
+    }));
+    let conflict = ResponseTemplate::new(409)
+        .set_body_json(serde_json::json!({"message": "Already exists - A runner with the name m-8 already exists."}));
+    Mock::given(method("POST"))
+        .and(path(jit_path))
+        .respond_with(Sequence::new(vec![conflict.clone(), created]))
+        .mount(&server)
+        .await;
+    let mut stale = runner_json(5, false, "offline");
+    stale["name"] = "m-8".into();
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners"))
+        .and(query_param("name", "m-8"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total_count": 1, "runners": [stale]})),
+        )
+        .mount(&server)
+        .await;
+    Mock::given(method("DELETE"))
+        .and(path("/orgs/acme/actions/runners/5"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let forge = token_forge(&server.uri(), org("acme"), fast_retry());
+    let request = JitRequest {
+        name: "m-8".into(),
+        runner_group_id: 1,
+        labels: vec!["linux".into()],
+        work_folder: None,
+    };
+    let config = forge.jit_config(&request).await.unwrap();
+    assert_eq!(config.runner.id, RunnerId(8));
+
+    // An online runner of that name belongs to someone: conflict, nothing removed.
+    let busy_server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path(jit_path))
+        .respond_with(conflict)
+        .mount(&busy_server)
+        .await;
+    let mut online = runner_json(6, false, "online");
+    online["name"] = "m-8".into();
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"total_count": 1, "runners": [online]})),
+        )
+        .mount(&busy_server)
+        .await;
+    Mock::given(method("DELETE"))
+        .respond_with(ResponseTemplate::new(204))
+        .expect(0)
+        .mount(&busy_server)
+        .await;
+    let forge = token_forge(&busy_server.uri(), org("acme"), fast_retry());
+    let error = forge.jit_config(&request).await.unwrap_err();
+    assert!(matches!(error, Error::Conflict(_)), "{error:?}");
+}

@@ -60,6 +60,10 @@ async fn exercise(forge: &GithubForge) -> Vec<String> {
     note("jit_config", forge.jit_config(&request).await.map(|_| ()));
     note("list_runners", forge.list_runners().await.map(|_| ()));
     note(
+        "find_runner",
+        forge.find_runner("nimbus-m-1").await.map(|_| ()),
+    );
+    note(
         "get_runner",
         forge.get_runner(RunnerId(23)).await.map(|_| ()),
     );

@@ -431,6 +431,31 @@ impl GithubForge {
         )))
     }
 
+    /// The runner called `name`, if any (GitHub's `name` filter of the runner listing).
+    pub async fn find_runner(&self, name: &str) -> Result<Option<Runner>> {
+        let runners: Vec<GhRunner> = self
+            .paginate(
+                &self.scoped(&["actions", "runners"]),
+                &[("name", name.to_owned())],
+                Some("runners"),
+            )
+            .await?;
+        Ok(runners
+            .into_iter()
+            .find(|r| r.name == name)
+            .map(Runner::from))
+    }
+
+    async fn generate_jit(&self, body: &serde_json::Value) -> Result<GhJit> {
+        self.json(
+            Method::POST,
+            &self.scoped(&["actions", "runners", "generate-jitconfig"]),
+            &[],
+            Some(body),
+        )
+        .await
+    }
+
     async fn token_at(&self, endpoint: &str) -> Result<RegistrationToken> {
         let token: GhToken = self
             .json(
@@ -671,14 +696,29 @@ impl Forge for GithubForge {
 
     async fn jit_config(&self, request: &JitRequest) -> Result<JitConfig> {
         let (body, unique_label) = jit_body(request)?;
-        let jit: GhJit = self
-            .json(
-                Method::POST,
-                &self.scoped(&["actions", "runners", "generate-jitconfig"]),
-                &[],
-                Some(&body),
-            )
-            .await?;
+        let jit = match self.generate_jit(&body).await {
+            Ok(jit) => jit,
+            // The name is taken. Typically our own earlier attempt: GitHub created the runner
+            // but the answer was lost to a timeout and the request was retried. A runner of
+            // that name that never came online holds no job and is useless without its config,
+            // so it is replaced; one that is online or busy is someone's and is left alone.
+            Err(Error::Conflict(message)) => match self.find_runner(&request.name).await? {
+                Some(existing) if existing.status == RunnerStatus::Offline => {
+                    tracing::info!(
+                        runner.id = %existing.id,
+                        runner.name = %existing.name,
+                        "replacing an offline runner registered under the same name"
+                    );
+                    match self.remove_runner(existing.id).await {
+                        Ok(()) | Err(Error::NotFound(_)) => {}
+                        Err(error) => return Err(error),
+                    }
+                    self.generate_jit(&body).await?
+                }
+                _ => return Err(Error::Conflict(message)),
+            },
+            Err(error) => return Err(error),
+        };
         Ok(JitConfig {
             runner: jit.runner.into(),
             encoded_jit_config: Secret::new(jit.encoded_jit_config),

@@ -226,6 +226,7 @@ impl Transport {
             match status {
                 StatusCode::UNAUTHORIZED => return Err(Error::Unauthorized(message)),
                 StatusCode::NOT_FOUND => return Err(Error::NotFound(message)),
+                StatusCode::CONFLICT => return Err(Error::Conflict(message)),
                 StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
                     match rate_limit_wait(status, &headers, &body) {
                         Some(wait) => {
