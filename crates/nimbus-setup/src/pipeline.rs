@@ -241,9 +241,14 @@ pub enum Error {
     /// `state.db` could not be written or read.
     #[error("{0}")]
     State(#[from] state::Error),
-    /// A step failed; its error is recorded on the machine.
+    /// A step failed; its error is recorded on the machine when it could be reached.
+    /// `retryable`: the machine became unreachable or the forge asked to come back later.
     #[error("setup step {step} failed: {message}")]
-    StepFailed { step: String, message: String },
+    StepFailed {
+        step: String,
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl Error {
@@ -263,6 +268,7 @@ impl Error {
                 matches!(err, exec::Error::Unreachable(_) | exec::Error::Timeout(_))
             }
             Error::State(state::Error::Exec(err)) => matches!(err, exec::Error::Unreachable(_)),
+            Error::StepFailed { retryable, .. } => *retryable,
             _ => false,
         }
     }
@@ -273,7 +279,21 @@ enum StepResult {
     Skipped(String),
 }
 
-type StepError = String;
+/// Why a step failed, and whether running the pipeline again may help as it is (the machine
+/// dropped off the network, the forge asked us to come back later).
+struct StepError {
+    message: String,
+    retryable: bool,
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError {
+            message,
+            retryable: false,
+        }
+    }
+}
 
 struct Ctx<'a> {
     exec: &'a dyn Exec,
@@ -365,7 +385,7 @@ pub async fn run(exec: &dyn Exec, plan: &Plan, events: &Events) -> Result<Outcom
                     detail: Some(reason),
                 });
             }
-            Err(message) => {
+            Err(StepError { message, retryable }) => {
                 tracing::warn!(machine.id = %plan.machine_id, step = name, error = %message, "setup step failed");
                 // Record what we can; the machine may be gone, and the step's error is what the
                 // caller needs either way.
@@ -377,9 +397,14 @@ pub async fn run(exec: &dyn Exec, plan: &Plan, events: &Events) -> Result<Outcom
                     let _ = db.set_machine_state(exec, "failed", Some(&why)).await;
                     let _ = db.set_image_state(exec, "failed").await;
                 }
+                let unreachable = matches!(
+                    recorded,
+                    Err(state::Error::Exec(exec::Error::Unreachable(_)))
+                );
                 return Err(Error::StepFailed {
                     step: name.to_string(),
                     message,
+                    retryable: retryable || unreachable,
                 });
             }
         }
@@ -406,7 +431,7 @@ async fn run_step(ctx: &Ctx<'_>, name: &str) -> Result<StepResult, StepError> {
         STEP_START_RUNNER => start_runner(ctx).await,
         STEP_HEALTH_CHECK => health_check(ctx).await,
         STEP_SETUP_SCRIPT => setup_script(ctx).await,
-        other => Err(format!("unknown step {other}")),
+        other => Err(format!("unknown step {other}").into()),
     }
 }
 
@@ -422,7 +447,10 @@ async fn check(ctx: &Ctx<'_>, step: &str, command: Command) -> Result<Output, St
         .exec
         .run_streaming(&command, &lines)
         .await
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| StepError {
+            retryable: matches!(err, exec::Error::Unreachable(_)),
+            message: err.to_string(),
+        })?;
     if output.success() {
         return Ok(output);
     }
@@ -435,7 +463,8 @@ async fn check(ctx: &Ctx<'_>, step: &str, command: Command) -> Result<Output, St
         "exit code {}: {}",
         output.exit_code,
         tail(text.trim(), 2000)
-    ))
+    )
+    .into())
 }
 
 /// The last `max` bytes of `text`, on a character boundary.
@@ -649,7 +678,10 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
             .registration
             .registration(&request)
             .await
-            .map_err(|err| format!("the forge refused a runner registration: {err}"))?;
+            .map_err(|err| StepError {
+                retryable: matches!(err, RegistrationError::Retryable(_)),
+                message: format!("the forge refused a runner registration: {err}"),
+            })?;
         let labels = plan.labels.join(",");
         let command = match (&runner.kind, &info.credential) {
             (RunnerKind::GithubActions, RunnerCredential::Token(token)) => Command::new(GITHUB_CONFIG_SCRIPT)
@@ -673,10 +705,10 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
                 .arg(&labels)
                 .stdin(token.expose()),
             (other, RunnerCredential::JitConfig(_)) => {
-                return Err(format!(
+                return Err(StepError::from(format!(
                     "a JIT config was returned, but only the GitHub Actions runner takes one, not {}",
                     kind_name(*other)
-                ));
+                )));
             }
         };
         check(ctx, STEP_REGISTER_RUNNER, command.timeout(plan.step_timeout)).await?;
@@ -704,13 +736,13 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
                 .map_err(|err| err.to_string())?;
             Ok(StepResult::Done)
         }
-        Err(message) => {
+        Err(err) => {
             ctx.events.emit(
                 forge_event(event::FORGE_REGISTER_RUNNER_FAILURE)
                     .duration(started.elapsed())
-                    .error(&message),
+                    .error(&err.message),
             );
-            Err(message)
+            Err(err)
         }
     }
 }

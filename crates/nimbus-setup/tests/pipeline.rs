@@ -512,3 +512,65 @@ async fn local_machines_run_the_same_pipeline() {
     assert_eq!(skipped.status, StepStatus::Skipped);
     assert_eq!(skipped.error.as_deref(), Some("no runner requested"));
 }
+
+struct BusyForge;
+
+#[async_trait::async_trait]
+impl pipeline::RunnerRegistration for BusyForge {
+    async fn registration(
+        &self,
+        _request: &pipeline::RegistrationRequest,
+    ) -> Result<pipeline::RegistrationInfo, pipeline::RegistrationError> {
+        Err(pipeline::RegistrationError::Retryable(
+            "rate limited".into(),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_busy_forge_and_a_machine_lost_mid_step_are_retryable_failures() {
+    let sink = VecSink::new();
+    let mut m = machine(&sink);
+    let server = FileServer::start();
+    let mut plan = plan(
+        &server,
+        &m.paths,
+        FakeForge::token("https://github.com/acme", "t"),
+        "r1",
+    );
+    if let Some(runner) = plan.runner.as_mut() {
+        runner.registration = Arc::new(BusyForge);
+    }
+    let err = pipeline::run(&m.exec, &plan, &Events::new(sink.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.step(), Some("register_runner"), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("rate limited"), "{err}");
+    assert_eq!(sink.named(ev::FORGE_REGISTER_RUNNER_FAILURE).len(), 1);
+
+    // The machine drops off the network while the setup script runs.
+    plan.runner = None;
+    plan.setup_script = Some(r#"echo $$ > "$NIMBUS_WORK_DIR/script.pid"; exec sleep 30"#.into());
+    let pidfile = m.dir.join("work/script.pid");
+    let exec = Arc::new(m.exec);
+    let task = {
+        let (exec, plan) = (exec.clone(), plan.clone());
+        tokio::spawn(async move { pipeline::run(exec.as_ref(), &plan, &Events::none()).await })
+    };
+    for _ in 0..400 {
+        if pidfile.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(pidfile.exists(), "the setup script never started");
+    m.sshd.stop();
+    let err = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("the pipeline noticed the lost connection")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.step(), Some("setup_script"), "{err}");
+    assert!(err.is_retryable(), "{err}");
+}
