@@ -230,6 +230,9 @@ pub struct StepReport {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
     pub steps: Vec<StepReport>,
+    /// Until the machine accepted commands ("SSH reachable" in time-to-ready).
+    pub connect_duration: Duration,
+    /// The whole run.
     pub duration: Duration,
 }
 
@@ -314,6 +317,7 @@ pub async fn run(exec: &dyn Exec, plan: &Plan, events: &Events) -> Result<Outcom
     exec.wait_ready(plan.connect_wait)
         .await
         .map_err(Error::Connect)?;
+    let connect_duration = started.elapsed();
     let db = StateDb::new(plan.paths.state_db.clone())?;
     db.init(
         exec,
@@ -413,6 +417,7 @@ pub async fn run(exec: &dyn Exec, plan: &Plan, events: &Events) -> Result<Outcom
     db.set_machine_state(exec, "ready", None).await?;
     Ok(Outcome {
         steps: reports,
+        connect_duration,
         duration: started.elapsed(),
     })
 }
