@@ -85,9 +85,7 @@ impl Metrics {
     }
 }
 
-/// The one sink trait every crate reports through (defined beside the setup code, the lowest
-/// crate that emits events).
-pub use nimbus_setup::events::EventSink;
+pub use nimbus_types::event::EventSink;
 
 /// The event bus. Cheap to clone.
 #[derive(Clone)]

@@ -19,9 +19,7 @@ use crate::{
 };
 
 /// Where forge events go (the daemon's event bus).
-pub trait EventSink: Send + Sync {
-    fn emit(&self, event: Event);
-}
+pub use nimbus_types::event::EventSink;
 
 /// Keeps events in memory; for tests and for callers that forward them later.
 #[derive(Default)]

@@ -9,10 +9,7 @@ use std::sync::{Arc, Mutex};
 use nimbus_types::event::Event;
 use nimbus_types::{MachineId, TenantId};
 
-/// Receives telemetry events. Must not block: it is called from async code.
-pub trait EventSink: Send + Sync {
-    fn emit(&self, event: Event);
-}
+pub use nimbus_types::event::EventSink;
 
 /// Drops every event.
 #[derive(Clone, Copy, Debug, Default)]

@@ -73,6 +73,13 @@ pub const ALL: &[&str] = &[
     SSH_HOST_KEY_MISMATCH,
 ];
 
+/// Receives telemetry events: the one sink trait every crate reports through. The daemon's
+/// implementation fans events out to logs, metrics, the stored event log and live streams.
+/// Must not block: it is called from async code.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, event: Event);
+}
+
 /// One telemetry event. `seq` is assigned by the store when the event is persisted (0 before).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
