@@ -11,6 +11,7 @@
 //!
 //! This crate does not know about HTTP; `nimbusd` maps [`Error`] to status codes.
 
+pub mod forges;
 mod lifecycle;
 mod reconcile;
 pub mod registry;
@@ -100,6 +101,7 @@ struct Inner {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     slots: Mutex<HashMap<MachineId, Arc<Slot>>>,
+    forges: forges::Forges,
     /// Live machines a provider's listing lacked, by consecutive passes (listings are
     /// eventually consistent: a new EC2 instance can be missing for a few seconds).
     missing: Mutex<HashMap<MachineId, u32>>,
@@ -121,13 +123,14 @@ impl Fleet {
     ) -> Fleet {
         Fleet {
             inner: Arc::new(Inner {
-                store,
+                store: store.clone(),
                 providers,
                 telemetry,
                 config,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
                 slots: Mutex::new(HashMap::new()),
+                forges: forges::Forges::new(store.clone()),
                 missing: Mutex::new(HashMap::new()),
             }),
         }
@@ -139,6 +142,11 @@ impl Fleet {
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.inner.telemetry
+    }
+
+    /// The tenants' forge clients.
+    pub fn forges(&self) -> &forges::Forges {
+        &self.inner.forges
     }
 
     pub fn providers(&self) -> &ProviderRegistry {
