@@ -601,9 +601,10 @@ fn sigkill_during_setup_then_the_reconciler_converges() {
     // FIXME(nimbus-fleet): today the reconciler resumes the provision by running the setup
     // script a second time while the interrupted attempt (`sh -c …` + `sleep 600`, orphaned by
     // the SIGKILL) keeps running, so two setups run at once and the machine stays
-    // `image_installing` until --setup-timeout (30 min by default). The correct behaviour this
-    // test asserts: within a bounded wait the interrupted attempt's processes are gone and the
-    // machine is final (`ready`, or `failed` with a reason).
+    // `image_installing` until --setup-timeout (30 min by default; with `--setup-timeout 5s`
+    // it ends `failed: setup_script: command timed out` and everything is killed). The correct
+    // behaviour this test asserts: within a bounded wait the interrupted attempt's processes
+    // are gone and the machine is final (`ready`, or `failed` with a reason).
     let bound = Duration::from_secs(30);
     let deadline = Instant::now() + bound;
     let (state, orphans) = loop {
