@@ -127,6 +127,8 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub owner: String,
     pub owner_password: Option<Secret>,
+    /// Git children ignore system and global git configuration (tests).
+    pub isolate_git_config: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +180,7 @@ impl Settings {
             },
             owner: args.owner.clone(),
             owner_password: args.owner_password.clone(),
+            isolate_git_config: false,
         })
     }
 
@@ -205,6 +208,7 @@ impl Settings {
             },
             owner: "owner".into(),
             owner_password: Some(Secret("owner-password".into())),
+            isolate_git_config: true,
         }
     }
 }

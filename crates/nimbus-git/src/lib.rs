@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt as _;
 use tokio::sync::Notify;
 
 use crate::admission::Admission;
@@ -68,6 +69,9 @@ impl AppState {
     /// Open the store, create the owner if needed, load repositories, probe git.
     pub async fn open(settings: Settings, base_url: String) -> anyhow::Result<Started> {
         use anyhow::Context as _;
+        if settings.isolate_git_config {
+            refs::isolate_git_config();
+        }
         let repo_root = settings.data_dir.join("repos");
         std::fs::create_dir_all(&repo_root)
             .with_context(|| format!("cannot create {}", repo_root.display()))?;
@@ -221,6 +225,13 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     println!("nimbus-git listening on {base_url}");
     tracing::info!(listen = %addr, data_dir = %state.settings.data_dir.display(), "nimbus-git started");
     state.spawn_workers();
+    // Without TCP_NODELAY the last small write of a streamed response waits for the client's
+    // delayed ACK (about 40 ms per push or fetch).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %err, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

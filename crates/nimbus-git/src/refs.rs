@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 
@@ -35,11 +36,23 @@ pub struct Capabilities {
     pub upload_v2: Bytes,
 }
 
+static ISOLATE_GIT_CONFIG: AtomicBool = AtomicBool::new(false);
+
+/// Make every git child ignore the system and global git configuration (tests use this so the
+/// machine's `~/.gitconfig` cannot change what the server does). Process-wide.
+pub fn isolate_git_config() {
+    ISOLATE_GIT_CONFIG.store(true, Ordering::Relaxed);
+}
+
 pub fn git_command(git_dir: Option<&Path>) -> Command {
     let mut cmd = Command::new("git");
     // Children need none of the server's secrets.
     cmd.env_remove("NIMBUS_GIT_OWNER_PASSWORD")
         .env_remove("NIMBUS_GIT_DATABASE_URL");
+    if ISOLATE_GIT_CONFIG.load(Ordering::Relaxed) {
+        cmd.env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null");
+    }
     for kv in GIT_CONFIG {
         cmd.arg("-c").arg(kv);
     }

@@ -50,6 +50,9 @@ impl Server {
             let state = started.state;
             state.spawn_workers();
             let app = nimbus_git::app(state.clone());
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
             (url, state)
         });
