@@ -6,7 +6,7 @@
 //! `git upload-pack`/`git receive-pack` that does the pack work.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
@@ -64,9 +64,26 @@ pub fn git_command(git_dir: Option<&Path>) -> Command {
 
 impl Capabilities {
     pub fn probe(scratch: &Path) -> Result<Capabilities, Error> {
-        let repo = scratch.join("capability-probe.git");
+        // One commit on main: git before 2.41 advertises no capabilities for an empty repository.
+        let repo = scratch.join("capability-probe-v1.git");
         if !repo.exists() {
-            run(git_command(None).args(["init", "--bare", "-q"]).arg(&repo))?;
+            run(git_command(None)
+                .args(["init", "--bare", "-q", "-b", "main"])
+                .arg(&repo))?;
+            let tree = run(git_command(Some(&repo))
+                .args(["hash-object", "-t", "tree", "-w", "--stdin"])
+                .stdin(Stdio::null()))?;
+            let tree = String::from_utf8_lossy(&tree).trim().to_owned();
+            let commit = run(git_command(Some(&repo))
+                .args([
+                    "-c",
+                    "user.name=nimbus-git",
+                    "-c",
+                    "user.email=nimbus-git@localhost",
+                ])
+                .args(["commit-tree", &tree, "-m", "capability probe"]))?;
+            let commit = String::from_utf8_lossy(&commit).trim().to_owned();
+            run(git_command(Some(&repo)).args(["update-ref", "refs/heads/main", &commit]))?;
         }
         let first_caps = |out: Vec<u8>| -> Result<String, Error> {
             let Ok(Some((pktline::Pkt::Data(line), _))) = pktline::parse(&out) else {
