@@ -15,6 +15,7 @@ pub mod forges;
 mod lifecycle;
 mod reconcile;
 pub mod registry;
+pub mod runners;
 pub mod telemetry;
 
 use std::collections::HashMap;
@@ -47,6 +48,8 @@ pub enum Error {
     Provider(#[from] nimbus_provider::Error),
     #[error("store error: {0}")]
     Store(nimbus_store::Error),
+    #[error("forge error: {0}")]
+    Forge(String),
     #[error("nimbusd is shutting down")]
     ShuttingDown,
 }
@@ -74,6 +77,8 @@ pub struct FleetConfig {
     pub orphan_grace: Duration,
     /// How long shutdown waits for in-flight operations before cancelling them.
     pub shutdown_timeout: Duration,
+    /// Runner downloads: versions, checksums and mirrors.
+    pub installers: nimbus_setup::installers::Installers,
 }
 
 impl Default for FleetConfig {
@@ -83,6 +88,7 @@ impl Default for FleetConfig {
             reconcile_interval: Duration::from_secs(30),
             orphan_grace: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
+            installers: nimbus_setup::installers::Installers::default(),
         }
     }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_provider::{Provider, ProvisionRequest};
-use nimbus_setup::exec::Command;
+use nimbus_setup::events::Events;
+use nimbus_setup::pipeline::{self, MachinePaths, Plan, RunnerPlan};
 use nimbus_store::{MachineFilter, MachineRecord};
 use nimbus_types::api::StateChange;
 use nimbus_types::event::{self, Event};
@@ -15,10 +16,15 @@ use nimbus_types::{
 };
 
 use crate::telemetry::EventSink;
-use crate::{Error, Fleet, Result};
+use crate::{Error, Fleet, Result, runners};
 
 /// Which tenant a caller may see: `None` for the admin, who sees all.
 pub type Scope = Option<TenantId>;
+
+/// How long reading a machine's setup progress may take before the store's view is shown.
+const PROGRESS_READ_TIMEOUT: Duration = Duration::from_secs(3);
+/// At most this many machines' progress is read for one listing.
+const MAX_PROGRESS_READS: usize = 32;
 
 impl Fleet {
     /// Records the intent to create a machine and starts provisioning it in the background.
@@ -100,6 +106,7 @@ impl Fleet {
     ) -> Result<()> {
         let record = self.inner.store.get_machine(None, id).await?;
         let mut machine = record.machine;
+        let resuming_setup = machine.state == MachineState::ImageInstalling;
         if !matches!(
             machine.state,
             MachineState::Provisioning | MachineState::ImageInstalling
@@ -134,13 +141,31 @@ impl Fleet {
         machine.created_at = created.created_at;
         machine.provider_metadata = created.metadata.clone();
 
-        let needs_setup = !record.spec.skip_setup && record.spec.setup_script.is_some();
+        let forge = if record.spec.skip_setup {
+            None
+        } else {
+            match self.forge_of(machine.tenant_id).await {
+                Ok(forge) => forge,
+                Err(err) => {
+                    let reason = format!("the tenant's forge cannot be used: {err}");
+                    return self
+                        .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                        .await;
+                }
+            }
+        };
+        let needs_setup =
+            !record.spec.skip_setup && (record.spec.setup_script.is_some() || forge.is_some());
         let mut setup_time = Duration::ZERO;
         if needs_setup {
             if machine.state == MachineState::Provisioning {
                 machine.image.state = ImageState::Installing;
                 self.move_to(&mut machine, MachineState::ImageInstalling, Some("provider accepted the machine; setting up"))
                     .await?;
+            }
+            if resuming_setup {
+                // Resuming after a crash: the interrupted attempt may still be running.
+                provider.interrupt_setup(&machine).await?;
             }
             let setup_started = Instant::now();
             self.emit(
@@ -149,7 +174,7 @@ impl Fleet {
                     .machine(machine.id),
             );
             let outcome = tokio::select! {
-                outcome = self.run_setup(provider.as_ref(), &machine, &record.spec) => outcome,
+                outcome = self.run_setup(provider.as_ref(), &machine, &record.spec, forge) => outcome,
                 () = cancel.cancelled() => {
                     // Terminate (or shutdown) took over; the machine's state says what's next.
                     return Ok(());
@@ -200,33 +225,55 @@ impl Fleet {
         Ok(())
     }
 
-    /// Runs the machine's setup. The error is a reason a person can act on.
+    /// Runs the setup pipeline on the machine (resuming after completed steps; progress lives
+    /// in the machine's own `state.db`). The error is a reason a person can act on.
     async fn run_setup(
         &self,
         provider: &dyn Provider,
         machine: &Machine,
         spec: &MachineSpec,
+        forge: Option<(Arc<dyn nimbus_forge::Forge>, nimbus_types::ForgeConfig)>,
     ) -> std::result::Result<(), String> {
         let exec = provider
             .exec(machine)
             .await
             .map_err(|err| format!("cannot reach the machine: {err}"))?;
-        if let Some(script) = &spec.setup_script {
-            let output = exec
-                .run(&Command::new(script.as_str()).timeout(self.inner.config.setup_timeout))
-                .await
-                .map_err(|err| format!("setup_script: {err}"))?;
-            if !output.success() {
-                let stderr = output.stderr_str();
-                let tail: String = stderr.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-                return Err(format!(
-                    "setup_script exited with status {}{}",
-                    output.exit_code,
-                    if tail.is_empty() { String::new() } else { format!(": {tail}") }
-                ));
-            }
+        let paths = MachinePaths::from_metadata(&machine.provider_metadata).unwrap_or_default();
+        let mut plan = Plan::new(machine.tenant_id, machine.id, spec, paths);
+        plan.installers = self.inner.config.installers.clone();
+        plan.step_timeout = self.inner.config.setup_timeout;
+        plan.connect_wait = self.inner.config.setup_timeout.min(Duration::from_secs(300));
+        let sink: Arc<dyn EventSink> = Arc::new(self.inner.telemetry.clone());
+        if let Some((forge, config)) = forge {
+            plan.runner = Some(RunnerPlan {
+                kind: runners::runner_kind(config.forge_type),
+                name: runners::runner_name(machine.id),
+                registration: Arc::new(runners::ForgeRegistration {
+                    forge,
+                    url: runners::registration_url(&config),
+                    events: sink.clone(),
+                }),
+            });
         }
-        Ok(())
+        pipeline::run(exec.as_ref(), &plan, &Events::new(sink))
+            .await
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+
+    /// The tenant's forge client and configuration, when one is configured.
+    async fn forge_of(
+        &self,
+        tenant_id: TenantId,
+    ) -> Result<Option<(Arc<dyn nimbus_forge::Forge>, nimbus_types::ForgeConfig)>> {
+        let Some(config) = self.inner.store.get_tenant_forge_config(tenant_id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .forges()
+            .get(tenant_id)
+            .await?
+            .map(|forge| (forge, config)))
     }
 
     /// Marks a machine failed and makes sure nothing is left running at the provider.
@@ -344,6 +391,17 @@ impl Fleet {
             return Ok(());
         }
         let started = Instant::now();
+        // Invariant 2: the runner leaves the forge first, and never while it runs a job.
+        if !self.deregister_runner(machine.tenant_id, machine.id).await? {
+            self.emit(
+                Event::new(event::MACHINE_TERMINATE_FAILURE)
+                    .tenant(machine.tenant_id)
+                    .machine(machine.id)
+                    .error("the runner is busy with a job; termination waits for it")
+                    .meta("retry", "reconcile"),
+            );
+            return Ok(());
+        }
         let (config, provider) = self.provider_of(&machine).await?;
         match self
             .provider_call(&machine, &config, "terminate", provider.terminate(&machine))
@@ -396,19 +454,57 @@ impl Fleet {
         }
     }
 
+    /// A machine as recorded, with its setup progress read from the machine itself when it can
+    /// be reached (the store's view otherwise).
     pub async fn get_machine(&self, scope: Scope, id: MachineId) -> Result<MachineRecord> {
-        Ok(self.inner.store.get_machine(scope, id).await?)
+        let mut record = self.inner.store.get_machine(scope, id).await?;
+        record.machine.setup_progress = self.setup_progress(&record.machine).await;
+        Ok(record)
     }
 
+    /// Machines as recorded; those being set up carry their progress from the machine.
     pub async fn list_machines(&self, filter: &MachineFilter) -> Result<Vec<Machine>> {
-        Ok(self
+        let mut machines: Vec<Machine> = self
             .inner
             .store
             .list_machines(filter)
             .await?
             .into_iter()
             .map(|record| record.machine)
-            .collect())
+            .collect();
+        let installing: Vec<usize> = machines
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.state == MachineState::ImageInstalling)
+            .map(|(idx, _)| idx)
+            .take(MAX_PROGRESS_READS)
+            .collect();
+        let reads = installing
+            .iter()
+            .map(|idx| self.setup_progress(&machines[*idx]));
+        let progress = futures::future::join_all(reads).await;
+        for (idx, progress) in installing.into_iter().zip(progress) {
+            machines[idx].setup_progress = progress;
+        }
+        Ok(machines)
+    }
+
+    /// Reads `state.db` on the machine; `None` when it has none or cannot be reached in time.
+    async fn setup_progress(&self, machine: &Machine) -> Option<nimbus_types::SetupProgress> {
+        if matches!(machine.state, MachineState::Terminated | MachineState::Provisioning) {
+            return None;
+        }
+        let paths = MachinePaths::from_metadata(&machine.provider_metadata)?;
+        let read = async {
+            let (_, provider) = self.provider_of(machine).await.ok()?;
+            let exec = provider.exec(machine).await.ok()?;
+            pipeline::read_progress(exec.as_ref(), &paths.state_db).await.ok()
+        };
+        tokio::time::timeout(PROGRESS_READ_TIMEOUT, read)
+            .await
+            .ok()
+            .flatten()
+            .filter(|progress| !progress.steps.is_empty())
     }
 
     pub async fn machine_history(&self, scope: Scope, id: MachineId) -> Result<Vec<StateChange>> {

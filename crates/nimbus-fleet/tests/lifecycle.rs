@@ -35,6 +35,7 @@ fn test_config() -> FleetConfig {
         reconcile_interval: Duration::from_secs(3600),
         orphan_grace: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(10),
+        ..FleetConfig::default()
     }
 }
 
@@ -66,6 +67,24 @@ async fn harness_with(config: FleetConfig, registry: impl FnOnce(&Path) -> Provi
         fleet,
         tenant,
         provider,
+    }
+}
+
+impl Drop for Harness {
+    /// A failing test must not leave its machines' processes behind.
+    fn drop(&mut self) {
+        kill_all_under(&self.machines_dir);
+    }
+}
+
+fn kill_all_under(machines_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(machines_dir) else { return };
+    for entry in entries.flatten() {
+        if let Some(id) = entry.file_name().to_str() {
+            for pid in machine_processes(id) {
+                let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            }
+        }
     }
 }
 
@@ -205,8 +224,14 @@ async fn setup_script_runs_on_the_machine_before_it_is_ready() {
         h.states(machine.id).await,
         [MachineState::Provisioning, MachineState::ImageInstalling, MachineState::Ready]
     );
-    let conf = std::fs::read_to_string(h.machine_dir(machine.id).join("runner.conf")).unwrap();
+    let conf = std::fs::read_to_string(h.machine_dir(machine.id).join("work/runner.conf")).unwrap();
     assert_eq!(conf, "configured\n");
+    // Progress is recorded on the machine itself, in its state.db.
+    let progress = h.fleet.get_machine(None, machine.id).await.unwrap();
+    let steps = progress.machine.setup_progress.expect("setup progress merged from the machine");
+    let script = steps.step("setup_script").expect("setup_script step");
+    assert_eq!(script.status, nimbus_types::StepStatus::Completed);
+    assert!(steps.step("macos_tools").is_some_and(|s| s.status == nimbus_types::StepStatus::Skipped));
     let names = h.event_names(machine.id).await;
     assert!(names.iter().any(|n| n == event::MACHINE_SETUP_SUCCESS), "{names:?}");
     h.fleet.terminate_machine(None, machine.id).await.unwrap();
@@ -221,7 +246,10 @@ async fn failed_setup_marks_the_machine_failed_with_the_reason_and_leaves_nothin
         .await;
     let failed = h.wait_for(machine.id, MachineState::Failed).await;
     let error = failed.error.unwrap();
-    assert!(error.contains("status 7") && error.contains("cannot fetch runner"), "{error}");
+    assert!(
+        error.contains("setup_script") && error.contains("exit code 7") && error.contains("cannot fetch runner"),
+        "{error}"
+    );
     assert_no_processes(machine.id).await;
     assert!(!h.machine_dir(machine.id).exists());
     let names = h.event_names(machine.id).await;
@@ -435,7 +463,7 @@ async fn reconcile_resumes_an_interrupted_provision() {
     let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
     assert_eq!(report.resumed, 1);
     h.wait_for(machine.id, MachineState::Ready).await;
-    assert!(h.machine_dir(machine.id).join("resumed.txt").exists());
+    assert!(h.machine_dir(machine.id).join("work/resumed.txt").exists());
     h.fleet.terminate_machine(None, machine.id).await.unwrap();
     h.wait_for(machine.id, MachineState::Terminated).await;
 }

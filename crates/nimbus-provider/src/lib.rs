@@ -99,6 +99,12 @@ pub trait Provider: Send + Sync {
 
     /// A way to run commands on the machine, for setup.
     async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>>;
+
+    /// Stops what an interrupted setup left running on the machine (the daemon died mid-step),
+    /// so that the resumed setup does not race it. The machine itself stays.
+    async fn interrupt_setup(&self, _machine: &Machine) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Settings that apply to providers of every tenant, resolved by the daemon at start-up.

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nimbus_setup::exec::Exec;
-use nimbus_setup::local::{LocalExec, MACHINE_MARKER, kill_machine_processes, machine_processes};
+use nimbus_setup::local::{
+    LocalExec, MACHINE_MARKER, kill_machine_processes, kill_machine_processes_except,
+};
 use nimbus_types::{
     Arch, CanTerminate, Machine, MachineId, Os, ProviderId, ProviderMetadata, ProviderType,
     TenantId,
@@ -113,6 +115,13 @@ impl LocalProvider {
         metadata
             .extra
             .insert("dir".into(), dir.display().to_string());
+        // Where setup keeps the machine's state.db and work directory.
+        metadata
+            .extra
+            .insert("state_db".into(), dir.join("state.db").display().to_string());
+        metadata
+            .extra
+            .insert("work_dir".into(), dir.join("work").display().to_string());
         if let Some(pid) = manifest.leader_pid {
             metadata.extra.insert("leader_pid".into(), pid.to_string());
         }
@@ -246,10 +255,6 @@ impl Provider for LocalProvider {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
             Err(err) => return Err(io_error(err)),
         }
-        // A process that was forking while we killed may have escaped the first sweep.
-        if !machine_processes(&id).is_empty() {
-            kill_machine_processes(&id, Duration::from_millis(500)).await;
-        }
         Ok(())
     }
 
@@ -275,6 +280,17 @@ impl Provider for LocalProvider {
             .map(|manifest| self.view(&dir, &manifest)))
     }
 
+    async fn interrupt_setup(&self, machine: &Machine) -> Result<()> {
+        let dir = self.machine_dir(machine.id);
+        let leader = Self::read_manifest(&dir)
+            .await
+            .and_then(|manifest| manifest.leader_pid)
+            .filter(|pid| leader_alive(*pid, machine.id));
+        let keep: Vec<i32> = leader.into_iter().collect();
+        kill_machine_processes_except(&machine.id.to_string(), &keep, TERMINATE_GRACE).await;
+        Ok(())
+    }
+
     async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>> {
         let dir = self.machine_dir(machine.id);
         if !dir.is_dir() {
@@ -287,6 +303,7 @@ impl Provider for LocalProvider {
 #[cfg(test)]
 mod tests {
     use nimbus_setup::exec::Command;
+    use nimbus_setup::local::machine_processes;
     use nimbus_types::{Image, ImageState, ImageType, MachineSpec, MachineState};
 
     use super::*;

@@ -171,7 +171,29 @@ pub fn machine_processes(machine_id: &str) -> Vec<i32> {
 /// Kills every process of a local machine: SIGTERM to each, then SIGKILL to what is left after
 /// `grace`. Returns how many processes were found.
 pub async fn kill_machine_processes(machine_id: &str, grace: Duration) -> usize {
-    let pids = machine_processes(machine_id);
+    kill_machine_processes_except(machine_id, &[], grace).await
+}
+
+/// Like [`kill_machine_processes`], sparing the processes in `keep` (a machine's leader when
+/// only an interrupted setup's leftovers must go).
+///
+/// `/proc` is scanned on a blocking thread, once before and once after signalling (to catch
+/// processes forked meanwhile); in between only the known pids are watched, so terminating many
+/// machines at once stays cheap.
+pub async fn kill_machine_processes_except(machine_id: &str, keep: &[i32], grace: Duration) -> usize {
+    let scan = |keep: Vec<i32>| {
+        let id = machine_id.to_owned();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut pids = machine_processes(&id);
+                pids.retain(|pid| !keep.contains(pid));
+                pids
+            })
+            .await
+            .unwrap_or_default()
+        }
+    };
+    let pids = scan(keep.to_vec()).await;
     if pids.is_empty() {
         return 0;
     }
@@ -179,20 +201,29 @@ pub async fn kill_machine_processes(machine_id: &str, grace: Duration) -> usize 
         let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGTERM);
     }
     let deadline = tokio::time::Instant::now() + grace;
-    loop {
-        let left = machine_processes(machine_id);
-        if left.is_empty() {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            for pid in left {
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            break;
-        }
+    let mut alive: Vec<i32> = pids.clone();
+    while !alive.is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
+        alive.retain(|pid| is_alive(*pid));
+    }
+    for pid in &alive {
+        let _ = nix::sys::signal::kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    // Anything forked between the scan and the signals.
+    for pid in scan(keep.to_vec()).await {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     pids.len()
+}
+
+/// Whether a pid is a live process (a zombie has already exited).
+fn is_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ impl Server {
         let mut registry = Registry::default();
         let telemetry = Telemetry::start(dyn_store.clone(), &mut registry);
         let http_metrics = http::HttpMetrics::register(&mut registry);
+        let forge_metrics = http::ops::ForgeMetrics::register(&mut registry);
         let providers = provider_registry(
             ProviderEnv {
                 local_machines_dir: settings.state_dir.join("machines"),
@@ -121,6 +122,7 @@ impl Server {
                 reconcile_interval: settings.reconcile_interval,
                 orphan_grace: settings.orphan_grace,
                 shutdown_timeout: settings.shutdown_timeout,
+                ..FleetConfig::default()
             },
         );
         let state = http::AppState {
@@ -132,6 +134,9 @@ impl Server {
             http_metrics,
             request_timeout: settings.request_timeout,
             shutdown: CancellationToken::new(),
+            demand: Arc::new(nimbus_forge::MemoryDemandBook::default()),
+            webhooks: Arc::new(http::forge::WebhookReceivers::default()),
+            forge_metrics,
         };
         Ok(Server { state, store })
     }
@@ -144,6 +149,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     server.state.fleet.start_reconciler();
+    let demand_loop = tokio::spawn(http::demand::reconcile_loop(server.state.clone()));
     tracing::info!(
         listen = %addr,
         store = server.store.backend(),
@@ -164,6 +170,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_graceful_shutdown(signal)
         .await
         .context("server error")?;
+    server.state.shutdown.cancel();
+    let _ = demand_loop.await;
     server.state.fleet.shutdown().await;
     server.store.close().await;
     tracing::info!("stopped");

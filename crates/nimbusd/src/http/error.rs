@@ -99,6 +99,7 @@ impl From<nimbus_fleet::Error> for ApiError {
                     .clone()
                     .unwrap_or_else(|| "the provider refuses to terminate now".into()),
             ),
+            Error::Forge(message) => ApiError::new(StatusCode::BAD_GATEWAY, "forge_error", message),
             Error::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

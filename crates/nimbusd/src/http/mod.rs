@@ -2,12 +2,14 @@
 //! `tower::ServiceExt::oneshot`. One module per resource; the middleware stack is here.
 
 pub mod auth;
+pub mod demand;
 pub mod error;
 mod events;
+pub mod forge;
 pub mod json;
 mod machines;
 pub mod openapi;
-mod ops;
+pub mod ops;
 mod providers;
 mod tenants;
 
@@ -20,6 +22,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use nimbus_fleet::Fleet;
+use nimbus_forge::MemoryDemandBook;
 use nimbus_store::{SqlStore, Storage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,7 +38,8 @@ use tower_http::trace::TraceLayer;
 
 use crate::http::error::ApiError;
 
-/// Largest request body accepted (a setup script is at most 64 KiB).
+/// Largest API request body accepted (a setup script is at most 64 KiB). Forge webhooks have
+/// their own limit, [`forge::WEBHOOK_BODY_LIMIT`].
 pub const BODY_LIMIT: usize = 256 * 1024;
 
 #[derive(Clone)]
@@ -50,6 +54,11 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Cancelled when the server starts shutting down; ends event streams.
     pub shutdown: CancellationToken,
+    /// Jobs waiting for runners, fed by forge webhooks and the demand reconcile.
+    pub demand: Arc<MemoryDemandBook>,
+    /// One webhook receiver per tenant (it remembers delivery ids).
+    pub webhooks: Arc<forge::WebhookReceivers>,
+    pub forge_metrics: ops::ForgeMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +102,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(tenants::router())
+        .merge(forge::router())
+        .merge(demand::router())
         .merge(providers::router())
         .merge(machines::router())
         .merge(openapi::router())
@@ -103,9 +114,18 @@ pub fn app(state: AppState) -> Router {
         ));
     // The event stream is long-lived: no request timeout, but it ends on shutdown.
     let streams = events::router();
-    Router::new()
+    let limited = Router::new()
         .merge(api)
         .merge(streams)
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT));
+    // Webhooks bring their own (larger) body limit and no bearer token.
+    let webhooks = forge::webhook_router().layer(TimeoutLayer::with_status_code(
+        StatusCode::SERVICE_UNAVAILABLE,
+        state.request_timeout,
+    ));
+    Router::new()
+        .merge(limited)
+        .merge(webhooks)
         .fallback(|| async { ApiError::not_found("route") })
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(
@@ -121,8 +141,7 @@ pub fn app(state: AppState) -> Router {
                         tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request.id = %id)
                     }),
                 )
-                .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-                .layer(RequestBodyLimitLayer::new(BODY_LIMIT)),
+                .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
         .with_state(state)
 }

@@ -6,14 +6,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::AppState;
-use crate::http::{events, machines, ops, providers, tenants};
+use crate::http::{demand, events, forge, machines, ops, providers, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Nimbus API", description = "Elastic CI runner machines on demand"),
     paths(
         tenants::create, tenants::list, tenants::show, tenants::create_token,
-        tenants::show_forge, tenants::set_forge,
+        forge::show, forge::set, forge::webhook, demand::list,
         providers::create, providers::list, providers::list_all, providers::show, providers::delete,
         machines::provision, machines::list, machines::show, machines::terminate,
         machines::can_terminate, machines::history,
@@ -24,7 +24,7 @@ use crate::http::{events, machines, ops, providers, tenants};
     tags(
         (name = "tenants", description = "Tenants and their tokens"),
         (name = "providers", description = "Where machines come from"),
-        (name = "forge", description = "Where runners register"),
+        (name = "forge", description = "Where runners register and jobs wait"),
         (name = "machines", description = "Runner machines"),
         (name = "events", description = "Telemetry events"),
         (name = "ops", description = "Health and metrics"),

@@ -5,6 +5,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use nimbus_forge::Forge;
+use nimbus_types::TenantId;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::http::AppState;
 
@@ -42,6 +48,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.forge_metrics.refresh(&state.fleet.forges().cached());
     let mut body = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
         tracing::error!(error = %err, "cannot encode metrics");
@@ -52,4 +59,47 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         body,
     )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RateLimitLabels {
+    tenant: String,
+    budget: String,
+}
+
+/// Forge API budgets, read from the cached forge clients when Prometheus scrapes.
+#[derive(Clone)]
+pub struct ForgeMetrics {
+    rate_limit_remaining: Family<RateLimitLabels, Gauge>,
+}
+
+impl ForgeMetrics {
+    pub fn register(registry: &mut Registry) -> ForgeMetrics {
+        let metrics = ForgeMetrics {
+            rate_limit_remaining: Family::default(),
+        };
+        registry.register(
+            "nimbus_forge_rate_limit_remaining",
+            "Requests left in the forge API budget until it resets, as the forge last reported",
+            metrics.rate_limit_remaining.clone(),
+        );
+        metrics
+    }
+
+    /// Sets the gauge from each client's last reported budget; budgets of clients that are gone
+    /// (a changed or removed forge) disappear.
+    pub fn refresh(&self, forges: &[(TenantId, std::sync::Arc<dyn Forge>)]) {
+        self.rate_limit_remaining.clear();
+        for (tenant_id, forge) in forges {
+            if let Some(limit) = forge.rate_limit() {
+                let labels = RateLimitLabels {
+                    tenant: tenant_id.to_string(),
+                    budget: limit.key,
+                };
+                self.rate_limit_remaining
+                    .get_or_create(&labels)
+                    .set(i64::try_from(limit.remaining).unwrap_or(i64::MAX));
+            }
+        }
+    }
 }

@@ -44,6 +44,21 @@ pub async fn api_on(database_url: Option<String>) -> Api {
     }
 }
 
+impl Drop for Api {
+    /// A failing test must not leave its local machines' processes behind.
+    fn drop(&mut self) {
+        let machines = self._dir.path().join("state/machines");
+        let Ok(entries) = std::fs::read_dir(machines) else { return };
+        for entry in entries.flatten() {
+            if let Some(id) = entry.file_name().to_str() {
+                for pid in nimbus_setup::local::machine_processes(id) {
+                    let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                }
+            }
+        }
+    }
+}
+
 pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
