@@ -42,7 +42,12 @@ impl Fleet {
     async fn reconcile_loop(&self) {
         let mut due: HashMap<ProviderId, (Instant, u32)> = HashMap::new();
         let tick = self.inner.config.reconcile_interval.min(Duration::from_secs(5));
+        let mut runners_due = Instant::now();
         loop {
+            if Instant::now() >= runners_due {
+                self.reconcile_all_runners().await;
+                runners_due = Instant::now() + self.inner.config.reconcile_interval;
+            }
             match self.inner.store.list_all_providers().await {
                 Ok(providers) => {
                     let now = Instant::now();
@@ -69,6 +74,26 @@ impl Fleet {
             tokio::select! {
                 () = tokio::time::sleep(tick) => {}
                 () = self.inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Invariant 3 for every tenant with a forge: no Nimbus runner without a live machine.
+    async fn reconcile_all_runners(&self) {
+        let tenants = match self.inner.store.list_tenants().await {
+            Ok(tenants) => tenants,
+            Err(err) => {
+                tracing::warn!(error = %err, "reconciler cannot list tenants");
+                return;
+            }
+        };
+        for tenant in tenants {
+            match self.reconcile_runners(tenant.id).await {
+                Ok(report) if !report.removed.is_empty() || !report.failed.is_empty() => {
+                    tracing::info!(tenant.id = %tenant.id, removed = report.removed.len(), busy = report.busy.len(), failed = report.failed.len(), "removed runners without a machine");
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!(tenant.id = %tenant.id, error = %err, "runner reconcile failed"),
             }
         }
     }
