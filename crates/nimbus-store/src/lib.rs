@@ -125,6 +125,13 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<()>;
     async fn machine_history(&self, id: MachineId) -> Result<Vec<StateChange>>;
 
+    /// A number that changes after every machine write, when the store can tell (a SQLite file
+    /// written only by this process); `None` when it cannot (PostgreSQL with other replicas).
+    /// Read it before a listing to cache the listing until it changes.
+    fn machines_version(&self) -> Option<u64> {
+        None
+    }
+
     /// Appends an event and returns its sequence number.
     async fn append_event(&self, event: &Event) -> Result<i64>;
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>>;

@@ -67,6 +67,8 @@ pub struct SqlStore {
     backend: Backend,
     write_lock: Arc<Mutex<()>>,
     sealer: Sealer,
+    /// Bumped after every machine write on SQLite (see `Storage::machines_version`).
+    machines_version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl fmt::Debug for SqlStore {
@@ -135,6 +137,7 @@ impl SqlStore {
             pool,
             backend,
             write_lock: Arc::new(Mutex::new(())),
+            machines_version: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             sealer,
         })
     }
@@ -156,6 +159,11 @@ impl SqlStore {
     }
 
     /// `"sqlite"` or `"postgres"`.
+    fn bump_machines_version(&self) {
+        self.machines_version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Sqlite => "sqlite",
@@ -582,7 +590,18 @@ impl Storage for SqlStore {
 
     async fn insert_machine(&self, machine: &Machine, spec: &MachineSpec) -> Result<()> {
         let _guard = self.write_guard().await;
-        self.insert_machine_locked(machine, spec).await
+        let result = self.insert_machine_locked(machine, spec).await;
+        self.bump_machines_version();
+        result
+    }
+
+    fn machines_version(&self) -> Option<u64> {
+        match self.backend {
+            // This process is the only writer of its SQLite file.
+            Backend::Sqlite => Some(self.machines_version.load(std::sync::atomic::Ordering::Acquire)),
+            // Other replicas write too; their writes would not show here.
+            Backend::Postgres => None,
+        }
     }
 
     async fn get_machine(
@@ -645,7 +664,9 @@ impl Storage for SqlStore {
             expected.transition(machine.state)?;
         }
         let _guard = self.write_guard().await;
-        self.update_machine_locked(machine, expected, reason).await
+        let result = self.update_machine_locked(machine, expected, reason).await;
+        self.bump_machines_version();
+        result
     }
 
     async fn machine_history(&self, id: MachineId) -> Result<Vec<StateChange>> {

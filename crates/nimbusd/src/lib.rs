@@ -134,6 +134,7 @@ impl Server {
             http_metrics,
             request_timeout: settings.request_timeout,
             shutdown: CancellationToken::new(),
+            machine_lists: Arc::default(),
             demand: Arc::new(nimbus_forge::MemoryDemandBook::default()),
             webhooks: Arc::new(http::forge::WebhookReceivers::default()),
             forge_metrics,

@@ -333,3 +333,29 @@ async fn the_whole_lifecycle_works_on_postgresql() {
     let states: Vec<&str> = history.body.as_array().unwrap().iter().map(|c| c["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["provisioning", "image_installing", "ready", "stopping", "terminated"]);
 }
+
+#[tokio::test]
+async fn cached_listings_follow_every_machine_change() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let (os, arch) = host_platform();
+    let empty = api.call("GET", "/v1/machines", Some(&token), None).await;
+    assert_eq!(empty.body["machines"], json!([]));
+    // The same request again is served from the cache, unchanged.
+    assert_eq!(api.call("GET", "/v1/machines", Some(&token), None).await.text, empty.text);
+    let reply = api
+        .call("POST", "/v1/machines", Some(&token), Some(json!({"provider": "local", "os": os, "arch": arch})))
+        .await;
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    let listed = api.call("GET", "/v1/machines", Some(&token), None).await;
+    assert_eq!(listed.body["machines"].as_array().unwrap().len(), 1, "{}", listed.text);
+    api.wait_for_state(&id, "ready").await;
+    let listed = api.call("GET", "/v1/machines", Some(&token), None).await;
+    assert_eq!(listed.body["machines"][0]["state"], "ready", "{}", listed.text);
+    api.call("DELETE", &format!("/v1/machines/{id}"), Some(&token), None).await;
+    api.wait_for_state(&id, "terminated").await;
+    let listed = api.call("GET", "/v1/machines", Some(&token), None).await;
+    assert_eq!(listed.body["machines"], json!([]), "{}", listed.text);
+    let all = api.call("GET", "/v1/machines?include_terminated=true", Some(&token), None).await;
+    assert_eq!(all.body["machines"][0]["state"], "terminated", "{}", all.text);
+}

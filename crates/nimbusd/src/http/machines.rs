@@ -1,6 +1,12 @@
 //! Machines: provision, list, show, terminate, can-terminate, history.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -84,7 +90,7 @@ pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<MachineList>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let mut filter = MachineFilter {
         tenant_id: caller.scope(),
@@ -110,11 +116,63 @@ pub async fn list(
     if wanted == Some(MachineState::Terminated) {
         filter.include_terminated = true;
     }
+    // A listing is cached until the store's machines change (the store says when it can tell).
+    let version = state.store.machines_version();
+    let key = format!(
+        "{:?}|{:?}|{:?}|{}",
+        filter.tenant_id, filter.provider_id, wanted, filter.include_terminated
+    );
+    if let Some(version) = version
+        && let Some(body) = state.machine_lists.get(&key, version)
+    {
+        return Ok(json_response(body));
+    }
     let mut machines = state.fleet.list_machines(&filter).await?;
     if let Some(wanted) = wanted {
         machines.retain(|machine| machine.state == wanted);
     }
-    Ok(Json(MachineList { machines }))
+    // Progress read from machines being set up changes without a store write: not cached.
+    let cacheable = !machines
+        .iter()
+        .any(|machine| machine.state == MachineState::ImageInstalling);
+    let body = Bytes::from(
+        serde_json::to_vec(&MachineList { machines }).map_err(|err| ApiError::internal(&err))?,
+    );
+    if let (Some(version), true) = (version, cacheable) {
+        state.machine_lists.put(key, version, body.clone());
+    }
+    Ok(json_response(body))
+}
+
+fn json_response(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Serialized machine listings by filter, valid for one store version.
+#[derive(Default)]
+pub struct ListCache {
+    entries: Mutex<HashMap<String, (u64, Bytes)>>,
+}
+
+/// Distinct filters kept at once; beyond that the cache starts over.
+const LIST_CACHE_ENTRIES: usize = 256;
+
+impl ListCache {
+    fn get(&self, key: &str, version: u64) -> Option<Bytes> {
+        let entries = self.entries.lock().expect("list cache lock");
+        entries
+            .get(key)
+            .filter(|(cached, _)| *cached == version)
+            .map(|(_, body)| body.clone())
+    }
+
+    fn put(&self, key: String, version: u64, body: Bytes) {
+        let mut entries = self.entries.lock().expect("list cache lock");
+        if entries.len() >= LIST_CACHE_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(key, (version, body));
+    }
 }
 
 /// Show one machine.

@@ -7,7 +7,7 @@ pub mod error;
 mod events;
 pub mod forge;
 pub mod json;
-mod machines;
+pub mod machines;
 pub mod openapi;
 pub mod ops;
 mod providers;
@@ -54,6 +54,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Cancelled when the server starts shutting down; ends event streams.
     pub shutdown: CancellationToken,
+    /// Serialized machine listings, valid until the store's machines change.
+    pub machine_lists: Arc<machines::ListCache>,
     /// Jobs waiting for runners, fed by forge webhooks and the demand reconcile.
     pub demand: Arc<MemoryDemandBook>,
     /// One webhook receiver per tenant (it remembers delivery ids).
