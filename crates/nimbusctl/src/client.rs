@@ -41,6 +41,11 @@ impl Client {
         })
     }
 
+    /// The daemon's URL without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     fn request(&self, client: &reqwest::Client, method: Method, path: &str) -> RequestBuilder {
         let request = client.request(method, format!("{}{}", self.base, path));
         match &self.token {

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::{Args, CommandFactory, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    CreateProvider, CreateTenant, ForgeView, MachineList, ProviderView, ProvisionMachine,
+    CreateProvider, CreateTenant, MachineList, ProviderView, ProvisionMachine, SetForge,
     StateChange, TenantToken,
 };
 use nimbus_types::{
@@ -20,7 +20,7 @@ use nimbus_types::{
 };
 
 use crate::client::Client;
-use crate::output::Printer;
+use crate::output::{DemandRow, ForgeShow, Printer};
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8720";
 
@@ -51,6 +51,9 @@ pub enum Noun {
     /// Where runners register.
     #[command(subcommand)]
     Forge(ForgeCmd),
+    /// Jobs waiting for runners.
+    #[command(subcommand)]
+    Demand(DemandCmd),
     /// Runner machines.
     #[command(subcommand)]
     Machine(MachineCmd),
@@ -115,25 +118,66 @@ pub enum ProviderCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum ForgeCmd {
-    /// Set a tenant's forge.
-    Set {
-        #[arg(long)]
-        tenant: String,
-        #[arg(long = "type", value_parser = parse_forge_type)]
-        forge_type: ForgeType,
-        #[arg(long)]
-        org: String,
-        /// Forge settings: a TOML (or JSON) file.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Forge secrets: a TOML (or JSON) file; sealed by the server, never shown again.
-        #[arg(long)]
-        credentials: Option<PathBuf>,
-    },
-    /// Show a tenant's forge (without its secrets).
+    /// Set (replace) a tenant's forge. Keys and secrets are read from files, sealed by the
+    /// server and never shown again.
+    Set(Box<ForgeSetArgs>),
+    /// Show a tenant's forge (without its secrets) and the webhook URL to give the forge.
     Show {
         #[arg(long)]
         tenant: String,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("auth")
+        .args(["private_key_file", "token_file", "credentials"])
+        .required(true)
+        .multiple(true)
+))]
+pub struct ForgeSetArgs {
+    #[arg(long)]
+    tenant: String,
+    #[arg(long = "type", value_parser = parse_forge_type)]
+    forge_type: ForgeType,
+    /// Organization (or user) that owns the runners.
+    #[arg(long)]
+    org: String,
+    /// Register runners with this repository of the organization instead of the organization.
+    #[arg(long)]
+    repo: Option<String>,
+    /// GitHub App id (with --installation-id and --private-key-file).
+    #[arg(long, requires_all = ["installation_id", "private_key_file"])]
+    app_id: Option<u64>,
+    /// The App's installation id on the organization.
+    #[arg(long, requires_all = ["app_id", "private_key_file"])]
+    installation_id: Option<u64>,
+    /// The App's private key (.pem as GitHub generates it).
+    #[arg(long, requires_all = ["app_id", "installation_id"], conflicts_with = "token_file")]
+    private_key_file: Option<PathBuf>,
+    /// A personal access token instead of a GitHub App.
+    #[arg(long, conflicts_with_all = ["app_id", "installation_id"])]
+    token_file: Option<PathBuf>,
+    /// API base URL, e.g. https://HOST/api/v3 for GitHub Enterprise Server.
+    #[arg(long)]
+    api_url: Option<String>,
+    /// The secret the forge signs webhook deliveries with.
+    #[arg(long)]
+    webhook_secret_file: Option<PathBuf>,
+    /// More forge settings: a TOML (or JSON) file (the flags above win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// More forge secrets: a TOML (or JSON) file (the flags above win).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemandCmd {
+    /// Queued, waiting and in-progress jobs per tenant and label set.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -282,6 +326,7 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
         Noun::Tenant(cmd) => tenant(client, printer, cmd).await,
         Noun::Provider(cmd) => provider(client, printer, cmd).await,
         Noun::Forge(cmd) => forge(client, printer, cmd).await,
+        Noun::Demand(cmd) => demand(client, printer, cmd).await,
         Noun::Machine(cmd) => machine(client, printer, cmd).await,
         Noun::Events(args) => events(client, printer, args).await,
         Noun::Completions { .. } | Noun::Manpages { .. } => {
@@ -372,29 +417,88 @@ async fn provider(client: &Client, printer: &Printer, cmd: ProviderCmd) -> anyho
 
 async fn forge(client: &Client, printer: &Printer, cmd: ForgeCmd) -> anyhow::Result<()> {
     match cmd {
-        ForgeCmd::Set {
-            tenant,
-            forge_type,
-            org,
-            config,
-            credentials,
-        } => {
-            let body = nimbus_types::api::SetForge {
-                forge_type,
-                org,
-                config: config.as_deref().map(read_settings).transpose()?,
-                credentials: credentials.as_deref().map(read_settings).transpose()?,
-            };
-            let forge: ForgeView = client
-                .put(&format!("/v1/tenants/{}/forge", seg(&tenant)), &body)
+        ForgeCmd::Set(args) => {
+            let body = forge_body(&args)?;
+            let forge: ForgeShow = client
+                .put(&format!("/v1/tenants/{}/forge", seg(&args.tenant)), &body)
                 .await?;
-            printer.forge(&forge)
+            printer.forge(&forge, client.base())
         }
         ForgeCmd::Show { tenant } => {
-            let forge: ForgeView = client
+            let forge: ForgeShow = client
                 .get(&format!("/v1/tenants/{}/forge", seg(&tenant)))
                 .await?;
-            printer.forge(&forge)
+            printer.forge(&forge, client.base())
+        }
+    }
+}
+
+/// The `PUT /v1/tenants/{t}/forge` body for `forge set`: the settings and secrets files, then
+/// the flags on top. A private key is sent as it is; a token and a webhook secret are trimmed
+/// (files usually end in a newline).
+fn forge_body(args: &ForgeSetArgs) -> anyhow::Result<SetForge> {
+    use serde_json::{Map, Value};
+    let table = |path: Option<&Path>, what: &str| -> anyhow::Result<Map<String, Value>> {
+        match path.map(read_settings).transpose()? {
+            None => Ok(Map::new()),
+            Some(Value::Object(map)) => Ok(map),
+            Some(_) => bail!("the {what} file must hold a table of settings"),
+        }
+    };
+    let read_secret = |path: &Path, flag: &str, trim: bool| -> anyhow::Result<String> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
+        let text = if trim { text.trim().to_owned() } else { text };
+        if text.trim().is_empty() {
+            bail!("{flag}: {} is empty", path.display());
+        }
+        Ok(text)
+    };
+    let mut config = table(args.config.as_deref(), "--config")?;
+    let mut credentials = table(args.credentials.as_deref(), "--credentials")?;
+    if let Some(repo) = &args.repo {
+        config.insert("repo".into(), Value::from(repo.clone()));
+    }
+    if let Some(api_url) = &args.api_url {
+        config.insert("api_url".into(), Value::from(api_url.clone()));
+    }
+    if let Some(app_id) = args.app_id {
+        config.insert("app_id".into(), Value::from(app_id));
+    }
+    if let Some(installation_id) = args.installation_id {
+        config.insert("installation_id".into(), Value::from(installation_id));
+    }
+    if let Some(path) = &args.private_key_file {
+        let key = read_secret(path, "--private-key-file", false)?;
+        credentials.remove("token");
+        credentials.insert("private_key".into(), Value::from(key));
+    }
+    if let Some(path) = &args.token_file {
+        let token = read_secret(path, "--token-file", true)?;
+        credentials.remove("private_key");
+        credentials.insert("token".into(), Value::from(token));
+    }
+    if let Some(path) = &args.webhook_secret_file {
+        let secret = read_secret(path, "--webhook-secret-file", true)?;
+        credentials.insert("webhook_secret".into(), Value::from(secret));
+    }
+    Ok(SetForge {
+        forge_type: args.forge_type,
+        org: args.org.clone(),
+        config: (!config.is_empty()).then_some(Value::Object(config)),
+        credentials: (!credentials.is_empty()).then_some(Value::Object(credentials)),
+    })
+}
+
+async fn demand(client: &Client, printer: &Printer, cmd: DemandCmd) -> anyhow::Result<()> {
+    match cmd {
+        DemandCmd::List { tenant } => {
+            let path = match tenant {
+                Some(tenant) => format!("/v1/demand?tenant={}", seg(&tenant)),
+                None => "/v1/demand".to_owned(),
+            };
+            let rows: Vec<DemandRow> = client.get(&path).await?;
+            printer.demand(&rows)
         }
     }
 }
@@ -710,6 +814,75 @@ mod tests {
 
         let err = split_secrets(ProviderType::Ssh, serde_json::json!({"hosts": [{"address": "a", "key_file": "missing"}]}), dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("hosts[0].key_file"), "{err:#}");
+    }
+
+    fn forge_set(args: &[&str]) -> Result<ForgeSetArgs, clap::Error> {
+        let mut argv = vec!["nimbusctl", "forge", "set", "--tenant", "acme", "--type", "github", "--org", "acme-corp"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)?.command {
+            Noun::Forge(ForgeCmd::Set(args)) => Ok(*args),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn forge_set_builds_the_request_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIE\n-----END RSA PRIVATE KEY-----\n";
+        std::fs::write(path("app.pem"), pem).unwrap();
+        std::fs::write(path("hook.secret"), "  hook-s3cret\n").unwrap();
+        std::fs::write(path("pat.txt"), "ghp_abc\n").unwrap();
+        std::fs::write(path("empty.txt"), "\n").unwrap();
+
+        let args = forge_set(&["--repo", "app", "--app-id", "12", "--installation-id", "34", "--private-key-file", &path("app.pem"),
+            "--webhook-secret-file", &path("hook.secret"), "--api-url", "https://ghe.example/api/v3"]).unwrap();
+        let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
+        assert_eq!(body, serde_json::json!({
+            "type": "github",
+            "org": "acme-corp",
+            "config": {"repo": "app", "api_url": "https://ghe.example/api/v3", "app_id": 12, "installation_id": 34},
+            // The key exactly as in the file; the secret trimmed.
+            "credentials": {"private_key": pem, "webhook_secret": "hook-s3cret"},
+        }));
+
+        let args = forge_set(&["--token-file", &path("pat.txt")]).unwrap();
+        let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
+        assert_eq!(body["credentials"], serde_json::json!({"token": "ghp_abc"}));
+        assert!(body["config"].is_null(), "{body}");
+
+        // A settings/secrets file still works (other forge types), the flags win.
+        std::fs::write(path("creds.toml"), "token = \"old\"\nwebhook_secret = \"w\"\n").unwrap();
+        std::fs::write(path("config.json"), r#"{"repo": "other", "extra": 1}"#).unwrap();
+        let args = forge_set(&["--credentials", &path("creds.toml"), "--config", &path("config.json"), "--token-file", &path("pat.txt"), "--repo", "app"]).unwrap();
+        let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
+        assert_eq!(body["credentials"], serde_json::json!({"token": "ghp_abc", "webhook_secret": "w"}));
+        assert_eq!(body["config"], serde_json::json!({"repo": "app", "extra": 1}));
+
+        for (flags, expect) in [
+            (vec!["--token-file", "/nonexistent/pat"], "--token-file: cannot read /nonexistent/pat"),
+            (vec!["--token-file", &path("empty.txt")], "is empty"),
+        ] {
+            let err = forge_body(&forge_set(&flags).unwrap()).unwrap_err();
+            assert!(format!("{err:#}").contains(expect), "{flags:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn forge_set_refuses_missing_or_conflicting_flags() {
+        for (flags, expect) in [
+            (vec![], "--private-key-file"),
+            (vec!["--app-id", "1", "--private-key-file", "k"], "--installation-id"),
+            (vec!["--app-id", "1", "--installation-id", "2"], "--private-key-file"),
+            (vec!["--app-id", "1", "--installation-id", "2", "--private-key-file", "k", "--token-file", "t"], "cannot be used with"),
+            (vec!["--token-file", "t", "--app-id", "1"], "cannot be used with"),
+            (vec!["--token-file", "t", "--app-id", "x"], "invalid value 'x'"),
+        ] {
+            let err = forge_set(&flags).expect_err(&format!("{flags:?} was accepted")).to_string();
+            let first_line = err.lines().next().unwrap_or_default();
+            assert!(first_line.starts_with("error: "), "{flags:?}: {err}");
+            assert!(err.contains(expect), "{flags:?}: expected {expect:?} in {err}");
+        }
     }
 
     #[test]

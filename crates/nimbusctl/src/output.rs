@@ -5,13 +5,36 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::api::{ForgeView, ProviderView, StateChange, TenantToken};
+use nimbus_types::TenantId;
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 pub struct Printer {
     json: bool,
+}
+
+/// `GET /v1/tenants/{t}/forge`: the forge and, for forges that deliver webhooks, the path.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForgeShow {
+    #[serde(flatten)]
+    pub forge: ForgeView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_path: Option<String>,
+}
+
+/// One row of `GET /v1/demand`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DemandRow {
+    pub tenant_id: TenantId,
+    pub labels: Vec<String>,
+    pub queued: u64,
+    pub waiting: u64,
+    pub in_progress: u64,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub oldest_queued_at: Option<OffsetDateTime>,
 }
 
 fn table(header: &[&str]) -> Table {
@@ -83,10 +106,17 @@ impl Printer {
         print_table(t)
     }
 
-    pub fn forge(&self, forge: &ForgeView) -> anyhow::Result<()> {
+    /// The forge, and the full webhook URL (`base` is the daemon's URL as nimbusctl reaches it).
+    pub fn forge(&self, show: &ForgeShow, base: &str) -> anyhow::Result<()> {
+        let webhook_url = show.webhook_path.as_ref().map(|path| format!("{base}{path}"));
         if self.json {
-            return self.json(forge);
+            let mut value = serde_json::to_value(show)?;
+            if let (Some(url), Some(object)) = (&webhook_url, value.as_object_mut()) {
+                object.insert("webhook_url".into(), url.clone().into());
+            }
+            return self.json(&value);
         }
+        let forge = &show.forge;
         let mut t = table(&["TYPE", "ORG", "CREDENTIALS", "UPDATED"]);
         t.add_row(vec![
             forge.forge_type.to_string(),
@@ -94,6 +124,33 @@ impl Printer {
             if forge.has_credentials { "sealed" } else { "none" }.to_owned(),
             ts(forge.updated_at),
         ]);
+        print_table(t)?;
+        if let Some(settings) = forge.config.as_object().filter(|c| !c.is_empty()) {
+            let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            println!("settings: {}", settings.join(" "));
+        }
+        if let Some(url) = webhook_url {
+            println!("webhook URL: {url}");
+            println!("(content type application/json, the same secret, the \"Workflow jobs\" event)");
+        }
+        Ok(())
+    }
+
+    pub fn demand(&self, rows: &[DemandRow]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(rows);
+        }
+        let mut t = table(&["TENANT", "LABELS", "QUEUED", "WAITING", "IN PROGRESS", "OLDEST"]);
+        for row in rows {
+            t.add_row(vec![
+                row.tenant_id.to_string(),
+                row.labels.join(","),
+                row.queued.to_string(),
+                row.waiting.to_string(),
+                row.in_progress.to_string(),
+                row.oldest_queued_at.map(ts).unwrap_or_default(),
+            ]);
+        }
         print_table(t)
     }
 
