@@ -140,7 +140,13 @@ pub fn token_hash(token: &str) -> String {
 pub struct Authenticator {
     db: Db,
     cache: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    /// Headers that just failed: refused again without another argon2 run for a while.
+    failures: Mutex<HashMap<[u8; 32], Instant>>,
+    /// Bounds the CPU and memory argon2 may take at once, whatever callers send.
+    verify_slots: tokio::sync::Semaphore,
 }
+
+const FAILURE_MEMORY: Duration = Duration::from_secs(5);
 
 /// Every change to users or tokens clears the cache, so the TTL only bounds how long a
 /// verified password stays in memory.
@@ -152,11 +158,14 @@ impl Authenticator {
         Authenticator {
             db,
             cache: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            verify_slots: tokio::sync::Semaphore::new(2),
         }
     }
 
     pub fn forget_all(&self) {
         self.cache.lock().expect("auth cache lock").clear();
+        self.failures.lock().expect("auth failure lock").clear();
     }
 
     /// The principal behind the `Authorization` header; anonymous without one.
@@ -171,6 +180,36 @@ impl Authenticator {
         {
             return Ok(principal.clone());
         }
+        if self
+            .failures
+            .lock()
+            .expect("auth failure lock")
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < FAILURE_MEMORY)
+        {
+            return Err(ApiError::unauthorized());
+        }
+        let result = self.resolve(value).await;
+        let principal = match result {
+            Ok(principal) => principal,
+            Err(err) => {
+                let mut failures = self.failures.lock().expect("auth failure lock");
+                failures.retain(|_, at| at.elapsed() < FAILURE_MEMORY);
+                if failures.len() < CACHE_MAX {
+                    failures.insert(key, Instant::now());
+                }
+                return Err(err);
+            }
+        };
+        let mut cache = self.cache.lock().expect("auth cache lock");
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(key, (principal.clone(), Instant::now()));
+        Ok(principal)
+    }
+
+    async fn resolve(&self, value: &axum::http::HeaderValue) -> Result<Principal, ApiError> {
         let value = value.to_str().map_err(|_| ApiError::unauthorized())?;
         let principal = if let Some(b64) = value.strip_prefix("Basic ") {
             let decoded = base64::engine::general_purpose::STANDARD
@@ -188,11 +227,6 @@ impl Authenticator {
         } else {
             return Err(ApiError::unauthorized());
         };
-        let mut cache = self.cache.lock().expect("auth cache lock");
-        if cache.len() >= CACHE_MAX {
-            cache.clear();
-        }
-        cache.insert(key, (principal.clone(), Instant::now()));
         Ok(principal)
     }
 
@@ -202,6 +236,11 @@ impl Authenticator {
             .ok_or_else(ApiError::unauthorized)?;
         let hash = row.password_hash.clone();
         let password = password.to_owned();
+        let _slot = self
+            .verify_slots
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
             .await
             .map_err(|e| Error::Internal(e.to_string()))?;
