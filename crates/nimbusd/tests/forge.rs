@@ -310,3 +310,86 @@ async fn the_new_routes_are_in_the_openapi_document_and_metrics_render() {
     }
     assert!(reply.body["paths"]["/v1/tenants/{tenant}/forge/webhook"]["post"]["security"].is_null(), "the webhook needs no bearer token");
 }
+
+/// A stand-in for GitHub's REST API that lists one queued run with a queued and an in-progress
+/// job, and reports a rate-limit budget on every response. Returns its base URL.
+async fn fake_github() -> String {
+    use axum::extract::{Path, Query};
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use std::collections::HashMap;
+
+    fn with_budget(body: Value) -> axum::response::Response {
+        let reset = (time::OffsetDateTime::now_utc().unix_timestamp() + 3600).to_string();
+        (
+            [
+                ("x-ratelimit-limit", "5000".to_owned()),
+                ("x-ratelimit-remaining", "4321".to_owned()),
+                ("x-ratelimit-reset", reset),
+                ("x-ratelimit-resource", "core".to_owned()),
+            ],
+            axum::Json(body),
+        )
+            .into_response()
+    }
+    let app = axum::Router::new()
+        .route(
+            "/repos/{owner}/{repo}/actions/runs",
+            get(|Path((owner, repo)): Path<(String, String)>, Query(query): Query<HashMap<String, String>>| async move {
+                assert_eq!((owner.as_str(), repo.as_str()), ("acme-corp", "app"));
+                let runs = if query.get("status").map(String::as_str) == Some("queued") { json!([{"id": 77}]) } else { json!([]) };
+                let n = runs.as_array().unwrap().len();
+                with_budget(json!({"total_count": n, "workflow_runs": runs}))
+            }),
+        )
+        .route(
+            "/repos/{owner}/{repo}/actions/runs/{run}/jobs",
+            get(|Path((_, _, run)): Path<(String, String, u64)>| async move {
+                assert_eq!(run, 77);
+                with_budget(json!({"total_count": 3, "jobs": [
+                    {"id": 5, "run_id": 77, "status": "queued", "labels": ["Linux", "self-hosted"]},
+                    {"id": 6, "run_id": 77, "status": "in_progress", "labels": ["gpu"]},
+                    {"id": 7, "run_id": 77, "status": "completed", "labels": ["gpu"]},
+                ]}))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn the_demand_reconcile_reads_the_forges_job_list_and_the_budget_becomes_a_gauge() {
+    let api = api().await;
+    let (tenant_id, token) = api.tenant("acme").await;
+    let github = fake_github().await;
+    let reply = api
+        .admin(
+            "PUT",
+            "/v1/tenants/acme/forge",
+            Some(json!({"type": "github", "org": "acme-corp", "config": {"repo": "app", "api_url": github},
+                        "credentials": {"token": TOKEN, "webhook_secret": SECRET}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    // A job the webhooks reported that GitHub no longer lists: a missed `completed`.
+    let reply = signed(&api, &tenant_id, "workflow_job", "d-old", job(99, "queued", &["old"])).await;
+    assert_eq!(reply.body["result"], "recorded", "{}", reply.text);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+
+    nimbusd::http::demand::reconcile_once(&api.state).await;
+
+    let rows = demand_rows(&api.call("GET", "/v1/demand", Some(&token), None).await);
+    let summary: Vec<(Value, Value, Value)> =
+        rows.iter().map(|r| (r["labels"].clone(), r["queued"].clone(), r["in_progress"].clone())).collect();
+    assert_eq!(
+        summary,
+        [(json!(["gpu"]), json!(0), json!(1)), (json!(["linux", "self-hosted"]), json!(1), json!(0))],
+        "the book after the reconcile: {rows:?}"
+    );
+
+    let metrics = api.call("GET", "/metrics", None, None).await;
+    let line = format!("nimbus_forge_rate_limit_remaining{{tenant=\"{tenant_id}\",budget=\"token\"}} 4321");
+    assert!(metrics.text.contains(&line), "expected {line:?} in:\n{}", metrics.text);
+}

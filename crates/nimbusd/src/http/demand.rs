@@ -110,6 +110,11 @@ pub async fn reconcile_loop(state: AppState) {
     tracing::debug!("demand reconcile loop stopped");
 }
 
+/// Reconciles every tenant with a GitHub forge once, now (what the loop does at start).
+pub async fn reconcile_once(state: &AppState) {
+    reconcile_due(state, &mut HashMap::new()).await;
+}
+
 /// One pass: reconciles the tenants that are due.
 async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
     let tenants = match state.store.list_tenants().await {

@@ -15,6 +15,8 @@ use tower::ServiceExt;
 pub struct Api {
     _dir: tempfile::TempDir,
     pub app: Router,
+    /// The server's state, for driving background work (e.g. one demand reconcile) directly.
+    pub state: nimbusd::http::AppState,
     pub admin: String,
 }
 
@@ -39,7 +41,8 @@ pub async fn api_on(database_url: Option<String>) -> Api {
         .to_owned();
     Api {
         _dir: dir,
-        app: nimbusd::http::app(server.state),
+        app: nimbusd::http::app(server.state.clone()),
+        state: server.state,
         admin,
     }
 }
