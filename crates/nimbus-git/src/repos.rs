@@ -33,6 +33,10 @@ pub struct RepoEntry {
     meta: RwLock<RepoMeta>,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     generation: AtomicU64,
+    /// Fingerprint of the ref storage the cached snapshot was read from.
+    fingerprint: AtomicU64,
+    /// When the fingerprint was last compared with the disk (ms since `EPOCH`).
+    verified_at: AtomicU64,
     gix: OnceLock<gix::ThreadSafeRepository>,
     /// Pushes to one repository run one at a time so the ref diff after each is exact.
     pub push_lock: Arc<tokio::sync::Mutex<()>>,
@@ -86,12 +90,33 @@ impl RepoEntry {
             return Ok(snapshot.clone());
         }
         let generation = self.generation.load(Ordering::Acquire);
+        // Fingerprint first: a change after it makes the next verification re-read.
+        let fingerprint = refs_fingerprint(&self.path);
         let snapshot = Arc::new(Snapshot::read(&self.gix()?, caps)?);
         let mut slot = self.snapshot.write().expect("snapshot lock");
         if self.generation.load(Ordering::Acquire) == generation {
             *slot = Some(snapshot.clone());
+            self.fingerprint.store(fingerprint, Ordering::Release);
+            self.verified_at.store(now_ms(), Ordering::Release);
         }
         Ok(snapshot)
+    }
+
+    /// True when the cached snapshot was checked against the disk less than `VERIFY_EVERY` ago.
+    fn recently_verified(&self) -> bool {
+        now_ms().saturating_sub(self.verified_at.load(Ordering::Acquire)) < VERIFY_EVERY_MS
+    }
+
+    /// Compare the ref storage with the cached snapshot's; forget the snapshot if it changed
+    /// behind our back (an administrator's `git update-ref`, a mirror job). Blocking.
+    fn verify_blocking(&self) {
+        let fingerprint = refs_fingerprint(&self.path);
+        if fingerprint != self.fingerprint.load(Ordering::Acquire) {
+            tracing::info!(repo.name = %self.name, "refs changed outside nimbus-git, re-reading");
+            self.invalidate();
+        } else {
+            self.verified_at.store(now_ms(), Ordering::Release);
+        }
     }
 
     pub fn cached_snapshot(&self) -> Option<Arc<Snapshot>> {
@@ -110,7 +135,16 @@ pub async fn snapshot(
     caps: &Arc<Capabilities>,
 ) -> Result<Arc<Snapshot>, Error> {
     if let Some(snapshot) = entry.cached_snapshot() {
-        return Ok(snapshot);
+        if entry.recently_verified() {
+            return Ok(snapshot);
+        }
+        let verifier = entry.clone();
+        tokio::task::spawn_blocking(move || verifier.verify_blocking())
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        if let Some(snapshot) = entry.cached_snapshot() {
+            return Ok(snapshot);
+        }
     }
     let entry = entry.clone();
     let caps = caps.clone();
@@ -126,6 +160,50 @@ pub async fn fresh_snapshot(
 ) -> Result<Arc<Snapshot>, Error> {
     entry.invalidate();
     snapshot(entry, caps).await
+}
+
+/// How often a cached snapshot is compared with the ref storage on disk. Pushes through the
+/// server invalidate at once; this only bounds how stale an outside change can look.
+const VERIFY_EVERY_MS: u64 = 1000;
+
+static EPOCH: std::sync::LazyLock<std::time::Instant> =
+    std::sync::LazyLock::new(std::time::Instant::now);
+
+fn now_ms() -> u64 {
+    EPOCH.elapsed().as_millis() as u64 + 1
+}
+
+/// A hash of what changes when any ref changes in the files backend: `HEAD` and `packed-refs`
+/// (mtime, size) and the mtime of every directory under `refs/` (git renames a lock file into
+/// place, which touches the ref's directory).
+fn refs_fingerprint(git_dir: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let stamp = |path: &Path, hasher: &mut std::collections::hash_map::DefaultHasher| {
+        path.hash(hasher);
+        if let Ok(meta) = std::fs::metadata(path) {
+            meta.len().hash(hasher);
+            if let Ok(modified) = meta.modified() {
+                modified.hash(hasher);
+            }
+        }
+    };
+    stamp(&git_dir.join("HEAD"), &mut hasher);
+    stamp(&git_dir.join("packed-refs"), &mut hasher);
+    let mut dirs = vec![git_dir.join("refs")];
+    while let Some(dir) = dirs.pop() {
+        stamp(&dir, &mut hasher);
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            let mut subdirs: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            subdirs.sort();
+            dirs.extend(subdirs);
+        }
+    }
+    hasher.finish()
 }
 
 pub struct Registry {
@@ -171,6 +249,8 @@ impl Registry {
             }),
             snapshot: RwLock::new(None),
             generation: AtomicU64::new(0),
+            fingerprint: AtomicU64::new(0),
+            verified_at: AtomicU64::new(0),
             gix: OnceLock::new(),
             push_lock: Arc::new(tokio::sync::Mutex::new(())),
             pack_slots: Arc::new(Semaphore::new(self.per_repo_slots)),

@@ -157,6 +157,54 @@ fn push_clone_fetch_both_protocol_versions() {
 }
 
 #[test]
+fn ref_changes_made_outside_the_server_are_noticed() {
+    let server = Server::start();
+    server.create_repo("outside", false);
+    let work = server.work_tree("work", 2);
+    server.git(
+        &work,
+        &[
+            "push",
+            "-q",
+            &server.repo_url("outside", Some(OWNER)),
+            "main",
+        ],
+    );
+    let url = server.repo_url("outside", None);
+    let refs = ls_remote(&server, "2", &url);
+    assert!(!refs.contains("refs/heads/side"), "{refs}");
+    // An administrator changes refs directly in the bare repository (nested directory too).
+    let bare = server.state.repos.get("outside").unwrap().path.clone();
+    let bare = bare.to_str().unwrap();
+    server.git(
+        &work,
+        &["--git-dir", bare, "update-ref", "refs/heads/side", "HEAD~1"],
+    );
+    server.git(
+        &work,
+        &["--git-dir", bare, "update-ref", "refs/heads/team/x", "HEAD"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for version in ["0", "2"] {
+        let refs = ls_remote(&server, version, &url);
+        assert!(
+            refs.contains("refs/heads/side") && refs.contains("refs/heads/team/x"),
+            "v{version}:\n{refs}"
+        );
+    }
+    server.git(
+        &work,
+        &["--git-dir", bare, "update-ref", "-d", "refs/heads/team/x"],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let refs = ls_remote(&server, "2", &url);
+    assert!(
+        !refs.contains("refs/heads/team/x"),
+        "deletion seen:\n{refs}"
+    );
+}
+
+#[test]
 fn empty_repository_clones_and_first_push_works() {
     let server = Server::start();
     server.create_repo("empty", true);
