@@ -287,6 +287,28 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A usage error as one line, like every other nimbusctl error: clap's message with its list of
+/// missing arguments folded in, without the usage block (`--help` shows that).
+pub fn usage_error_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let message = rendered
+        .split("\n\nUsage:")
+        .next()
+        .unwrap_or_default()
+        .split("\n\nFor more information")
+        .next()
+        .unwrap_or_default();
+    let mut line = String::new();
+    for part in message.lines().map(str::trim).filter(|part| !part.is_empty()) {
+        let part = part.strip_prefix("error: ").unwrap_or(part);
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { ", " });
+        }
+        line.push_str(part);
+    }
+    line
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     if let Noun::Completions { shell } = &cli.command {
         let mut cmd = Cli::command();
@@ -878,11 +900,22 @@ mod tests {
             (vec!["--token-file", "t", "--app-id", "1"], "cannot be used with"),
             (vec!["--token-file", "t", "--app-id", "x"], "invalid value 'x'"),
         ] {
-            let err = forge_set(&flags).expect_err(&format!("{flags:?} was accepted")).to_string();
-            let first_line = err.lines().next().unwrap_or_default();
-            assert!(first_line.starts_with("error: "), "{flags:?}: {err}");
-            assert!(err.contains(expect), "{flags:?}: expected {expect:?} in {err}");
+            let err = forge_set(&flags).expect_err(&format!("{flags:?} was accepted"));
+            let line = usage_error_line(&err);
+            assert!(!line.contains('\n') && !line.starts_with("error"), "{flags:?}: {line:?}");
+            assert!(line.contains(expect), "{flags:?}: expected {expect:?} in {line:?}");
         }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let err = Cli::try_parse_from(["nimbusctl", "forge", "set", "--tenant", "t", "--type", "github", "--org", "o", "--app-id", "1"]).unwrap_err();
+        let line = usage_error_line(&err);
+        assert_eq!(
+            line,
+            "the following required arguments were not provided: --installation-id <INSTALLATION_ID>, \
+             <--private-key-file <PRIVATE_KEY_FILE>|--token-file <TOKEN_FILE>|--credentials <CREDENTIALS>>"
+        );
     }
 
     #[test]

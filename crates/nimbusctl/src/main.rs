@@ -3,7 +3,14 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = nimbusctl::Cli::parse();
+    let cli = match nimbusctl::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            eprintln!("nimbusctl: {}", nimbusctl::usage_error_line(&err));
+            return ExitCode::from(2);
+        }
+    };
     match nimbusctl::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
