@@ -27,7 +27,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
-#[command(name = "nimbus-bench", about = "Benchmarks nimbusd over its HTTP API and prints a table")]
+#[command(
+    name = "nimbus-bench",
+    about = "Benchmarks nimbusd over its HTTP API and prints a table"
+)]
 struct Args {
     /// The nimbusd binary [default: `cargo build -p nimbusd` in this binary's profile, then the
     /// nimbusd next to this binary].
@@ -93,9 +96,17 @@ fn main() -> anyhow::Result<()> {
 /// Builds nimbusd in this binary's profile so the numbers are of the current code.
 fn build_nimbusd() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("find this binary")?;
-    let profile_dir = exe.parent().context("this binary has a directory")?.to_path_buf();
-    let target_dir = profile_dir.parent().context("the profile directory has a parent")?;
-    let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("release");
+    let profile_dir = exe
+        .parent()
+        .context("this binary has a directory")?
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .context("the profile directory has a parent")?;
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("release");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args(["build", "--quiet", "-p", "nimbusd", "--bin", "nimbusd"])
@@ -114,9 +125,16 @@ fn build_nimbusd() -> anyhow::Result<PathBuf> {
     }
     eprintln!("bench: building nimbusd: {cmd:?}");
     let status = cmd.status().context("run cargo")?;
-    ensure!(status.success(), "building nimbusd failed ({status}); pass --nimbusd PATH to use a built one");
+    ensure!(
+        status.success(),
+        "building nimbusd failed ({status}); pass --nimbusd PATH to use a built one"
+    );
     let bin = profile_dir.join("nimbusd");
-    ensure!(bin.is_file(), "cargo built nimbusd but {} does not exist; pass --nimbusd PATH", bin.display());
+    ensure!(
+        bin.is_file(),
+        "cargo built nimbusd but {} does not exist; pass --nimbusd PATH",
+        bin.display()
+    );
     Ok(bin)
 }
 
@@ -136,7 +154,12 @@ impl Row {
         }
     }
 
-    fn against(metric: impl Into<String>, value: impl Into<String>, target: &str, met: bool) -> Row {
+    fn against(
+        metric: impl Into<String>,
+        value: impl Into<String>,
+        target: &str,
+        met: bool,
+    ) -> Row {
         Row {
             metric: metric.into(),
             value: value.into(),
@@ -162,7 +185,10 @@ fn print_table(command: &str, nimbusd: &Path, rows: &[Row]) {
         .iter()
         .map(|row| {
             let (target, met) = match &row.target {
-                Some((target, met)) => (target.clone(), if *met { "yes" } else { "**no**" }.to_owned()),
+                Some((target, met)) => (
+                    target.clone(),
+                    if *met { "yes" } else { "**no**" }.to_owned(),
+                ),
                 None => (String::new(), String::new()),
             };
             [row.metric.clone(), row.value.clone(), target, met]
@@ -188,7 +214,11 @@ fn print_table(command: &str, nimbusd: &Path, rows: &[Row]) {
     };
     let _ = writeln!(out, "{}", line(headers));
     let dashes: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    let _ = writeln!(out, "{}", line([&dashes[0], &dashes[1], &dashes[2], &dashes[3]]));
+    let _ = writeln!(
+        out,
+        "{}",
+        line([&dashes[0], &dashes[1], &dashes[2], &dashes[3]])
+    );
     for c in &cells {
         let _ = writeln!(out, "{}", line([&c[0], &c[1], &c[2], &c[3]]));
     }
@@ -253,10 +283,14 @@ impl Daemon {
             .stdout(Stdio::piped())
             .stderr(log);
         let started = Instant::now();
-        let mut child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        stdout.read_line(&mut line).context("read nimbusd's address line")?;
+        stdout
+            .read_line(&mut line)
+            .context("read nimbusd's address line")?;
         let Some(url) = line.trim().strip_prefix("nimbusd listening on ") else {
             let _ = child.kill();
             bail!(
@@ -272,7 +306,10 @@ impl Daemon {
             if healthz(&authority).unwrap_or(false) {
                 break;
             }
-            ensure!(started.elapsed() < Duration::from_secs(30), "no /healthz 200 within 30 s");
+            ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "no /healthz 200 within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         Ok(Daemon {
@@ -329,7 +366,10 @@ mod sys {
 fn healthz(authority: &str) -> std::io::Result<bool> {
     let mut stream = TcpStream::connect(authority)?;
     stream.set_nodelay(true)?;
-    write!(stream, "GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response.starts_with("HTTP/1.1 200"))
@@ -397,13 +437,19 @@ fn bench_start(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     Ok(vec![
         Row::against(
             format!("start, fresh dirs: exec → /healthz 200 (median of {n})"),
-            format!("{:.1} ms (min {:.1}, max {:.1})", fresh_ms.p50, fresh_ms.min, fresh_ms.max),
+            format!(
+                "{:.1} ms (min {:.1}, max {:.1})",
+                fresh_ms.p50, fresh_ms.min, fresh_ms.max
+            ),
             "≤ 150 ms",
             fresh_ms.p50 <= 150.0,
         ),
         Row::against(
             format!("start, existing data: exec → /healthz 200 (median of {n})"),
-            format!("{:.1} ms (min {:.1}, max {:.1})", warm_ms.p50, warm_ms.min, warm_ms.max),
+            format!(
+                "{:.1} ms (min {:.1}, max {:.1})",
+                warm_ms.p50, warm_ms.min, warm_ms.max
+            ),
             "≤ 150 ms",
             warm_ms.p50 <= 150.0,
         ),
@@ -473,7 +519,12 @@ impl Api {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<(u16, Value)> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.url))
@@ -481,22 +532,39 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("{method} {path}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status().as_u16();
         let bytes = response.bytes().await?;
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok((status, value))
     }
 
-    async fn expect(&self, method: reqwest::Method, path: &str, body: Option<Value>, want: u16) -> anyhow::Result<Value> {
+    async fn expect(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        want: u16,
+    ) -> anyhow::Result<Value> {
         let (status, value) = self.call(method.clone(), path, body).await?;
-        ensure!(status == want, "{method} {path}: HTTP {status} (wanted {want}): {value}");
+        ensure!(
+            status == want,
+            "{method} {path}: HTTP {status} (wanted {want}): {value}"
+        );
         Ok(value)
     }
 
     async fn machines(&self, query: &str) -> anyhow::Result<Vec<Value>> {
         let list = self
-            .expect(reqwest::Method::GET, &format!("/v1/machines{query}"), None, 200)
+            .expect(
+                reqwest::Method::GET,
+                &format!("/v1/machines{query}"),
+                None,
+                200,
+            )
             .await?;
         Ok(list["machines"].as_array().cloned().unwrap_or_default())
     }
@@ -518,8 +586,13 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     let dirs = Dirs::new()?;
     let daemon = Daemon::start(bin, &dirs)?;
     let api = Arc::new(Api::new(&daemon.url, &dirs.admin_token()?)?);
-    api.expect(reqwest::Method::POST, "/v1/tenants", Some(json!({"name": "bench"})), 201)
-        .await?;
+    api.expect(
+        reqwest::Method::POST,
+        "/v1/tenants",
+        Some(json!({"name": "bench"})),
+        201,
+    )
+    .await?;
     api.expect(
         reqwest::Method::POST,
         "/v1/tenants/bench/providers",
@@ -532,7 +605,10 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
 
     // Provision.
-    eprintln!("bench: provisioning {n} local machines at {} concurrent clients", args.api_clients);
+    eprintln!(
+        "bench: provisioning {n} local machines at {} concurrent clients",
+        args.api_clients
+    );
     let provision_started = Instant::now();
     let results: Vec<anyhow::Result<(String, Duration)>> = futures::stream::iter(0..n)
         .map(|_| {
@@ -543,12 +619,17 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
                     .expect(
                         reqwest::Method::POST,
                         "/v1/machines",
-                        Some(json!({"tenant": "bench", "provider": "local", "os": os, "arch": arch})),
+                        Some(
+                            json!({"tenant": "bench", "provider": "local", "os": os, "arch": arch}),
+                        ),
                         202,
                     )
                     .await?;
                 let took = started.elapsed();
-                let id = machine["id"].as_str().context("machine without id")?.to_owned();
+                let id = machine["id"]
+                    .as_str()
+                    .context("machine without id")?
+                    .to_owned();
                 Ok((id, took))
             }
         })
@@ -575,15 +656,28 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     let loaded = memory(daemon.pid())?;
     let stats = Stats::of(&post);
     rows.push(Row::info(
-        format!("provision {n}: POST /v1/machines p50 / p99 ({} clients)", args.api_clients),
-        format!("{:.1} / {:.1} ms (max {:.1})", stats.p50, stats.p99, stats.max),
+        format!(
+            "provision {n}: POST /v1/machines p50 / p99 ({} clients)",
+            args.api_clients
+        ),
+        format!(
+            "{:.1} / {:.1} ms (max {:.1})",
+            stats.p50, stats.p99, stats.max
+        ),
     ));
     rows.push(Row::info(
         format!("provision {n}: all POSTs answered / all ready"),
-        format!("{:.2} s / {:.2} s", posted_in.as_secs_f64(), ready_in.as_secs_f64()),
+        format!(
+            "{:.2} s / {:.2} s",
+            posted_in.as_secs_f64(),
+            ready_in.as_secs_f64()
+        ),
     ));
     let on_host = machine_dirs(&dirs)?;
-    ensure!(on_host == n, "{on_host} machine directories for {n} ready machines");
+    ensure!(
+        on_host == n,
+        "{on_host} machine directories for {n} ready machines"
+    );
 
     // List at concurrency, with the fleet in place.
     rows.extend(bench_list(&daemon.url, &dirs.admin_token()?, n, args).await?);
@@ -596,8 +690,13 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
             let api = api.clone();
             async move {
                 let started = Instant::now();
-                api.expect(reqwest::Method::DELETE, &format!("/v1/machines/{id}"), None, 202)
-                    .await?;
+                api.expect(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/machines/{id}"),
+                    None,
+                    202,
+                )
+                .await?;
                 Ok(started.elapsed())
             }
         })
@@ -615,12 +714,22 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     let total = ready_in + terminated_in;
     let stats = Stats::of(&delete);
     rows.push(Row::info(
-        format!("terminate {n}: DELETE /v1/machines/{{id}} p50 / p99 ({} clients)", args.api_clients),
-        format!("{:.1} / {:.1} ms (max {:.1})", stats.p50, stats.p99, stats.max),
+        format!(
+            "terminate {n}: DELETE /v1/machines/{{id}} p50 / p99 ({} clients)",
+            args.api_clients
+        ),
+        format!(
+            "{:.1} / {:.1} ms (max {:.1})",
+            stats.p50, stats.p99, stats.max
+        ),
     ));
     rows.push(Row::info(
         format!("terminate {n}: all DELETEs answered / all terminated"),
-        format!("{:.2} s / {:.2} s", deleted_in.as_secs_f64(), terminated_in.as_secs_f64()),
+        format!(
+            "{:.2} s / {:.2} s",
+            deleted_in.as_secs_f64(),
+            terminated_in.as_secs_f64()
+        ),
     ));
     rows.push(Row::info(
         format!("provision + terminate {n}: total (until all ready + until all terminated)"),
@@ -634,12 +743,23 @@ async fn bench_fleet(bin: &Path, args: &Args) -> anyhow::Result<Vec<Row>> {
     let dirs_left = machine_dirs(&dirs)?;
     let procs_left = machine_processes_under(dirs.root.path());
     ensure!(dirs_left == 0, "{dirs_left} machine directories left");
-    ensure!(procs_left.is_empty(), "machine processes left: {procs_left:?}");
+    ensure!(
+        procs_left.is_empty(),
+        "machine processes left: {procs_left:?}"
+    );
     rows.push(Row::info(
         format!("nimbusd memory with {n} machines: RSS / peak"),
-        format!("{:.1} MiB / {:.1} MiB ({} threads)", mib(loaded.rss), mib(memory(daemon.pid())?.hwm), loaded.threads),
+        format!(
+            "{:.1} MiB / {:.1} MiB ({} threads)",
+            mib(loaded.rss),
+            mib(memory(daemon.pid())?.hwm),
+            loaded.threads
+        ),
     ));
-    rows.push(Row::info("left on the host afterwards", "0 machine directories, 0 processes"));
+    rows.push(Row::info(
+        "left on the host afterwards",
+        "0 machine directories, 0 processes",
+    ));
     daemon.stop()?;
     if args.keep {
         eprintln!("bench: kept {}", dirs.root.keep().display());
@@ -660,7 +780,10 @@ async fn wait_until(
         if done(&machines)? {
             return Ok(started.elapsed());
         }
-        ensure!(started.elapsed() < timeout, "machines not all {what} after {timeout:?}");
+        ensure!(
+            started.elapsed() < timeout,
+            "machines not all {what} after {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -677,8 +800,16 @@ async fn bench_list(url: &str, token: &str, n: usize, args: &Args) -> anyhow::Re
         let mut samples = Vec::with_capacity(args.list_requests);
         for idx in 0..args.list_requests + 2 {
             let started = Instant::now();
-            let response = http.get(format!("{url}/v1/machines")).bearer_auth(token).send().await?;
-            ensure!(response.status().is_success(), "GET /v1/machines: HTTP {}", response.status());
+            let response = http
+                .get(format!("{url}/v1/machines"))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            ensure!(
+                response.status().is_success(),
+                "GET /v1/machines: HTTP {}",
+                response.status()
+            );
             response.bytes().await?;
             if idx >= 2 {
                 samples.push(started.elapsed());
@@ -737,7 +868,8 @@ async fn bench_list(url: &str, token: &str, n: usize, args: &Args) -> anyhow::Re
     }
     let wall = last_end.unwrap() - first_start.unwrap();
     let server_after = server_time(url, "GET", "/v1/machines").await?;
-    let in_handler_ms = (server_after.0 - server_before.0) / (server_after.1 - server_before.1).max(1.0) * 1000.0;
+    let in_handler_ms =
+        (server_after.0 - server_before.0) / (server_after.1 - server_before.1).max(1.0) * 1000.0;
     let stats = Stats::of(&samples);
     let rate = samples.len() as f64 / wall.as_secs_f64();
     // One more, parsed, to be sure the list is the whole fleet.
@@ -765,7 +897,13 @@ async fn bench_list(url: &str, token: &str, n: usize, args: &Args) -> anyhow::Re
         ),
         Row::against(
             format!("list {n} machines, {clients} clients: p99"),
-            format!("{:.1} ms (max {:.1}; {} requests, {:.0} KiB each)", stats.p99, stats.max, samples.len(), body_bytes as f64 / 1024.0),
+            format!(
+                "{:.1} ms (max {:.1}; {} requests, {:.0} KiB each)",
+                stats.p99,
+                stats.max,
+                samples.len(),
+                body_bytes as f64 / 1024.0
+            ),
             "≤ 20 ms",
             stats.p99 <= 20.0,
         ),
@@ -784,7 +922,10 @@ async fn server_time(url: &str, method: &str, route: &str) -> anyhow::Result<(f6
     let labels = format!("method=\"{method}\",route=\"{route}\",status=\"200\"");
     let value = |suffix: &str| {
         text.lines()
-            .find(|line| line.starts_with(&format!("nimbus_http_request_duration_seconds_{suffix}{{")) && line.contains(&labels))
+            .find(|line| {
+                line.starts_with(&format!("nimbus_http_request_duration_seconds_{suffix}{{"))
+                    && line.contains(&labels)
+            })
             .and_then(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
@@ -810,13 +951,16 @@ fn machine_processes_under(root: &Path) -> Vec<u32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'));
             let marked = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
                 environ
                     .split(|b| *b == 0)
                     .any(|var| var.starts_with(b"NIMBUS_MACHINE_ID="))
             });
-            let under = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
+            let under = std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .is_ok_and(|cwd| cwd.starts_with(root));
             !zombie && marked && under
         })
         .collect()

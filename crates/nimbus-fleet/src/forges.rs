@@ -11,9 +11,12 @@ use nimbus_store::Storage;
 use nimbus_types::{ForgeConfig, TenantId};
 use time::OffsetDateTime;
 
+/// A built client and the `updated_at` of the configuration it was built from.
+type Cached = (OffsetDateTime, Arc<dyn Forge>);
+
 pub struct Forges {
     store: Arc<dyn Storage>,
-    clients: Mutex<HashMap<TenantId, (OffsetDateTime, Arc<dyn Forge>)>>,
+    clients: Mutex<HashMap<TenantId, Cached>>,
 }
 
 impl Forges {
@@ -30,13 +33,16 @@ impl Forges {
             self.clients.lock().expect("forges lock").remove(&tenant_id);
             return Ok(None);
         };
-        if let Some((updated_at, client)) = self.clients.lock().expect("forges lock").get(&tenant_id)
+        if let Some((updated_at, client)) =
+            self.clients.lock().expect("forges lock").get(&tenant_id)
             && *updated_at == config.updated_at
         {
             return Ok(Some(client.clone()));
         }
         let client = nimbus_forge::build(&config).map_err(|err| {
-            crate::Error::Conflict(format!("the tenant's forge configuration cannot be used: {err}"))
+            crate::Error::Conflict(format!(
+                "the tenant's forge configuration cannot be used: {err}"
+            ))
         })?;
         self.clients
             .lock()

@@ -10,9 +10,8 @@ use nimbus_store::{MachineFilter, MachineRecord};
 use nimbus_types::api::StateChange;
 use nimbus_types::event::{self, Event};
 use nimbus_types::{
-    CanTerminate, Image, ImageState, Machine, MachineId, MachineSpec, MachineState,
-    ProviderConfig, ProviderId, ProviderMetadata, ProviderType, Secret, SpecError, Tenant,
-    TenantId, validate_name,
+    CanTerminate, Image, ImageState, Machine, MachineId, MachineSpec, MachineState, ProviderConfig,
+    ProviderId, ProviderMetadata, ProviderType, Secret, SpecError, Tenant, TenantId, validate_name,
 };
 
 use crate::telemetry::EventSink;
@@ -131,7 +130,13 @@ impl Fleet {
             Err(err) => {
                 let reason = format!("provider refused the machine: {err}");
                 return self
-                    .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                    .fail(
+                        &mut machine,
+                        provider.as_ref(),
+                        event::MACHINE_PROVISION_FAILURE,
+                        &reason,
+                        started,
+                    )
                     .await;
             }
         };
@@ -149,7 +154,13 @@ impl Fleet {
                 Err(err) => {
                     let reason = format!("the tenant's forge cannot be used: {err}");
                     return self
-                        .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                        .fail(
+                            &mut machine,
+                            provider.as_ref(),
+                            event::MACHINE_PROVISION_FAILURE,
+                            &reason,
+                            started,
+                        )
                         .await;
                 }
             }
@@ -160,8 +171,12 @@ impl Fleet {
         if needs_setup {
             if machine.state == MachineState::Provisioning {
                 machine.image.state = ImageState::Installing;
-                self.move_to(&mut machine, MachineState::ImageInstalling, Some("provider accepted the machine; setting up"))
-                    .await?;
+                self.move_to(
+                    &mut machine,
+                    MachineState::ImageInstalling,
+                    Some("provider accepted the machine; setting up"),
+                )
+                .await?;
             }
             if resuming_setup {
                 // Resuming after a crash: the interrupted attempt may still be running.
@@ -192,7 +207,13 @@ impl Fleet {
                 machine.image.state = ImageState::Failed;
                 let reason = format!("setup failed: {reason}");
                 return self
-                    .fail(&mut machine, provider.as_ref(), event::MACHINE_PROVISION_FAILURE, &reason, started)
+                    .fail(
+                        &mut machine,
+                        provider.as_ref(),
+                        event::MACHINE_PROVISION_FAILURE,
+                        &reason,
+                        started,
+                    )
                     .await;
             }
             self.emit(
@@ -205,7 +226,8 @@ impl Fleet {
         machine.image.state = ImageState::Installed;
         machine.image.installed_at = Some(nimbus_types::now());
         machine.error = None;
-        self.move_to(&mut machine, MachineState::Ready, Some("machine is ready")).await?;
+        self.move_to(&mut machine, MachineState::Ready, Some("machine is ready"))
+            .await?;
         let total = (nimbus_types::now() - requested_at).unsigned_abs();
         self.emit(
             Event::new(event::MACHINE_PROVISION_SUCCESS)
@@ -242,7 +264,11 @@ impl Fleet {
         let mut plan = Plan::new(machine.tenant_id, machine.id, spec, paths);
         plan.installers = self.inner.config.installers.clone();
         plan.step_timeout = self.inner.config.setup_timeout;
-        plan.connect_wait = self.inner.config.setup_timeout.min(Duration::from_secs(300));
+        plan.connect_wait = self
+            .inner
+            .config
+            .setup_timeout
+            .min(Duration::from_secs(300));
         let sink: Arc<dyn EventSink> = Arc::new(self.inner.telemetry.clone());
         if let Some((forge, config)) = forge {
             plan.runner = Some(RunnerPlan {
@@ -290,7 +316,8 @@ impl Fleet {
             tracing::warn!(machine.id = %machine.id, error = %err, "cleanup after a failed provision did not finish");
         }
         machine.error = Some(reason.to_owned());
-        self.move_to(machine, MachineState::Failed, Some(reason)).await?;
+        self.move_to(machine, MachineState::Failed, Some(reason))
+            .await?;
         self.emit(
             Event::new(event_name)
                 .tenant(machine.tenant_id)
@@ -343,7 +370,9 @@ impl Fleet {
             let answer = self.can_terminate(&machine).await?;
             let reason = match (&answer.can_terminate, &answer.message) {
                 (false, Some(message)) => {
-                    format!("terminate requested; the provider keeps its resources for now: {message}")
+                    format!(
+                        "terminate requested; the provider keeps its resources for now: {message}"
+                    )
                 }
                 _ => "terminate requested".to_owned(),
             };
@@ -392,7 +421,10 @@ impl Fleet {
         }
         let started = Instant::now();
         // Invariant 2: the runner leaves the forge first, and never while it runs a job.
-        if !self.deregister_runner(machine.tenant_id, machine.id).await? {
+        if !self
+            .deregister_runner(machine.tenant_id, machine.id)
+            .await?
+        {
             self.emit(
                 Event::new(event::MACHINE_TERMINATE_FAILURE)
                     .tenant(machine.tenant_id)
@@ -408,8 +440,12 @@ impl Fleet {
             .await
         {
             Ok(()) => {
-                self.move_to(&mut machine, MachineState::Terminated, Some("removed at the provider"))
-                    .await?;
+                self.move_to(
+                    &mut machine,
+                    MachineState::Terminated,
+                    Some("removed at the provider"),
+                )
+                .await?;
                 self.emit(
                     Event::new(event::MACHINE_TERMINATE_SUCCESS)
                         .tenant(machine.tenant_id)
@@ -491,14 +527,19 @@ impl Fleet {
 
     /// Reads `state.db` on the machine; `None` when it has none or cannot be reached in time.
     async fn setup_progress(&self, machine: &Machine) -> Option<nimbus_types::SetupProgress> {
-        if matches!(machine.state, MachineState::Terminated | MachineState::Provisioning) {
+        if matches!(
+            machine.state,
+            MachineState::Terminated | MachineState::Provisioning
+        ) {
             return None;
         }
         let paths = MachinePaths::from_metadata(&machine.provider_metadata)?;
         let read = async {
             let (_, provider) = self.provider_of(machine).await.ok()?;
             let exec = provider.exec(machine).await.ok()?;
-            pipeline::read_progress(exec.as_ref(), &paths.state_db).await.ok()
+            pipeline::read_progress(exec.as_ref(), &paths.state_db)
+                .await
+                .ok()
         };
         tokio::time::timeout(PROGRESS_READ_TIMEOUT, read)
             .await
@@ -607,7 +648,9 @@ impl Fleet {
         let started = Instant::now();
         let result = call.await;
         match &result {
-            Ok(_) => self.emit(base(event::CLOUD_PROVIDER_API_CALL_SUCCESS).duration(started.elapsed())),
+            Ok(_) => {
+                self.emit(base(event::CLOUD_PROVIDER_API_CALL_SUCCESS).duration(started.elapsed()))
+            }
             Err(err) => self.emit(
                 base(event::CLOUD_PROVIDER_API_CALL_FAILURE)
                     .duration(started.elapsed())

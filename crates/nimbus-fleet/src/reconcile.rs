@@ -41,7 +41,11 @@ impl Fleet {
 
     async fn reconcile_loop(&self) {
         let mut due: HashMap<ProviderId, (Instant, u32)> = HashMap::new();
-        let tick = self.inner.config.reconcile_interval.min(Duration::from_secs(5));
+        let tick = self
+            .inner
+            .config
+            .reconcile_interval
+            .min(Duration::from_secs(5));
         let mut runners_due = Instant::now();
         loop {
             if Instant::now() >= runners_due {
@@ -93,7 +97,9 @@ impl Fleet {
                     tracing::info!(tenant.id = %tenant.id, removed = report.removed.len(), busy = report.busy.len(), failed = report.failed.len(), "removed runners without a machine");
                 }
                 Ok(_) => {}
-                Err(err) => tracing::warn!(tenant.id = %tenant.id, error = %err, "runner reconcile failed"),
+                Err(err) => {
+                    tracing::warn!(tenant.id = %tenant.id, error = %err, "runner reconcile failed")
+                }
             }
         }
     }
@@ -134,7 +140,11 @@ impl Fleet {
             let mut machine = record.machine;
             let seen = at_provider.remove(&machine.id);
             if seen.is_some() {
-                self.inner.missing.lock().expect("missing lock").remove(&machine.id);
+                self.inner
+                    .missing
+                    .lock()
+                    .expect("missing lock")
+                    .remove(&machine.id);
             }
             if self.is_busy(machine.id) {
                 continue;
@@ -143,21 +153,29 @@ impl Fleet {
                 (MachineState::Provisioning | MachineState::ImageInstalling, _) => {
                     // Intent without a finished operation: the daemon stopped mid-way. The
                     // provider call is idempotent per machine id, so finishing is safe.
-                    self.note(&machine, "resume_provision", "provisioning was interrupted; resuming");
+                    self.note(
+                        &machine,
+                        "resume_provision",
+                        "provisioning was interrupted; resuming",
+                    );
                     self.spawn_provision(machine.id);
                     report.resumed += 1;
                 }
                 (MachineState::Stopping, _) => {
-                    self.note(&machine, "resume_terminate", "termination was interrupted; resuming");
+                    self.note(
+                        &machine,
+                        "resume_terminate",
+                        "termination was interrupted; resuming",
+                    );
                     self.spawn_terminate(machine.id);
                     report.resumed += 1;
                 }
-                (MachineState::Ready | MachineState::Running, None) => {
-                    if self.missing_again(machine.id) {
-                        self.fail_vanished(&mut machine, "the machine disappeared at the provider")
-                            .await?;
-                        report.failed += 1;
-                    }
+                (MachineState::Ready | MachineState::Running, None)
+                    if self.missing_again(machine.id) =>
+                {
+                    self.fail_vanished(&mut machine, "the machine disappeared at the provider")
+                        .await?;
+                    report.failed += 1;
                 }
                 (MachineState::Ready | MachineState::Running, Some(seen))
                     if seen.status == ProviderStatus::Stopped =>
@@ -169,7 +187,11 @@ impl Fleet {
                 }
                 (MachineState::Failed, Some(_)) => {
                     implementation.terminate(&machine).await?;
-                    self.note(&machine, "cleanup_failed", "removed the resources of a failed machine");
+                    self.note(
+                        &machine,
+                        "cleanup_failed",
+                        "removed the resources of a failed machine",
+                    );
                     report.cleaned += 1;
                 }
                 _ => {}
@@ -194,13 +216,23 @@ impl Fleet {
             }
             let machine = known.unwrap_or_else(|| stand_in(provider, id, &seen));
             implementation.terminate(&machine).await?;
-            self.note(&machine, "terminate_orphan", "removed a resource no live intent knows about");
+            self.note(
+                &machine,
+                "terminate_orphan",
+                "removed a resource no live intent knows about",
+            );
             report.orphans_removed += 1;
         }
         if !untagged.is_empty() {
-            tracing::warn!(count = untagged.len(), "provider lists resources without a nimbus:machine tag; leaving them alone");
+            tracing::warn!(
+                count = untagged.len(),
+                "provider lists resources without a nimbus:machine tag; leaving them alone"
+            );
         }
-        Ok((report, Action::Requeue(self.inner.config.reconcile_interval)))
+        Ok((
+            report,
+            Action::Requeue(self.inner.config.reconcile_interval),
+        ))
     }
 
     /// Counts a pass in which a live machine was missing from its provider's listing; true from
@@ -219,7 +251,10 @@ impl Fleet {
 
     async fn fail_vanished(&self, machine: &mut Machine, reason: &str) -> Result<()> {
         machine.error = Some(reason.to_owned());
-        match self.move_to(machine, MachineState::Failed, Some(reason)).await {
+        match self
+            .move_to(machine, MachineState::Failed, Some(reason))
+            .await
+        {
             // Someone else moved it meanwhile; the next pass looks again.
             Err(Error::Store(nimbus_store::Error::StaleState { .. })) => return Ok(()),
             other => other?,

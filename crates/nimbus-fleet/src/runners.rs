@@ -13,8 +13,7 @@ use nimbus_forge::lifecycle::{self, Outcome, Subject};
 use nimbus_forge::{Forge, JitRequest};
 use nimbus_setup::installers::RunnerKind;
 use nimbus_setup::pipeline::{
-    RegistrationError, RegistrationInfo, RegistrationRequest, RunnerCredential,
-    RunnerRegistration,
+    RegistrationError, RegistrationInfo, RegistrationRequest, RunnerCredential, RunnerRegistration,
 };
 use nimbus_store::MachineFilter;
 use nimbus_types::event::EventSink;
@@ -99,7 +98,11 @@ impl RunnerRegistration for ForgeRegistration {
 impl Fleet {
     /// Removes the machine's runner from its forge unless it is running a job (invariant 2).
     /// `Ok(false)` means busy: leave the machine alone and try again later.
-    pub(crate) async fn deregister_runner(&self, tenant_id: TenantId, machine_id: MachineId) -> Result<bool> {
+    pub(crate) async fn deregister_runner(
+        &self,
+        tenant_id: TenantId,
+        machine_id: MachineId,
+    ) -> Result<bool> {
         let Some(forge) = self.forges().get(tenant_id).await? else {
             return Ok(true);
         };

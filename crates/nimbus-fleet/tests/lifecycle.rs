@@ -13,7 +13,7 @@ use nimbus_provider::local::{LocalConfig, LocalProvider};
 use nimbus_provider::{Provider, ProviderEnv, ProviderMachine, ProviderStatus, ProvisionRequest};
 use nimbus_setup::exec::Exec;
 use nimbus_setup::local::machine_processes;
-use nimbus_store::{EventFilter, MachineFilter, Sealer, SealKey, SqlStore, Storage, StoreOptions};
+use nimbus_store::{EventFilter, MachineFilter, SealKey, Sealer, SqlStore, Storage, StoreOptions};
 use nimbus_types::event;
 use nimbus_types::{
     Arch, CanTerminate, Machine, MachineId, MachineSpec, MachineState, Os, ProviderConfig,
@@ -42,13 +42,20 @@ fn test_config() -> FleetConfig {
 async fn open_store(dir: &Path) -> Arc<SqlStore> {
     let url = SqlStore::sqlite_path_url(&dir.join("nimbus.db"));
     Arc::new(
-        SqlStore::connect(&url, StoreOptions::default(), Sealer::new(SealKey::generate()))
-            .await
-            .expect("open store"),
+        SqlStore::connect(
+            &url,
+            StoreOptions::default(),
+            Sealer::new(SealKey::generate()),
+        )
+        .await
+        .expect("open store"),
     )
 }
 
-async fn harness_with(config: FleetConfig, registry: impl FnOnce(&Path) -> ProviderRegistry) -> Harness {
+async fn harness_with(
+    config: FleetConfig,
+    registry: impl FnOnce(&Path) -> ProviderRegistry,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let machines_dir = dir.path().join("machines");
     let store = open_store(dir.path()).await;
@@ -78,11 +85,16 @@ impl Drop for Harness {
 }
 
 fn kill_all_under(machines_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(machines_dir) else { return };
+    let Ok(entries) = std::fs::read_dir(machines_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if let Some(id) = entry.file_name().to_str() {
             for pid in machine_processes(id) {
-                let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
             }
         }
     }
@@ -166,7 +178,11 @@ impl Harness {
     }
 
     fn local_provider(&self) -> LocalProvider {
-        LocalProvider::new(self.machines_dir.clone(), self.provider.id, LocalConfig::default())
+        LocalProvider::new(
+            self.machines_dir.clone(),
+            self.provider.id,
+            LocalConfig::default(),
+        )
     }
 }
 
@@ -177,7 +193,10 @@ async fn assert_no_processes(id: MachineId) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("processes of machine {id} outlived it: {:?}", machine_processes(&id.to_string()));
+    panic!(
+        "processes of machine {id} outlived it: {:?}",
+        machine_processes(&id.to_string())
+    );
 }
 
 #[tokio::test]
@@ -186,7 +205,10 @@ async fn without_setup_a_machine_goes_straight_to_ready_and_terminates_cleanly()
     let machine = h.provision(spec()).await;
     assert_eq!(machine.state, MachineState::Provisioning);
     let ready = h.wait_for(machine.id, MachineState::Ready).await;
-    assert_eq!(h.states(machine.id).await, [MachineState::Provisioning, MachineState::Ready]);
+    assert_eq!(
+        h.states(machine.id).await,
+        [MachineState::Provisioning, MachineState::Ready]
+    );
     assert_eq!(ready.ip_address.as_deref(), Some("127.0.0.1"));
     assert!(h.machine_dir(machine.id).is_dir());
 
@@ -198,10 +220,17 @@ async fn without_setup_a_machine_goes_straight_to_ready_and_terminates_cleanly()
         event::MACHINE_PROVISION_SUCCESS,
         event::MACHINE_READY,
     ] {
-        assert!(names.iter().any(|n| n == expected), "missing {expected} in {names:?}");
+        assert!(
+            names.iter().any(|n| n == expected),
+            "missing {expected} in {names:?}"
+        );
     }
 
-    let answer = h.fleet.can_terminate_machine(None, machine.id).await.unwrap();
+    let answer = h
+        .fleet
+        .can_terminate_machine(None, machine.id)
+        .await
+        .unwrap();
     assert_eq!(answer, CanTerminate::yes());
     let stopping = h.fleet.terminate_machine(None, machine.id).await.unwrap();
     assert_eq!(stopping.state, MachineState::Stopping);
@@ -212,7 +241,10 @@ async fn without_setup_a_machine_goes_straight_to_ready_and_terminates_cleanly()
     let again = h.fleet.terminate_machine(None, machine.id).await.unwrap();
     assert_eq!(again.state, MachineState::Terminated);
     let names = h.event_names(machine.id).await;
-    assert!(names.iter().any(|n| n == event::MACHINE_TERMINATE_SUCCESS), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == event::MACHINE_TERMINATE_SUCCESS),
+        "{names:?}"
+    );
 }
 
 #[tokio::test]
@@ -222,18 +254,32 @@ async fn setup_script_runs_on_the_machine_before_it_is_ready() {
     h.wait_for(machine.id, MachineState::Ready).await;
     assert_eq!(
         h.states(machine.id).await,
-        [MachineState::Provisioning, MachineState::ImageInstalling, MachineState::Ready]
+        [
+            MachineState::Provisioning,
+            MachineState::ImageInstalling,
+            MachineState::Ready
+        ]
     );
     let conf = std::fs::read_to_string(h.machine_dir(machine.id).join("work/runner.conf")).unwrap();
     assert_eq!(conf, "configured\n");
     // Progress is recorded on the machine itself, in its state.db.
     let progress = h.fleet.get_machine(None, machine.id).await.unwrap();
-    let steps = progress.machine.setup_progress.expect("setup progress merged from the machine");
+    let steps = progress
+        .machine
+        .setup_progress
+        .expect("setup progress merged from the machine");
     let script = steps.step("setup_script").expect("setup_script step");
     assert_eq!(script.status, nimbus_types::StepStatus::Completed);
-    assert!(steps.step("macos_tools").is_some_and(|s| s.status == nimbus_types::StepStatus::Skipped));
+    assert!(
+        steps
+            .step("macos_tools")
+            .is_some_and(|s| s.status == nimbus_types::StepStatus::Skipped)
+    );
     let names = h.event_names(machine.id).await;
-    assert!(names.iter().any(|n| n == event::MACHINE_SETUP_SUCCESS), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == event::MACHINE_SETUP_SUCCESS),
+        "{names:?}"
+    );
     h.fleet.terminate_machine(None, machine.id).await.unwrap();
     h.wait_for(machine.id, MachineState::Terminated).await;
 }
@@ -247,14 +293,22 @@ async fn failed_setup_marks_the_machine_failed_with_the_reason_and_leaves_nothin
     let failed = h.wait_for(machine.id, MachineState::Failed).await;
     let error = failed.error.unwrap();
     assert!(
-        error.contains("setup_script") && error.contains("exit code 7") && error.contains("cannot fetch runner"),
+        error.contains("setup_script")
+            && error.contains("exit code 7")
+            && error.contains("cannot fetch runner"),
         "{error}"
     );
     assert_no_processes(machine.id).await;
     assert!(!h.machine_dir(machine.id).exists());
     let names = h.event_names(machine.id).await;
-    assert!(names.iter().any(|n| n == event::MACHINE_SETUP_FAILURE), "{names:?}");
-    assert!(names.iter().any(|n| n == event::MACHINE_PROVISION_FAILURE), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == event::MACHINE_SETUP_FAILURE),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == event::MACHINE_PROVISION_FAILURE),
+        "{names:?}"
+    );
     // A failed machine can still be terminated, which ends its history.
     h.fleet.terminate_machine(None, machine.id).await.unwrap();
     h.wait_for(machine.id, MachineState::Terminated).await;
@@ -283,10 +337,21 @@ async fn terminate_interrupts_a_running_setup() {
 async fn a_provider_refusal_fails_the_machine_with_the_reason() {
     let h = harness().await;
     let mut foreign = spec();
-    foreign.os = if Os::host() == Some(Os::Linux) { Os::Macos } else { Os::Linux };
+    foreign.os = if Os::host() == Some(Os::Linux) {
+        Os::Macos
+    } else {
+        Os::Linux
+    };
     let machine = h.provision(foreign).await;
     let failed = h.wait_for(machine.id, MachineState::Failed).await;
-    assert!(failed.error.as_deref().unwrap().contains("local provider only has"), "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("local provider only has"),
+        "{failed:?}"
+    );
     assert!(!h.machine_dir(machine.id).exists());
 }
 
@@ -304,7 +369,13 @@ async fn invalid_specs_are_refused_before_anything_is_recorded() {
         Error::Invalid(spec) => assert_eq!(spec.field, "labels[1]"),
         other => panic!("expected Invalid, got {other:?}"),
     }
-    assert!(h.fleet.list_machines(&MachineFilter::default()).await.unwrap().is_empty());
+    assert!(
+        h.fleet
+            .list_machines(&MachineFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -320,7 +391,12 @@ async fn another_tenant_cannot_see_or_terminate_a_machine() {
         h.fleet.terminate_machine(Some(other), machine.id).await,
         Err(Error::NotFound(_))
     ));
-    assert!(h.fleet.get_machine(Some(h.tenant.id), machine.id).await.is_ok());
+    assert!(
+        h.fleet
+            .get_machine(Some(h.tenant.id), machine.id)
+            .await
+            .is_ok()
+    );
     h.wait_for(machine.id, MachineState::Ready).await;
 }
 
@@ -350,9 +426,15 @@ async fn shutdown_waits_for_in_flight_setups_and_refuses_new_work() {
     h.wait_for(machine.id, MachineState::ImageInstalling).await;
     h.fleet.shutdown().await;
     let done = h.store.get_machine(None, machine.id).await.unwrap().machine;
-    assert_eq!(done.state, MachineState::Ready, "shutdown must let the setup finish");
+    assert_eq!(
+        done.state,
+        MachineState::Ready,
+        "shutdown must let the setup finish"
+    );
     assert!(matches!(
-        h.fleet.provision_machine(&h.tenant, &h.provider, spec()).await,
+        h.fleet
+            .provision_machine(&h.tenant, &h.provider, spec())
+            .await,
         Err(Error::ShuttingDown)
     ));
     // Clean up the machine's processes.
@@ -426,8 +508,15 @@ async fn reconcile_leaves_young_orphans_alone_during_the_grace_period() {
 }
 
 fn nix_kill(pid: i32) -> std::io::Result<()> {
-    let status = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status()?;
-    if status.success() { Ok(()) } else { Err(std::io::Error::other("kill failed")) }
+    let status = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
 }
 
 #[tokio::test]
@@ -500,7 +589,10 @@ impl Provider for FakeProvider {
         ProviderType::Local
     }
 
-    async fn provision(&self, request: &ProvisionRequest) -> nimbus_provider::Result<ProviderMachine> {
+    async fn provision(
+        &self,
+        request: &ProvisionRequest,
+    ) -> nimbus_provider::Result<ProviderMachine> {
         let machine = ProviderMachine {
             machine_id: Some(request.machine_id),
             tenant_id: Some(request.tenant_id),
@@ -510,10 +602,15 @@ impl Provider for FakeProvider {
             created_at: nimbus_types::now(),
             metadata: Default::default(),
         };
-        self.machines.lock().unwrap().insert(request.machine_id, machine.clone());
+        self.machines
+            .lock()
+            .unwrap()
+            .insert(request.machine_id, machine.clone());
         if *self.fail_provision_after_create.lock().unwrap() {
             // Like a cloud that created the instance, then failed to answer.
-            return Err(nimbus_provider::Error::Retryable("timed out waiting for the instance".into()));
+            return Err(nimbus_provider::Error::Retryable(
+                "timed out waiting for the instance".into(),
+            ));
         }
         Ok(machine)
     }
@@ -527,7 +624,10 @@ impl Provider for FakeProvider {
         Ok(CanTerminate::minimum_allocation(24, 23.5))
     }
 
-    async fn list_machines(&self, _tenant: TenantId) -> nimbus_provider::Result<Vec<ProviderMachine>> {
+    async fn list_machines(
+        &self,
+        _tenant: TenantId,
+    ) -> nimbus_provider::Result<Vec<ProviderMachine>> {
         if *self.fail_list.lock().unwrap() {
             return Err(nimbus_provider::Error::Retryable("throttled".into()));
         }
@@ -566,7 +666,10 @@ async fn a_provision_that_fails_after_the_provider_created_something_leaves_noth
     let machine = h.provision(spec()).await;
     let failed = h.wait_for(machine.id, MachineState::Failed).await;
     assert!(failed.error.unwrap().contains("timed out waiting"));
-    assert!(fake.machines.lock().unwrap().is_empty(), "the half-created machine was removed");
+    assert!(
+        fake.machines.lock().unwrap().is_empty(),
+        "the half-created machine was removed"
+    );
 }
 
 #[tokio::test]
@@ -574,15 +677,25 @@ async fn a_machine_on_a_host_inside_its_minimum_period_still_terminates_and_says
     let (h, fake) = fake_harness().await;
     let machine = h.provision(spec()).await;
     h.wait_for(machine.id, MachineState::Ready).await;
-    let answer = h.fleet.can_terminate_machine(None, machine.id).await.unwrap();
+    let answer = h
+        .fleet
+        .can_terminate_machine(None, machine.id)
+        .await
+        .unwrap();
     assert_eq!(answer.error.as_deref(), Some("minimum_allocation_period"));
     assert_eq!(answer.hours_remaining, Some(23.5));
     h.fleet.terminate_machine(None, machine.id).await.unwrap();
     h.wait_for(machine.id, MachineState::Terminated).await;
     let history = h.store.machine_history(machine.id).await.unwrap();
-    let stopping = history.iter().find(|c| c.state == MachineState::Stopping).unwrap();
+    let stopping = history
+        .iter()
+        .find(|c| c.state == MachineState::Stopping)
+        .unwrap();
     let reason = stopping.reason.as_deref().unwrap();
-    assert!(reason.contains("keeps its resources") && reason.contains("23.5 hours"), "{reason}");
+    assert!(
+        reason.contains("keeps its resources") && reason.contains("23.5 hours"),
+        "{reason}"
+    );
     assert!(fake.machines.lock().unwrap().is_empty());
 }
 
@@ -594,7 +707,8 @@ async fn reconcile_errors_back_off_exponentially_up_to_the_interval() {
     assert!(err.to_string().contains("throttled"), "{err}");
     let backoffs: Vec<Duration> = (1..=14)
         .map(|failures| {
-            let nimbus_fleet::Action::Requeue(after) = h.fleet.error_policy(&h.provider, &err, failures);
+            let nimbus_fleet::Action::Requeue(after) =
+                h.fleet.error_policy(&h.provider, &err, failures);
             after
         })
         .collect();

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use nimbus_fleet::{Fleet, FleetConfig, ProviderRegistry, Telemetry};
 use nimbus_provider::ProviderEnv;
-use nimbus_store::{Sealer, SealKey, SqlStore, Storage, StoreOptions};
-use nimbus_types::{Arch, ForgeConfig, ForgeType, MachineSpec, MachineState, Os, ProviderType, Secret};
+use nimbus_store::{SealKey, Sealer, SqlStore, Storage, StoreOptions};
+use nimbus_types::{
+    Arch, ForgeConfig, ForgeType, MachineSpec, MachineState, Os, ProviderType, Secret,
+};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -44,7 +46,9 @@ async fn mount_runner(server: &MockServer, name: &str, busy: bool) {
         .await;
     let delete = if busy {
         // GitHub refuses to remove a runner that is running a job.
-        ResponseTemplate::new(422).set_body_json(json!({"message": "Bad request - Runner \"x\" is still running a job\""}))
+        ResponseTemplate::new(422).set_body_json(
+            json!({"message": "Bad request - Runner \"x\" is still running a job\""}),
+        )
     } else {
         ResponseTemplate::new(204)
     };
@@ -61,9 +65,13 @@ async fn a_busy_runner_keeps_its_machine_until_the_job_ends() {
     let dir = tempfile::tempdir().unwrap();
     let url = SqlStore::sqlite_path_url(&dir.path().join("nimbus.db"));
     let store = Arc::new(
-        SqlStore::connect(&url, StoreOptions::default(), Sealer::new(SealKey::generate()))
-            .await
-            .unwrap(),
+        SqlStore::connect(
+            &url,
+            StoreOptions::default(),
+            Sealer::new(SealKey::generate()),
+        )
+        .await
+        .unwrap(),
     );
     let dyn_store: Arc<dyn Storage> = store.clone();
     let env = ProviderEnv {
@@ -101,7 +109,10 @@ async fn a_busy_runner_keeps_its_machine_until_the_job_ends() {
 
     let mut spec = MachineSpec::new(Os::host().unwrap(), Arch::host().unwrap());
     spec.skip_setup = true;
-    let machine = fleet.provision_machine(&tenant, &provider, spec).await.unwrap();
+    let machine = fleet
+        .provision_machine(&tenant, &provider, spec)
+        .await
+        .unwrap();
     let wait_for = |state: MachineState| {
         let store = store.clone();
         async move {
@@ -124,7 +135,12 @@ async fn a_busy_runner_keeps_its_machine_until_the_job_ends() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let still = store.get_machine(None, machine.id).await.unwrap().machine;
     assert_eq!(still.state, MachineState::Stopping);
-    assert!(dir.path().join("machines").join(machine.id.to_string()).exists());
+    assert!(
+        dir.path()
+            .join("machines")
+            .join(machine.id.to_string())
+            .exists()
+    );
     let deletes = github
         .received_requests()
         .await
@@ -141,8 +157,15 @@ async fn a_busy_runner_keeps_its_machine_until_the_job_ends() {
     wait_for(MachineState::Terminated).await;
     let requests = github.received_requests().await.unwrap();
     assert!(
-        requests.iter().any(|r| r.method.as_str() == "DELETE" && r.url.path() == format!("{RUNNERS}/42")),
+        requests
+            .iter()
+            .any(|r| r.method.as_str() == "DELETE" && r.url.path() == format!("{RUNNERS}/42")),
         "the runner was deregistered"
     );
-    assert!(!dir.path().join("machines").join(machine.id.to_string()).exists());
+    assert!(
+        !dir.path()
+            .join("machines")
+            .join(machine.id.to_string())
+            .exists()
+    );
 }

@@ -116,9 +116,10 @@ impl LocalProvider {
             .extra
             .insert("dir".into(), dir.display().to_string());
         // Where setup keeps the machine's state.db and work directory.
-        metadata
-            .extra
-            .insert("state_db".into(), dir.join("state.db").display().to_string());
+        metadata.extra.insert(
+            "state_db".into(),
+            dir.join("state.db").display().to_string(),
+        );
         metadata
             .extra
             .insert("work_dir".into(), dir.join("work").display().to_string());
@@ -363,20 +364,31 @@ mod tests {
 
         let listed = provider.list_machines(tenant).await.unwrap();
         assert_eq!(listed.len(), 1);
-        assert!(provider.list_machines(TenantId::new()).await.unwrap().is_empty());
+        assert!(
+            provider
+                .list_machines(TenantId::new())
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         let machine = machine(&request);
         let exec = provider.exec(&machine).await.unwrap();
-        exec.run(&Command::new("setsid sleep 60 >/dev/null 2>&1 </dev/null & sleep 0.1"))
-            .await
-            .unwrap();
+        exec.run(&Command::new(
+            "setsid sleep 60 >/dev/null 2>&1 </dev/null & sleep 0.1",
+        ))
+        .await
+        .unwrap();
         let id = request.machine_id.to_string();
         assert!(machine_processes(&id).len() >= 2, "leader and service run");
 
         provider.terminate(&machine).await.unwrap();
         assert!(machine_processes(&id).is_empty());
         assert!(!root.path().join(&id).exists());
-        assert_eq!(provider.get_machine(request.machine_id).await.unwrap(), None);
+        assert_eq!(
+            provider.get_machine(request.machine_id).await.unwrap(),
+            None
+        );
         // Terminating again is fine.
         provider.terminate(&machine).await.unwrap();
     }
@@ -384,7 +396,12 @@ mod tests {
     #[tokio::test]
     async fn refuses_foreign_platforms_and_capacity() {
         let root = tempfile::tempdir().unwrap();
-        let provider = provider(root.path(), LocalConfig { max_machines: Some(1) });
+        let provider = provider(
+            root.path(),
+            LocalConfig {
+                max_machines: Some(1),
+            },
+        );
         let tenant = TenantId::new();
         let mut foreign = request(&provider, tenant);
         foreign.spec.os = Os::Macos;
@@ -394,7 +411,10 @@ mod tests {
 
         let first = request(&provider, tenant);
         provider.provision(&first).await.unwrap();
-        let err = provider.provision(&request(&provider, tenant)).await.unwrap_err();
+        let err = provider
+            .provision(&request(&provider, tenant))
+            .await
+            .unwrap_err();
         assert!(err.is_retryable(), "{err}");
         provider.terminate(&machine(&first)).await.unwrap();
     }

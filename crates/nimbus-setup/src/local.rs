@@ -102,7 +102,8 @@ impl Exec for LocalExec {
             if tokio::time::timeout(PIPE_DRAIN, drained).await.is_err() {
                 readers.abort_all();
             }
-            let take = |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().expect("output lock"));
+            let take =
+                |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().expect("output lock"));
             Ok::<_, std::io::Error>(Output {
                 exit_code: status.code().unwrap_or(-1),
                 stdout: take(&out_buf),
@@ -180,7 +181,11 @@ pub async fn kill_machine_processes(machine_id: &str, grace: Duration) -> usize 
 /// `/proc` is scanned on a blocking thread, once before and once after signalling (to catch
 /// processes forked meanwhile); in between only the known pids are watched, so terminating many
 /// machines at once stays cheap.
-pub async fn kill_machine_processes_except(machine_id: &str, keep: &[i32], grace: Duration) -> usize {
+pub async fn kill_machine_processes_except(
+    machine_id: &str,
+    keep: &[i32],
+    grace: Duration,
+) -> usize {
     let scan = |keep: Vec<i32>| {
         let id = machine_id.to_owned();
         async move {
@@ -302,7 +307,10 @@ mod tests {
     async fn a_background_job_holding_the_pipes_does_not_block_completion() {
         let (_dir, exec) = exec();
         let out = exec
-            .run(&Command::new("sleep 30 & echo started; echo bad >&2; exit 4").timeout(Duration::from_secs(10)))
+            .run(
+                &Command::new("sleep 30 & echo started; echo bad >&2; exit 4")
+                    .timeout(Duration::from_secs(10)),
+            )
             .await
             .unwrap();
         assert_eq!(out.exit_code, 4);

@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use nimbus_types::api::StateChange;
 use nimbus_types::event::Event;
 use nimbus_types::{
-    ForgeConfig, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId,
-    Tenant, TenantId,
+    ForgeConfig, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId, Tenant,
+    TenantId,
 };
 
 pub use seal::{KeyError, SealKey, Sealer};
@@ -110,8 +110,11 @@ pub trait Storage: Send + Sync + 'static {
     /// recorded as the first entry of its history.
     async fn insert_machine(&self, machine: &Machine, spec: &MachineSpec) -> Result<()>;
     /// Looks a machine up; with `tenant_id`, another tenant's machine is `NotFound`.
-    async fn get_machine(&self, tenant_id: Option<TenantId>, id: MachineId)
-    -> Result<MachineRecord>;
+    async fn get_machine(
+        &self,
+        tenant_id: Option<TenantId>,
+        id: MachineId,
+    ) -> Result<MachineRecord>;
     async fn list_machines(&self, filter: &MachineFilter) -> Result<Vec<MachineRecord>>;
     /// Saves what is known of a machine (address, metadata, image, error). When `state`
     /// differs from the stored one, the move must be legal (`MachineState::transition`) and is

@@ -598,7 +598,10 @@ impl Storage for SqlStore {
     fn machines_version(&self) -> Option<u64> {
         match self.backend {
             // This process is the only writer of its SQLite file.
-            Backend::Sqlite => Some(self.machines_version.load(std::sync::atomic::Ordering::Acquire)),
+            Backend::Sqlite => Some(
+                self.machines_version
+                    .load(std::sync::atomic::Ordering::Acquire),
+            ),
             // Other replicas write too; their writes would not show here.
             Backend::Postgres => None,
         }

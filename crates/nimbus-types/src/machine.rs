@@ -257,7 +257,15 @@ mod tests {
 
     #[test]
     fn happy_paths() {
-        let path = [Provisioning, ImageInstalling, Ready, Running, Ready, Stopping, Terminated];
+        let path = [
+            Provisioning,
+            ImageInstalling,
+            Ready,
+            Running,
+            Ready,
+            Stopping,
+            Terminated,
+        ];
         for pair in path.windows(2) {
             assert_eq!(pair[0].transition(pair[1]), Ok(pair[1]));
         }
@@ -278,7 +286,10 @@ mod tests {
             (Ready, Ready),
             (Provisioning, Terminated),
         ] {
-            assert!(from.transition(to).is_err(), "{from} -> {to} must be illegal");
+            assert!(
+                from.transition(to).is_err(),
+                "{from} -> {to} must be illegal"
+            );
         }
     }
 

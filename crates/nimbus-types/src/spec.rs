@@ -137,12 +137,16 @@ impl MachineSpec {
             ));
         }
         for (idx, label) in self.labels.iter().enumerate() {
-            validate_label(label).map_err(|message| SpecError::new(format!("labels[{idx}]"), message))?;
+            validate_label(label)
+                .map_err(|message| SpecError::new(format!("labels[{idx}]"), message))?;
         }
         let mut seen = std::collections::HashSet::new();
         for label in &self.labels {
             if !seen.insert(label.as_str()) {
-                return Err(SpecError::new("labels", format!("duplicate label {label:?}")));
+                return Err(SpecError::new(
+                    "labels",
+                    format!("duplicate label {label:?}"),
+                ));
             }
         }
         if let Some(instance_type) = &self.instance_type {
@@ -221,7 +225,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
     let first = name.as_bytes()[0];
     if !(first.is_ascii_lowercase() || first.is_ascii_digit()) {
-        return Err(format!("{name:?} must start with a lowercase letter or digit"));
+        return Err(format!(
+            "{name:?} must start with a lowercase letter or digit"
+        ));
     }
     if let Some(bad) = name
         .chars()
@@ -261,11 +267,30 @@ mod tests {
 
     #[test]
     fn labels() {
-        for good in ["linux", "self-hosted", "x86_64", "macos-14", "gpu:a100", "a", "A.b_c"] {
+        for good in [
+            "linux",
+            "self-hosted",
+            "x86_64",
+            "macos-14",
+            "gpu:a100",
+            "a",
+            "A.b_c",
+        ] {
             check_label(good, true);
         }
         let long = "a".repeat(64);
-        for bad in ["", "-x", "a b", "a;b", "$(id)", "a'b", "a\"b", "a\nb", "ä", long.as_str()] {
+        for bad in [
+            "",
+            "-x",
+            "a b",
+            "a;b",
+            "$(id)",
+            "a'b",
+            "a\"b",
+            "a\nb",
+            "ä",
+            long.as_str(),
+        ] {
             check_label(bad, false);
         }
     }
@@ -299,8 +324,8 @@ mod tests {
 
     #[test]
     fn unknown_os_and_arch_are_rejected_when_parsing() {
-        let err = serde_json::from_str::<MachineSpec>(r#"{"os":"windows","arch":"x86_64"}"#)
-            .unwrap_err();
+        let err =
+            serde_json::from_str::<MachineSpec>(r#"{"os":"windows","arch":"x86_64"}"#).unwrap_err();
         assert!(err.to_string().contains("windows"), "{err}");
         assert!("sparc".parse::<Arch>().is_err());
         assert_eq!("arm64".parse::<Arch>().unwrap(), Arch::Arm64);

@@ -58,20 +58,33 @@ impl Client {
         self.send(self.request(&self.http, Method::GET, path)).await
     }
 
-    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.request(&self.http, Method::POST, path).json(body)).await
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.request(&self.http, Method::POST, path).json(body))
+            .await
     }
 
-    pub async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.request(&self.http, Method::PUT, path).json(body)).await
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.request(&self.http, Method::PUT, path).json(body))
+            .await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.request(&self.http, Method::DELETE, path)).await
+        self.send(self.request(&self.http, Method::DELETE, path))
+            .await
     }
 
     pub async fn delete_empty(&self, path: &str) -> anyhow::Result<()> {
-        let response = self.execute(self.request(&self.http, Method::DELETE, path)).await?;
+        let response = self
+            .execute(self.request(&self.http, Method::DELETE, path))
+            .await?;
         check(response).await.map(drop)
     }
 
@@ -90,7 +103,9 @@ impl Client {
     async fn send<T: DeserializeOwned>(&self, request: RequestBuilder) -> anyhow::Result<T> {
         let response = check(self.execute(request).await?).await?;
         let bytes = response.bytes().await.context("cannot read the response")?;
-        serde_json::from_slice(&bytes).context("nimbusd sent a response this nimbusctl does not understand (version mismatch?)")
+        serde_json::from_slice(&bytes).context(
+            "nimbusd sent a response this nimbusctl does not understand (version mismatch?)",
+        )
     }
 
     /// Follows the server-sent event stream, calling `on_event` for each event until the

@@ -25,7 +25,11 @@ use crate::output::{DemandRow, ForgeShow, Printer};
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8720";
 
 #[derive(Debug, Parser)]
-#[command(name = "nimbusctl", version, about = "Control Nimbus: tenants, providers and runner machines")]
+#[command(
+    name = "nimbusctl",
+    version,
+    about = "Control Nimbus: tenants, providers and runner machines"
+)]
 pub struct Cli {
     /// URL of nimbusd.
     #[arg(long, global = true, env = "NIMBUS_URL", default_value = DEFAULT_URL)]
@@ -278,7 +282,9 @@ fn parse_forge_type(s: &str) -> Result<ForgeType, String> {
 }
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("invalid duration {s:?}, e.g. 90s, 5m, 1h"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}, e.g. 90s, 5m, 1h"))?;
     match unit {
         "" | "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
@@ -299,7 +305,11 @@ pub fn usage_error_line(err: &clap::Error) -> String {
         .next()
         .unwrap_or_default();
     let mut line = String::new();
-    for part in message.lines().map(str::trim).filter(|part| !part.is_empty()) {
+    for part in message
+        .lines()
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
         let part = part.strip_prefix("error: ").unwrap_or(part);
         if !line.is_empty() {
             line.push_str(if line.ends_with(':') { " " } else { ", " });
@@ -373,7 +383,10 @@ async fn tenant(client: &Client, printer: &Printer, cmd: TenantCmd) -> anyhow::R
         }
         TenantCmd::Token { name } => {
             let token: TenantToken = client
-                .post(&format!("/v1/tenants/{}/tokens", seg(&name)), &serde_json::json!({}))
+                .post(
+                    &format!("/v1/tenants/{}/tokens", seg(&name)),
+                    &serde_json::json!({}),
+                )
                 .await?;
             printer.token(&token)
         }
@@ -424,13 +437,21 @@ async fn provider(client: &Client, printer: &Printer, cmd: ProviderCmd) -> anyho
         }
         ProviderCmd::Show { tenant, name } => {
             let provider: ProviderView = client
-                .get(&format!("/v1/tenants/{}/providers/{}", seg(&tenant), seg(&name)))
+                .get(&format!(
+                    "/v1/tenants/{}/providers/{}",
+                    seg(&tenant),
+                    seg(&name)
+                ))
                 .await?;
             printer.providers(&[provider])
         }
         ProviderCmd::Remove { tenant, name } => {
             client
-                .delete_empty(&format!("/v1/tenants/{}/providers/{}", seg(&tenant), seg(&name)))
+                .delete_empty(&format!(
+                    "/v1/tenants/{}/providers/{}",
+                    seg(&tenant),
+                    seg(&name)
+                ))
                 .await?;
             printer.done(&format!("removed provider {name}"))
         }
@@ -544,7 +565,9 @@ async fn machine(client: &Client, printer: &Printer, cmd: MachineCmd) -> anyhow:
                 },
                 arch: match args.arch {
                     Some(arch) => arch,
-                    None => Arch::host().context("cannot tell this host's architecture; pass --arch")?,
+                    None => {
+                        Arch::host().context("cannot tell this host's architecture; pass --arch")?
+                    }
                 },
                 labels: args.labels,
                 instance_type: args.instance_type,
@@ -606,9 +629,7 @@ async fn machine(client: &Client, printer: &Printer, cmd: MachineCmd) -> anyhow:
             printer.machine_detail(&machine, &history)
         }
         MachineCmd::Terminate { id, wait, timeout } => {
-            let machine: Machine = client
-                .delete(&format!("/v1/machines/{}", seg(&id)))
-                .await?;
+            let machine: Machine = client.delete(&format!("/v1/machines/{}", seg(&id))).await?;
             if !wait {
                 return printer.machines(&[machine]);
             }
@@ -652,7 +673,10 @@ async fn wait_for(
             last = Some(machine.state);
         }
         if done(machine.state)
-            || matches!(machine.state, MachineState::Failed | MachineState::Terminated)
+            || matches!(
+                machine.state,
+                MachineState::Failed | MachineState::Terminated
+            )
         {
             return Ok(machine);
         }
@@ -699,8 +723,8 @@ fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {
     if path.extension().is_some_and(|ext| ext == "json") {
         serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
     } else {
-        let value: toml::Value =
-            toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+        let value: toml::Value = toml::from_str(&text)
+            .with_context(|| format!("{} is not valid TOML", path.display()))?;
         serde_json::to_value(value).context("cannot convert TOML to JSON")
     }
 }
@@ -713,7 +737,10 @@ fn split_secrets(
     provider_type: ProviderType,
     mut config: serde_json::Value,
     base: &Path,
-) -> anyhow::Result<(serde_json::Value, serde_json::Map<String, serde_json::Value>)> {
+) -> anyhow::Result<(
+    serde_json::Value,
+    serde_json::Map<String, serde_json::Value>,
+)> {
     use serde_json::Value;
     let mut secrets = serde_json::Map::new();
     let read_key = |field: &str, raw: &Value| -> anyhow::Result<Value> {
@@ -730,8 +757,12 @@ fn split_secrets(
             let mut keys = serde_json::Map::new();
             if let Some(hosts) = config.get_mut("hosts").and_then(Value::as_array_mut) {
                 for (idx, host) in hosts.iter_mut().enumerate() {
-                    let Some(table) = host.as_object_mut() else { continue };
-                    let Some(raw) = table.remove("key_file") else { continue };
+                    let Some(table) = host.as_object_mut() else {
+                        continue;
+                    };
+                    let Some(raw) = table.remove("key_file") else {
+                        continue;
+                    };
                     let key = read_key(&format!("hosts[{idx}].key_file"), &raw)?;
                     let address = table.get("address").and_then(Value::as_str).unwrap_or("");
                     let port = table.get("port").and_then(Value::as_u64).unwrap_or(22);
@@ -749,13 +780,21 @@ fn split_secrets(
         }
         ProviderType::Aws => {
             if let Some(table) = config.as_object_mut() {
-                for field in ["access_key_id", "secret_access_key", "session_token", "ssh_private_key"] {
+                for field in [
+                    "access_key_id",
+                    "secret_access_key",
+                    "session_token",
+                    "ssh_private_key",
+                ] {
                     if let Some(value) = table.remove(field) {
                         secrets.insert(field.into(), value);
                     }
                 }
                 if let Some(raw) = table.remove("ssh_private_key_file") {
-                    secrets.insert("ssh_private_key".into(), read_key("ssh_private_key_file", &raw)?);
+                    secrets.insert(
+                        "ssh_private_key".into(),
+                        read_key("ssh_private_key_file", &raw)?,
+                    );
                 }
             }
         }
@@ -809,8 +848,17 @@ mod tests {
     #[test]
     fn man_pages_are_generated_for_every_command() {
         let dir = tempfile::tempdir().unwrap();
-        run(Cli::parse_from(["nimbusctl", "manpages", dir.path().to_str().unwrap()])).unwrap();
-        for page in ["nimbusctl.1", "nimbusctl-machine.1", "nimbusctl-machine-provision.1"] {
+        run(Cli::parse_from([
+            "nimbusctl",
+            "manpages",
+            dir.path().to_str().unwrap(),
+        ]))
+        .unwrap();
+        for page in [
+            "nimbusctl.1",
+            "nimbusctl-machine.1",
+            "nimbusctl-machine-provision.1",
+        ] {
             let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
             assert!(text.contains(".TH"), "{page}");
         }
@@ -819,14 +867,23 @@ mod tests {
     #[test]
     fn secrets_leave_the_settings_file() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("id_ed25519"), "-----BEGIN OPENSSH PRIVATE KEY-----").unwrap();
+        std::fs::write(
+            dir.path().join("id_ed25519"),
+            "-----BEGIN OPENSSH PRIVATE KEY-----",
+        )
+        .unwrap();
         let config = serde_json::json!({"hosts": [
             {"address": "10.0.0.5", "user": "ci", "key_file": "id_ed25519", "os": "linux", "arch": "x86_64"},
             {"address": "::1", "port": 2222, "user": "ci", "key_file": "id_ed25519", "os": "linux", "arch": "x86_64"},
         ]});
         let (config, secrets) = split_secrets(ProviderType::Ssh, config, dir.path()).unwrap();
         assert!(config["hosts"][0].get("key_file").is_none());
-        assert!(secrets["keys"]["10.0.0.5:22"].as_str().unwrap().contains("PRIVATE KEY"));
+        assert!(
+            secrets["keys"]["10.0.0.5:22"]
+                .as_str()
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
         assert!(secrets["keys"]["[::1]:2222"].is_string());
 
         let config = serde_json::json!({"region": "eu-west-1", "access_key_id": "AKIA", "secret_access_key": "s3cr3t"});
@@ -834,12 +891,27 @@ mod tests {
         assert_eq!(config, serde_json::json!({"region": "eu-west-1"}));
         assert_eq!(secrets["secret_access_key"], "s3cr3t");
 
-        let err = split_secrets(ProviderType::Ssh, serde_json::json!({"hosts": [{"address": "a", "key_file": "missing"}]}), dir.path()).unwrap_err();
+        let err = split_secrets(
+            ProviderType::Ssh,
+            serde_json::json!({"hosts": [{"address": "a", "key_file": "missing"}]}),
+            dir.path(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("hosts[0].key_file"), "{err:#}");
     }
 
     fn forge_set(args: &[&str]) -> Result<ForgeSetArgs, clap::Error> {
-        let mut argv = vec!["nimbusctl", "forge", "set", "--tenant", "acme", "--type", "github", "--org", "acme-corp"];
+        let mut argv = vec![
+            "nimbusctl",
+            "forge",
+            "set",
+            "--tenant",
+            "acme",
+            "--type",
+            "github",
+            "--org",
+            "acme-corp",
+        ];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv)?.command {
             Noun::Forge(ForgeCmd::Set(args)) => Ok(*args),
@@ -857,16 +929,32 @@ mod tests {
         std::fs::write(path("pat.txt"), "ghp_abc\n").unwrap();
         std::fs::write(path("empty.txt"), "\n").unwrap();
 
-        let args = forge_set(&["--repo", "app", "--app-id", "12", "--installation-id", "34", "--private-key-file", &path("app.pem"),
-            "--webhook-secret-file", &path("hook.secret"), "--api-url", "https://ghe.example/api/v3"]).unwrap();
+        let args = forge_set(&[
+            "--repo",
+            "app",
+            "--app-id",
+            "12",
+            "--installation-id",
+            "34",
+            "--private-key-file",
+            &path("app.pem"),
+            "--webhook-secret-file",
+            &path("hook.secret"),
+            "--api-url",
+            "https://ghe.example/api/v3",
+        ])
+        .unwrap();
         let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
-        assert_eq!(body, serde_json::json!({
-            "type": "github",
-            "org": "acme-corp",
-            "config": {"repo": "app", "api_url": "https://ghe.example/api/v3", "app_id": 12, "installation_id": 34},
-            // The key exactly as in the file; the secret trimmed.
-            "credentials": {"private_key": pem, "webhook_secret": "hook-s3cret"},
-        }));
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "type": "github",
+                "org": "acme-corp",
+                "config": {"repo": "app", "api_url": "https://ghe.example/api/v3", "app_id": 12, "installation_id": 34},
+                // The key exactly as in the file; the secret trimmed.
+                "credentials": {"private_key": pem, "webhook_secret": "hook-s3cret"},
+            })
+        );
 
         let args = forge_set(&["--token-file", &path("pat.txt")]).unwrap();
         let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
@@ -874,15 +962,38 @@ mod tests {
         assert!(body["config"].is_null(), "{body}");
 
         // A settings/secrets file still works (other forge types), the flags win.
-        std::fs::write(path("creds.toml"), "token = \"old\"\nwebhook_secret = \"w\"\n").unwrap();
+        std::fs::write(
+            path("creds.toml"),
+            "token = \"old\"\nwebhook_secret = \"w\"\n",
+        )
+        .unwrap();
         std::fs::write(path("config.json"), r#"{"repo": "other", "extra": 1}"#).unwrap();
-        let args = forge_set(&["--credentials", &path("creds.toml"), "--config", &path("config.json"), "--token-file", &path("pat.txt"), "--repo", "app"]).unwrap();
+        let args = forge_set(&[
+            "--credentials",
+            &path("creds.toml"),
+            "--config",
+            &path("config.json"),
+            "--token-file",
+            &path("pat.txt"),
+            "--repo",
+            "app",
+        ])
+        .unwrap();
         let body = serde_json::to_value(forge_body(&args).unwrap()).unwrap();
-        assert_eq!(body["credentials"], serde_json::json!({"token": "ghp_abc", "webhook_secret": "w"}));
-        assert_eq!(body["config"], serde_json::json!({"repo": "app", "extra": 1}));
+        assert_eq!(
+            body["credentials"],
+            serde_json::json!({"token": "ghp_abc", "webhook_secret": "w"})
+        );
+        assert_eq!(
+            body["config"],
+            serde_json::json!({"repo": "app", "extra": 1})
+        );
 
         for (flags, expect) in [
-            (vec!["--token-file", "/nonexistent/pat"], "--token-file: cannot read /nonexistent/pat"),
+            (
+                vec!["--token-file", "/nonexistent/pat"],
+                "--token-file: cannot read /nonexistent/pat",
+            ),
             (vec!["--token-file", &path("empty.txt")], "is empty"),
         ] {
             let err = forge_body(&forge_set(&flags).unwrap()).unwrap_err();
@@ -894,22 +1005,65 @@ mod tests {
     fn forge_set_refuses_missing_or_conflicting_flags() {
         for (flags, expect) in [
             (vec![], "--private-key-file"),
-            (vec!["--app-id", "1", "--private-key-file", "k"], "--installation-id"),
-            (vec!["--app-id", "1", "--installation-id", "2"], "--private-key-file"),
-            (vec!["--app-id", "1", "--installation-id", "2", "--private-key-file", "k", "--token-file", "t"], "cannot be used with"),
-            (vec!["--token-file", "t", "--app-id", "1"], "cannot be used with"),
-            (vec!["--token-file", "t", "--app-id", "x"], "invalid value 'x'"),
+            (
+                vec!["--app-id", "1", "--private-key-file", "k"],
+                "--installation-id",
+            ),
+            (
+                vec!["--app-id", "1", "--installation-id", "2"],
+                "--private-key-file",
+            ),
+            (
+                vec![
+                    "--app-id",
+                    "1",
+                    "--installation-id",
+                    "2",
+                    "--private-key-file",
+                    "k",
+                    "--token-file",
+                    "t",
+                ],
+                "cannot be used with",
+            ),
+            (
+                vec!["--token-file", "t", "--app-id", "1"],
+                "cannot be used with",
+            ),
+            (
+                vec!["--token-file", "t", "--app-id", "x"],
+                "invalid value 'x'",
+            ),
         ] {
             let err = forge_set(&flags).expect_err(&format!("{flags:?} was accepted"));
             let line = usage_error_line(&err);
-            assert!(!line.contains('\n') && !line.starts_with("error"), "{flags:?}: {line:?}");
-            assert!(line.contains(expect), "{flags:?}: expected {expect:?} in {line:?}");
+            assert!(
+                !line.contains('\n') && !line.starts_with("error"),
+                "{flags:?}: {line:?}"
+            );
+            assert!(
+                line.contains(expect),
+                "{flags:?}: expected {expect:?} in {line:?}"
+            );
         }
     }
 
     #[test]
     fn usage_errors_are_one_line() {
-        let err = Cli::try_parse_from(["nimbusctl", "forge", "set", "--tenant", "t", "--type", "github", "--org", "o", "--app-id", "1"]).unwrap_err();
+        let err = Cli::try_parse_from([
+            "nimbusctl",
+            "forge",
+            "set",
+            "--tenant",
+            "t",
+            "--type",
+            "github",
+            "--org",
+            "o",
+            "--app-id",
+            "1",
+        ])
+        .unwrap_err();
         let line = usage_error_line(&err);
         assert_eq!(
             line,

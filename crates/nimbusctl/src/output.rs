@@ -4,8 +4,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use comfy_table::{Table, presets::NOTHING};
-use nimbus_types::api::{ForgeView, ProviderView, StateChange, TenantToken};
 use nimbus_types::TenantId;
+use nimbus_types::api::{ForgeView, ProviderView, StateChange, TenantToken};
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
 use serde::{Deserialize, Serialize};
@@ -74,7 +74,11 @@ impl Printer {
         }
         let mut t = table(&["NAME", "ID", "CREATED"]);
         for tenant in tenants {
-            t.add_row(vec![tenant.name.clone(), tenant.id.to_string(), ts(tenant.created_at)]);
+            t.add_row(vec![
+                tenant.name.clone(),
+                tenant.id.to_string(),
+                ts(tenant.created_at),
+            ]);
         }
         print_table(t)
     }
@@ -108,7 +112,10 @@ impl Printer {
 
     /// The forge, and the full webhook URL (`base` is the daemon's URL as nimbusctl reaches it).
     pub fn forge(&self, show: &ForgeShow, base: &str) -> anyhow::Result<()> {
-        let webhook_url = show.webhook_path.as_ref().map(|path| format!("{base}{path}"));
+        let webhook_url = show
+            .webhook_path
+            .as_ref()
+            .map(|path| format!("{base}{path}"));
         if self.json {
             let mut value = serde_json::to_value(show)?;
             if let (Some(url), Some(object)) = (&webhook_url, value.as_object_mut()) {
@@ -121,7 +128,12 @@ impl Printer {
         t.add_row(vec![
             forge.forge_type.to_string(),
             forge.org.clone(),
-            if forge.has_credentials { "sealed" } else { "none" }.to_owned(),
+            if forge.has_credentials {
+                "sealed"
+            } else {
+                "none"
+            }
+            .to_owned(),
             ts(forge.updated_at),
         ]);
         print_table(t)?;
@@ -131,7 +143,9 @@ impl Printer {
         }
         if let Some(url) = webhook_url {
             println!("webhook URL: {url}");
-            println!("(content type application/json, the same secret, the \"Workflow jobs\" event)");
+            println!(
+                "(content type application/json, the same secret, the \"Workflow jobs\" event)"
+            );
         }
         Ok(())
     }
@@ -140,7 +154,14 @@ impl Printer {
         if self.json {
             return self.json(rows);
         }
-        let mut t = table(&["TENANT", "LABELS", "QUEUED", "WAITING", "IN PROGRESS", "OLDEST"]);
+        let mut t = table(&[
+            "TENANT",
+            "LABELS",
+            "QUEUED",
+            "WAITING",
+            "IN PROGRESS",
+            "OLDEST",
+        ]);
         for row in rows {
             t.add_row(vec![
                 row.tenant_id.to_string(),
@@ -186,9 +207,23 @@ impl Printer {
             ("labels", m.labels.join(",")),
             ("ip", m.ip_address.clone().unwrap_or_default()),
             ("instance type", m.instance_type.clone().unwrap_or_default()),
-            ("image", format!("{} ({}, {})", m.image.id.clone().unwrap_or_else(|| "-".into()), m.image.image_type, m.image.state)),
-            ("instance id", m.provider_metadata.instance_id.clone().unwrap_or_default()),
-            ("host id", m.provider_metadata.host_id.clone().unwrap_or_default()),
+            (
+                "image",
+                format!(
+                    "{} ({}, {})",
+                    m.image.id.clone().unwrap_or_else(|| "-".into()),
+                    m.image.image_type,
+                    m.image.state
+                ),
+            ),
+            (
+                "instance id",
+                m.provider_metadata.instance_id.clone().unwrap_or_default(),
+            ),
+            (
+                "host id",
+                m.provider_metadata.host_id.clone().unwrap_or_default(),
+            ),
             ("created", ts(m.created_at)),
             ("updated", ts(m.updated_at)),
             ("error", m.error.clone().unwrap_or_default()),
@@ -241,7 +276,11 @@ impl Printer {
         } else {
             let mut line = format!(
                 "no: {}",
-                answer.message.as_deref().or(answer.error.as_deref()).unwrap_or("refused")
+                answer
+                    .message
+                    .as_deref()
+                    .or(answer.error.as_deref())
+                    .unwrap_or("refused")
             );
             if let Some(hours) = answer.hours_remaining {
                 line.push_str(&format!(" ({hours:.1} hours remaining)"));
@@ -264,7 +303,12 @@ impl Printer {
         if self.json {
             return;
         }
-        eprintln!("{:>7.1}s  {}  {}", elapsed.as_secs_f64(), machine.id, machine.state);
+        eprintln!(
+            "{:>7.1}s  {}  {}",
+            elapsed.as_secs_f64(),
+            machine.id,
+            machine.state
+        );
     }
 
     pub fn event(&self, out: &mut impl Write, event: &Event) -> anyhow::Result<()> {

@@ -23,7 +23,9 @@ fn row<'a>(rows: &'a [Vec<String>], first: &str) -> &'a [String] {
 }
 
 fn str_of<'a>(value: &'a Value, key: &str) -> &'a str {
-    value[key].as_str().unwrap_or_else(|| panic!("{key} is not a string in {value:#}"))
+    value[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} is not a string in {value:#}"))
 }
 
 /// Lines of stderr that are progress lines for `id` (`  0.3s  <id>  ready`), as states.
@@ -45,7 +47,9 @@ fn readme_walkthrough() {
     let tenant_id = row(&rows, "acme")[1].clone();
 
     let rows = w
-        .ctl(&["provider", "add", "--tenant", "acme", "--type", "local", "--name", "local"])
+        .ctl(&[
+            "provider", "add", "--tenant", "acme", "--type", "local", "--name", "local",
+        ])
         .ok()
         .table();
     assert_eq!(rows[0], ["NAME", "TYPE", "ID", "TENANT", "CREDENTIALS"]);
@@ -55,10 +59,23 @@ fn readme_walkthrough() {
     assert_eq!(provider[4], "none");
 
     let run = w
-        .ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--label", "gpu", "--wait"])
+        .ctl(&[
+            "machine",
+            "provision",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--label",
+            "gpu",
+            "--wait",
+        ])
         .ok();
     let rows = run.table();
-    assert_eq!(rows[0], ["ID", "STATE", "PLATFORM", "LABELS", "IP", "CREATED"]);
+    assert_eq!(
+        rows[0],
+        ["ID", "STATE", "PLATFORM", "LABELS", "IP", "CREATED"]
+    );
     assert_eq!(rows.len(), 2, "one machine: {rows:?}");
     let id = rows[1][0].clone();
     assert_eq!(rows[1][1], "ready");
@@ -67,11 +84,24 @@ fn readme_walkthrough() {
     assert_eq!(rows[1][4], "127.0.0.1");
     // --wait shows its progress on stderr, stdout stays the result.
     let states = progress_states(&run.stderr, &id);
-    assert_eq!(states.first().map(String::as_str), Some("provisioning"), "{}", run.stderr);
-    assert_eq!(states.last().map(String::as_str), Some("ready"), "{}", run.stderr);
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("provisioning"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("ready"),
+        "{}",
+        run.stderr
+    );
 
     let rows = w.ctl(&["machine", "list"]).ok().table();
-    assert_eq!(rows[0], ["ID", "STATE", "PLATFORM", "LABELS", "IP", "CREATED"]);
+    assert_eq!(
+        rows[0],
+        ["ID", "STATE", "PLATFORM", "LABELS", "IP", "CREATED"]
+    );
     let listed = row(&rows, &id);
     assert_eq!(listed[1], "ready");
     assert_eq!(listed[3], "gpu");
@@ -83,7 +113,11 @@ fn readme_walkthrough() {
     assert_eq!(row(&rows, "state")[1], "ready");
     assert_eq!(row(&rows, "tenant")[1], tenant_id);
     assert_eq!(row(&rows, "labels")[1], "gpu");
-    assert!(show.stdout.contains("\nHISTORY\n"), "show has a history section:\n{}", show.stdout);
+    assert!(
+        show.stdout.contains("\nHISTORY\n"),
+        "show has a history section:\n{}",
+        show.stdout
+    );
     let history: Vec<&str> = show
         .stdout
         .split("\nHISTORY\n")
@@ -97,8 +131,15 @@ fn readme_walkthrough() {
 
     // The machine exists on this host: its directory and its processes.
     let dir = w.machine_dir(&id);
-    assert!(dir.is_dir(), "{} exists while the machine is ready", dir.display());
-    assert!(!machine_processes(&id).is_empty(), "the machine's leader process runs");
+    assert!(
+        dir.is_dir(),
+        "{} exists while the machine is ready",
+        dir.display()
+    );
+    assert!(
+        !machine_processes(&id).is_empty(),
+        "the machine's leader process runs"
+    );
 
     let run = w.ctl(&["machine", "can-terminate", &id]).ok();
     assert_eq!(run.stdout.trim(), "yes");
@@ -107,16 +148,28 @@ fn readme_walkthrough() {
     let rows = run.table();
     assert_eq!(row(&rows, &id)[1], "terminated");
     let states = progress_states(&run.stderr, &id);
-    assert_eq!(states.last().map(String::as_str), Some("terminated"), "{}", run.stderr);
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("terminated"),
+        "{}",
+        run.stderr
+    );
 
     // Nothing of the machine is left on the host.
     let left = machine_processes(&id);
-    assert!(left.is_empty(), "processes of machine {id} outlived it: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of machine {id} outlived it: {left:?}"
+    );
     assert!(!dir.exists(), "{} was removed", dir.display());
 
     // Terminated machines leave the default list but stay visible with --all.
     let run = w.ctl(&["machine", "list"]).ok();
-    assert!(!run.stdout.contains(&id), "terminated machine still listed:\n{}", run.stdout);
+    assert!(
+        !run.stdout.contains(&id),
+        "terminated machine still listed:\n{}",
+        run.stdout
+    );
     let rows = w.ctl(&["machine", "list", "--all"]).ok().table();
     assert_eq!(row(&rows, &id)[1], "terminated");
     let run = w.ctl(&["machine", "can-terminate", &id]).ok();
@@ -140,13 +193,22 @@ fn json_output_parses_for_every_command() {
     assert_eq!(str_of(&shown[0], "id"), tenant_id);
 
     let token = w.ctl(&["--json", "tenant", "token", "acme"]).ok();
-    assert!(token.stderr.trim().is_empty(), "--json prints nothing else: {}", token.stderr);
+    assert!(
+        token.stderr.trim().is_empty(),
+        "--json prints nothing else: {}",
+        token.stderr
+    );
     let token = token.json();
     assert_eq!(str_of(&token, "tenant_id"), tenant_id);
-    assert!(str_of(&token, "token").starts_with("nimbus_t_"), "{token:#}");
+    assert!(
+        str_of(&token, "token").starts_with("nimbus_t_"),
+        "{token:#}"
+    );
 
     let providers = w
-        .ctl(&["--json", "provider", "add", "--tenant", "acme", "--type", "local", "--name", "local"])
+        .ctl(&[
+            "--json", "provider", "add", "--tenant", "acme", "--type", "local", "--name", "local",
+        ])
         .ok()
         .json();
     let provider = &providers[0];
@@ -166,7 +228,19 @@ fn json_output_parses_for_every_command() {
 
     // Without --wait the answer is the intent: `provisioning`.
     let started = w
-        .ctl(&["--json", "machine", "provision", "--tenant", "acme", "--provider", "local", "--label", "a", "--label", "b"])
+        .ctl(&[
+            "--json",
+            "machine",
+            "provision",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--label",
+            "a",
+            "--label",
+            "b",
+        ])
         .ok()
         .json();
     let first = str_of(&started[0], "id").to_owned();
@@ -175,16 +249,32 @@ fn json_output_parses_for_every_command() {
 
     // With --wait and --json, stdout is exactly one JSON document: the final machine.
     let run = w
-        .ctl(&["--json", "machine", "provision", "--tenant", "acme", "--provider", "local", "--wait"])
+        .ctl(&[
+            "--json",
+            "machine",
+            "provision",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--wait",
+        ])
         .ok();
-    assert!(run.stderr.trim().is_empty(), "--json --wait prints no progress: {}", run.stderr);
+    assert!(
+        run.stderr.trim().is_empty(),
+        "--json --wait prints no progress: {}",
+        run.stderr
+    );
     let second = run.json();
     let second_id = str_of(&second[0], "id").to_owned();
     assert_eq!(str_of(&second[0], "state"), "ready");
     assert_eq!(str_of(&second[0], "tenant_id"), tenant_id);
     assert_eq!(second[0]["provider_id"], provider["id"]);
     assert_eq!(str_of(&second[0]["image"], "state"), "installed");
-    assert_eq!(str_of(&second[0]["provider_metadata"], "instance_id"), second_id);
+    assert_eq!(
+        str_of(&second[0]["provider_metadata"], "instance_id"),
+        second_id
+    );
 
     w.wait_for("the first machine to be ready", READY, || {
         let state = w.machine_state(&first);
@@ -192,44 +282,97 @@ fn json_output_parses_for_every_command() {
     });
     for args in [
         &["--json", "machine", "list"][..],
-        &["--json", "machine", "list", "--tenant", "acme", "--provider", "local"],
+        &[
+            "--json",
+            "machine",
+            "list",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+        ],
         &["--json", "machine", "list", "--state", "ready"],
     ] {
         let list = w.ctl(args).ok().json();
-        let ids: BTreeSet<&str> = list.as_array().unwrap().iter().map(|m| str_of(m, "id")).collect();
-        assert_eq!(ids, BTreeSet::from([first.as_str(), second_id.as_str()]), "{args:?}");
+        let ids: BTreeSet<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| str_of(m, "id"))
+            .collect();
+        assert_eq!(
+            ids,
+            BTreeSet::from([first.as_str(), second_id.as_str()]),
+            "{args:?}"
+        );
     }
 
-    let detail = w.ctl(&["--json", "machine", "show", &second_id]).ok().json();
+    let detail = w
+        .ctl(&["--json", "machine", "show", &second_id])
+        .ok()
+        .json();
     assert_eq!(str_of(&detail["machine"], "id"), second_id);
-    let history: Vec<&str> = detail["history"].as_array().unwrap().iter().map(|c| str_of(c, "state")).collect();
+    let history: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| str_of(c, "state"))
+        .collect();
     assert_eq!(history, ["provisioning", "ready"]);
 
-    let answer = w.ctl(&["--json", "machine", "can-terminate", &second_id]).ok().json();
+    let answer = w
+        .ctl(&["--json", "machine", "can-terminate", &second_id])
+        .ok()
+        .json();
     assert_eq!(answer["can_terminate"], true, "{answer:#}");
 
-    let stopped = w.ctl(&["--json", "machine", "terminate", &second_id, "--wait"]).ok().json();
+    let stopped = w
+        .ctl(&["--json", "machine", "terminate", &second_id, "--wait"])
+        .ok()
+        .json();
     assert_eq!(str_of(&stopped[0], "state"), "terminated");
-    let stopping = w.ctl(&["--json", "machine", "terminate", &first]).ok().json();
+    let stopping = w
+        .ctl(&["--json", "machine", "terminate", &first])
+        .ok()
+        .json();
     assert!(
         ["stopping", "terminated"].contains(&str_of(&stopping[0], "state")),
         "{stopping:#}"
     );
     w.wait_for("the first machine to be terminated", READY, || {
         let state = w.machine_state(&first);
-        if state == "terminated" { Ok(()) } else { Err(state) }
+        if state == "terminated" {
+            Ok(())
+        } else {
+            Err(state)
+        }
     });
-    let answer = w.ctl(&["--json", "machine", "can-terminate", &first]).ok().json();
+    let answer = w
+        .ctl(&["--json", "machine", "can-terminate", &first])
+        .ok()
+        .json();
     assert_eq!(answer["can_terminate"], false, "{answer:#}");
     assert_eq!(answer["error"], "already_terminated", "{answer:#}");
 
     let all = w.ctl(&["--json", "machine", "list", "--all"]).ok().json();
     assert_eq!(all.as_array().map(Vec::len), Some(2), "{all:#}");
-    assert!(w.ctl(&["--json", "machine", "list"]).ok().json().as_array().unwrap().is_empty());
+    assert!(
+        w.ctl(&["--json", "machine", "list"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // Errors stay one line on stderr in JSON mode too.
-    w.ctl(&["--json", "machine", "show", "01a200a5-0000-7000-8000-000000000000"])
-        .fails_with("machine not found");
+    w.ctl(&[
+        "--json",
+        "machine",
+        "show",
+        "01a200a5-0000-7000-8000-000000000000",
+    ])
+    .fails_with("machine not found");
 }
 
 #[test]
@@ -238,52 +381,126 @@ fn errors_are_one_line_on_stderr_with_a_nonzero_exit() {
     w.tenant_with_local_provider("acme", "local");
     let unknown = "01a200a5-0000-7000-8000-000000000000";
 
-    w.ctl(&["machine", "show", unknown]).fails_with("machine not found (HTTP 404)");
-    w.ctl(&["machine", "show", "no-such-machine"]).fails_with("not found (HTTP 404)");
-    w.ctl(&["machine", "terminate", unknown]).fails_with("machine not found");
-    w.ctl(&["machine", "terminate", unknown, "--wait"]).fails_with("machine not found");
-    w.ctl(&["machine", "can-terminate", unknown]).fails_with("machine not found");
-    w.ctl(&["tenant", "show", "nobody"]).fails_with("tenant not found");
-    w.ctl(&["provider", "add", "--tenant", "nobody", "--type", "local", "--name", "x"])
+    w.ctl(&["machine", "show", unknown])
+        .fails_with("machine not found (HTTP 404)");
+    w.ctl(&["machine", "show", "no-such-machine"])
+        .fails_with("not found (HTTP 404)");
+    w.ctl(&["machine", "terminate", unknown])
+        .fails_with("machine not found");
+    w.ctl(&["machine", "terminate", unknown, "--wait"])
+        .fails_with("machine not found");
+    w.ctl(&["machine", "can-terminate", unknown])
+        .fails_with("machine not found");
+    w.ctl(&["tenant", "show", "nobody"])
         .fails_with("tenant not found");
-    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "nope"])
-        .fails_with("provider not found");
+    w.ctl(&[
+        "provider", "add", "--tenant", "nobody", "--type", "local", "--name", "x",
+    ])
+    .fails_with("tenant not found");
+    w.ctl(&[
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "nope",
+    ])
+    .fails_with("provider not found");
 
     // Wrong, missing and foreign tokens.
     w.ctl_env(&["machine", "list"], &[("NIMBUS_TOKEN", "nimbus_t_wrong")])
         .fails_with("invalid token (pass --token or set NIMBUS_TOKEN) (HTTP 401)");
-    w.ctl(&["--token", "wrong", "tenant", "list"]).fails_with("HTTP 401");
+    w.ctl(&["--token", "wrong", "tenant", "list"])
+        .fails_with("HTTP 401");
     let nowhere = w.root.path().join("no-config");
-    w.ctl_env(&["machine", "list"], &[("XDG_CONFIG_HOME", nowhere.to_str().unwrap())])
-        .fails_with("missing bearer token");
+    w.ctl_env(
+        &["machine", "list"],
+        &[("XDG_CONFIG_HOME", nowhere.to_str().unwrap())],
+    )
+    .fails_with("missing bearer token");
 
     // Nobody listening, or not a URL.
     let dead = dead_url();
-    let line = w.ctl(&["--url", &dead, "machine", "list"]).fails_with("cannot reach nimbusd");
+    let line = w
+        .ctl(&["--url", &dead, "machine", "list"])
+        .fails_with("cannot reach nimbusd");
     assert!(line.contains(&dead), "names the URL: {line}");
-    w.ctl_env(&["tenant", "list"], &[("NIMBUS_URL", &dead)]).fails_with("cannot reach nimbusd");
-    w.ctl(&["--url", "ftp://example", "tenant", "list"]).fails_with("--url must start with http://");
+    w.ctl_env(&["tenant", "list"], &[("NIMBUS_URL", &dead)])
+        .fails_with("cannot reach nimbusd");
+    w.ctl(&["--url", "ftp://example", "tenant", "list"])
+        .fails_with("--url must start with http://");
 
     // Conflicts and invalid input name what is wrong.
-    w.ctl(&["tenant", "create", "acme"]).fails_with("already exists (HTTP 409)");
-    w.ctl(&["tenant", "create", "Not A Name!"]).fails_with("name: ");
-    w.ctl(&["provider", "add", "--tenant", "acme", "--type", "local", "--name", "local"])
-        .fails_with("HTTP 409");
-    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--label", "bad label!"])
-        .fails_with("labels[0]");
+    w.ctl(&["tenant", "create", "acme"])
+        .fails_with("already exists (HTTP 409)");
+    w.ctl(&["tenant", "create", "Not A Name!"])
+        .fails_with("name: ");
+    w.ctl(&[
+        "provider", "add", "--tenant", "acme", "--type", "local", "--name", "local",
+    ])
+    .fails_with("HTTP 409");
+    w.ctl(&[
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--label",
+        "bad label!",
+    ])
+    .fails_with("labels[0]");
     let missing = w.root.path().join("missing.sh");
-    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", missing.to_str().unwrap()])
-        .fails_with("cannot read");
+    w.ctl(&[
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--setup-script",
+        missing.to_str().unwrap(),
+    ])
+    .fails_with("cannot read");
     // A setup script over 64 KiB names the field; a body over the server's limit is a 413.
     let big = w.write_file("big.sh", &"#".repeat(70 * 1024));
-    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", big.to_str().unwrap()])
-        .fails_with("setup_script: must be at most 65536 bytes (HTTP 422)");
+    w.ctl(&[
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--setup-script",
+        big.to_str().unwrap(),
+    ])
+    .fails_with("setup_script: must be at most 65536 bytes (HTTP 422)");
     let huge = w.write_file("huge.sh", &"#".repeat(300 * 1024));
-    w.ctl(&["machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script", huge.to_str().unwrap()])
-        .fails_with("HTTP 413");
+    w.ctl(&[
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--setup-script",
+        huge.to_str().unwrap(),
+    ])
+    .fails_with("HTTP 413");
     let config = w.write_file("bad-local.toml", "max_machines = 0\n");
-    w.ctl(&["provider", "add", "--tenant", "acme", "--type", "local", "--name", "other", "--config", config.to_str().unwrap()])
-        .fails_with("max_machines");
+    w.ctl(&[
+        "provider",
+        "add",
+        "--tenant",
+        "acme",
+        "--type",
+        "local",
+        "--name",
+        "other",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .fails_with("max_machines");
 
     // Nothing was provisioned by any of this.
     let all = w.ctl(&["--json", "machine", "list", "--all"]).ok().json();
@@ -298,7 +515,12 @@ fn a_tenant_token_sees_only_its_tenant() {
 
     let run = w.ctl(&["tenant", "token", "alpha"]).ok();
     let token = run.stdout.trim().to_owned();
-    assert_eq!(run.stdout.lines().count(), 1, "the token alone on stdout: {:?}", run.stdout);
+    assert_eq!(
+        run.stdout.lines().count(),
+        1,
+        "the token alone on stdout: {:?}",
+        run.stdout
+    );
     assert!(token.starts_with("nimbus_t_"), "{token}");
     assert!(run.stderr.contains("shown once"), "{}", run.stderr);
     let alpha = [("NIMBUS_TOKEN", token.as_str())];
@@ -319,21 +541,46 @@ fn a_tenant_token_sees_only_its_tenant() {
         &["provider", "list", "--tenant", "beta"],
         &["provider", "show", "--tenant", "beta", "local"],
         &["machine", "list", "--tenant", "beta"],
-        &["machine", "provision", "--tenant", "beta", "--provider", "local"],
+        &[
+            "machine",
+            "provision",
+            "--tenant",
+            "beta",
+            "--provider",
+            "local",
+        ],
     ] {
         w.ctl_env(args, &alpha).fails_with("not found (HTTP 404)");
     }
     // Admin-only operations are refused, not hidden.
-    w.ctl_env(&["tenant", "create", "gamma"], &alpha).fails_with("HTTP 403");
-    w.ctl_env(&["tenant", "token", "alpha"], &alpha).fails_with("HTTP 403");
+    w.ctl_env(&["tenant", "create", "gamma"], &alpha)
+        .fails_with("HTTP 403");
+    w.ctl_env(&["tenant", "token", "alpha"], &alpha)
+        .fails_with("HTTP 403");
 
-    let machines = w.ctl_env(&["--json", "machine", "list", "--all"], &alpha).ok().json();
-    let ids: Vec<&str> = machines.as_array().unwrap().iter().map(|m| str_of(m, "id")).collect();
+    let machines = w
+        .ctl_env(&["--json", "machine", "list", "--all"], &alpha)
+        .ok()
+        .json();
+    let ids: Vec<&str> = machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| str_of(m, "id"))
+        .collect();
     assert_eq!(ids, [alpha_machine.as_str()]);
     let tenants = w.ctl_env(&["--json", "tenant", "list"], &alpha).ok().json();
-    let names: Vec<&str> = tenants.as_array().unwrap().iter().map(|t| str_of(t, "name")).collect();
+    let names: Vec<&str> = tenants
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| str_of(t, "name"))
+        .collect();
     assert_eq!(names, ["alpha"]);
-    let providers = w.ctl_env(&["--json", "provider", "list"], &alpha).ok().json();
+    let providers = w
+        .ctl_env(&["--json", "provider", "list"], &alpha)
+        .ok()
+        .json();
     assert_eq!(providers.as_array().map(Vec::len), Some(1), "{providers:#}");
 
     // The stream carried alpha's machine and nothing of beta's.
@@ -344,8 +591,15 @@ fn a_tenant_token_sees_only_its_tenant() {
     w.kill_background(pid);
     let beta_tenant = w.ctl(&["--json", "tenant", "show", "beta"]).ok().json()[0]["id"].clone();
     for event in &seen {
-        assert_ne!(event["machine_id"], beta_machine.as_str(), "beta's event leaked: {event:#}");
-        assert_ne!(event["tenant_id"], beta_tenant, "beta's event leaked: {event:#}");
+        assert_ne!(
+            event["machine_id"],
+            beta_machine.as_str(),
+            "beta's event leaked: {event:#}"
+        );
+        assert_ne!(
+            event["tenant_id"], beta_tenant,
+            "beta's event leaked: {event:#}"
+        );
     }
 
     // Beta's machine was not touched by alpha's attempts.
@@ -369,20 +623,28 @@ fn provision_ready(w: &World, args: &[&str], env: &[(&str, &str)]) -> String {
 /// Waits until `n` event streams are open: the server counts a `/v1/events` request once its
 /// response (the stream) has started, which is after it subscribed to live events.
 fn wait_for_event_stream(w: &World, n: u64) {
-    w.wait_for("the event stream to be connected", Duration::from_secs(20), || {
-        let (_, metrics) = http_get(&w.url(), "/metrics", None);
-        let open: u64 = metrics
-            .lines()
-            .filter(|line| {
-                line.starts_with("nimbus_http_requests_total{")
-                    && line.contains("route=\"/v1/events\"")
-                    && line.contains("status=\"200\"")
-            })
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .map(|v| v as u64)
-            .sum();
-        if open >= n { Ok(()) } else { Err(format!("{open} streams")) }
-    });
+    w.wait_for(
+        "the event stream to be connected",
+        Duration::from_secs(20),
+        || {
+            let (_, metrics) = http_get(&w.url(), "/metrics", None);
+            let open: u64 = metrics
+                .lines()
+                .filter(|line| {
+                    line.starts_with("nimbus_http_requests_total{")
+                        && line.contains("route=\"/v1/events\"")
+                        && line.contains("status=\"200\"")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .map(|v| v as u64)
+                .sum();
+            if open >= n {
+                Ok(())
+            } else {
+                Err(format!("{open} streams"))
+            }
+        },
+    );
 }
 
 /// Reads JSON event lines until `last(event)` holds; returns every event seen.
@@ -408,7 +670,10 @@ fn collect_events_until(
             }
             Err(err) => panic!(
                 "event stream: {err} before the expected event; saw:\n{}",
-                seen.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+                seen.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         }
     }
@@ -430,7 +695,11 @@ fn events_stream_follows_a_machine_from_request_to_ready_and_gone() {
         .filter(|event| event["machine_id"] == id.as_str())
         .map(|event| str_of(event, "name"))
         .collect();
-    assert_eq!(names.first(), Some(&"nimbus.machine.provision_start"), "{names:?}");
+    assert_eq!(
+        names.first(),
+        Some(&"nimbus.machine.provision_start"),
+        "{names:?}"
+    );
     let position = |name: &str| names.iter().position(|n| *n == name);
     let order = [
         "nimbus.machine.provision_start",
@@ -440,15 +709,27 @@ fn events_stream_follows_a_machine_from_request_to_ready_and_gone() {
         "nimbus.machine.ready",
     ];
     let positions: Vec<Option<usize>> = order.iter().map(|name| position(name)).collect();
-    assert!(positions.iter().all(Option::is_some), "every step is reported: {names:?}");
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "in order {order:?}: {names:?}");
+    assert!(
+        positions.iter().all(Option::is_some),
+        "every step is reported: {names:?}"
+    );
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "in order {order:?}: {names:?}"
+    );
     for event in &seen {
-        assert!(event["seq"].as_i64().is_some_and(|seq| seq > 0), "{event:#}");
+        assert!(
+            event["seq"].as_i64().is_some_and(|seq| seq > 0),
+            "{event:#}"
+        );
         str_of(event, "at");
         str_of(event, "tenant_id");
     }
     let ready = seen.last().unwrap();
-    assert!(ready["duration"].as_f64().is_some_and(|d| d >= 0.0), "ready carries the time to ready: {ready:#}");
+    assert!(
+        ready["duration"].as_f64().is_some_and(|d| d >= 0.0),
+        "ready carries the time to ready: {ready:#}"
+    );
 
     // The stream keeps going: termination shows up live.
     w.ctl(&["machine", "terminate", &id]).ok();
@@ -456,7 +737,8 @@ fn events_stream_follows_a_machine_from_request_to_ready_and_gone() {
         event["machine_id"] == id.as_str() && event["name"] == "nimbus.machine.terminate_success"
     });
     assert!(
-        seen.iter().any(|e| e["name"] == "nimbus.machine.terminate_start"),
+        seen.iter()
+            .any(|e| e["name"] == "nimbus.machine.terminate_start"),
         "{seen:#?}"
     );
     // `events` runs until killed.
@@ -475,29 +757,70 @@ fn a_failing_setup_script_fails_the_wait_and_leaves_nothing_running() {
         "#!/bin/sh\necho preparing\nsetsid sleep 300 >/dev/null 2>&1 </dev/null &\necho 'disk full' >&2\nexit 3\n",
     );
     let run = w.ctl(&[
-        "machine", "provision", "--tenant", "acme", "--provider", "local", "--wait", "--setup-script",
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--wait",
+        "--setup-script",
         script.to_str().unwrap(),
     ]);
-    assert!(!run.status.success(), "--wait on a failed setup exits non-zero:\n{}\n{}", run.stdout, run.stderr);
+    assert!(
+        !run.status.success(),
+        "--wait on a failed setup exits non-zero:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
     let rows = run.table();
     assert_eq!(rows.len(), 2, "the final machine is printed: {rows:?}");
     let id = rows[1][0].clone();
     assert_eq!(rows[1][1], "failed");
     let error_line = run.stderr.lines().last().unwrap_or_default();
-    assert!(error_line.starts_with(&format!("nimbusctl: machine {id} failed: ")), "{}", run.stderr);
-    assert!(error_line.contains("setup step setup_script failed: exit code 3"), "names the failure: {error_line}");
-    assert!(error_line.contains("disk full"), "quotes the script's stderr: {error_line}");
+    assert!(
+        error_line.starts_with(&format!("nimbusctl: machine {id} failed: ")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        error_line.contains("setup step setup_script failed: exit code 3"),
+        "names the failure: {error_line}"
+    );
+    assert!(
+        error_line.contains("disk full"),
+        "quotes the script's stderr: {error_line}"
+    );
     let states = progress_states(&run.stderr, &id);
-    assert_eq!(states.first().map(String::as_str), Some("provisioning"), "{}", run.stderr);
-    assert_eq!(states.last().map(String::as_str), Some("failed"), "{}", run.stderr);
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("provisioning"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("failed"),
+        "{}",
+        run.stderr
+    );
 
     // The failure is recorded, and cleanup happened before `failed` was reported.
     let machine = w.machine(&id);
     assert_eq!(str_of(&machine, "state"), "failed");
-    assert!(str_of(&machine, "error").contains("exit code 3"), "{machine:#}");
+    assert!(
+        str_of(&machine, "error").contains("exit code 3"),
+        "{machine:#}"
+    );
     let left = machine_processes(&id);
-    assert!(left.is_empty(), "a failed machine left processes running: {left:?}");
-    assert!(!w.machine_dir(&id).exists(), "the failed machine's directory was removed");
+    assert!(
+        left.is_empty(),
+        "a failed machine left processes running: {left:?}"
+    );
+    assert!(
+        !w.machine_dir(&id).exists(),
+        "the failed machine's directory was removed"
+    );
 
     let show = w.ctl(&["machine", "show", &id]).ok();
     assert!(show.stdout.contains("exit code 3"), "{}", show.stdout);
@@ -513,13 +836,30 @@ fn a_provision_the_provider_refuses_fails_with_the_reason() {
         _ => ("linux", "x86_64"),
     };
     let run = w.ctl(&[
-        "machine", "provision", "--tenant", "acme", "--provider", "local", "--os", os, "--arch", arch, "--wait",
+        "machine",
+        "provision",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--os",
+        os,
+        "--arch",
+        arch,
+        "--wait",
     ]);
     assert!(!run.status.success(), "{}", run.stderr);
     let error_line = run.stderr.lines().last().unwrap_or_default();
-    assert!(error_line.starts_with("nimbusctl: machine "), "{}", run.stderr);
     assert!(
-        error_line.contains(&format!("provider refused the machine: the local provider only has linux/{}", std::env::consts::ARCH)),
+        error_line.starts_with("nimbusctl: machine "),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        error_line.contains(&format!(
+            "provider refused the machine: the local provider only has linux/{}",
+            std::env::consts::ARCH
+        )),
         "names the refusal: {error_line}"
     );
     let id = run.table()[1][0].clone();
@@ -533,10 +873,20 @@ fn a_provision_the_provider_refuses_fails_with_the_reason() {
 fn sigterm_lets_a_running_setup_finish_and_exits_zero() {
     let mut w = World::start();
     w.tenant_with_local_provider("acme", "local");
-    let script = w.write_file("setup.sh", "#!/bin/sh\nsleep 2\necho configured > configured.txt\n");
+    let script = w.write_file(
+        "setup.sh",
+        "#!/bin/sh\nsleep 2\necho configured > configured.txt\n",
+    );
     let started = w
         .ctl(&[
-            "--json", "machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script",
+            "--json",
+            "machine",
+            "provision",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--setup-script",
             script.to_str().unwrap(),
         ])
         .ok()
@@ -544,23 +894,39 @@ fn sigterm_lets_a_running_setup_finish_and_exits_zero() {
     let id = str_of(&started[0], "id").to_owned();
     w.wait_for("the setup script to run", READY, || {
         let procs = machine_processes(&id);
-        if procs.iter().any(|(_, cmd)| cmd == "sleep 2") { Ok(()) } else { Err(format!("{procs:?}")) }
+        if procs.iter().any(|(_, cmd)| cmd == "sleep 2") {
+            Ok(())
+        } else {
+            Err(format!("{procs:?}"))
+        }
     });
 
     let status = w.stop_daemon(SIGTERM, Duration::from_secs(60));
-    assert_eq!(status.code(), Some(0), "nimbusd exits 0 after SIGTERM: {status}");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "nimbusd exits 0 after SIGTERM: {status}"
+    );
     let left = machine_processes(&id);
     assert!(
         !left.iter().any(|(_, cmd)| cmd.contains("sleep 2")),
         "the setup finished before nimbusd exited: {left:?}"
     );
-    assert!(w.machine_dir(&id).join("work/configured.txt").is_file(), "the setup ran to its end");
+    assert!(
+        w.machine_dir(&id).join("work/configured.txt").is_file(),
+        "the setup ran to its end"
+    );
 
     w.start_daemon(&[]);
     let machine = w.machine(&id);
     assert_eq!(str_of(&machine, "state"), "ready", "{machine:#}");
     let detail = w.ctl(&["--json", "machine", "show", &id]).ok().json();
-    let history: Vec<&str> = detail["history"].as_array().unwrap().iter().map(|c| str_of(c, "state")).collect();
+    let history: Vec<&str> = detail["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| str_of(c, "state"))
+        .collect();
     assert_eq!(history, ["provisioning", "image_installing", "ready"]);
 
     w.ctl(&["machine", "terminate", &id, "--wait"]).ok();
@@ -578,7 +944,14 @@ fn sigkill_during_setup_then_the_reconciler_converges() {
     );
     let started = w
         .ctl(&[
-            "--json", "machine", "provision", "--tenant", "acme", "--provider", "local", "--setup-script",
+            "--json",
+            "machine",
+            "provision",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--setup-script",
             script.to_str().unwrap(),
         ])
         .ok()
@@ -586,7 +959,11 @@ fn sigkill_during_setup_then_the_reconciler_converges() {
     let id = str_of(&started[0], "id").to_owned();
     w.wait_for("the setup script to run", READY, || {
         let procs = machine_processes(&id);
-        if procs.iter().any(|(_, cmd)| cmd == "sleep 600") { Ok(()) } else { Err(format!("{procs:?}")) }
+        if procs.iter().any(|(_, cmd)| cmd == "sleep 600") {
+            Ok(())
+        } else {
+            Err(format!("{procs:?}"))
+        }
     });
 
     let status = w.stop_daemon(SIGKILL, Duration::from_secs(10));
@@ -610,7 +987,8 @@ fn sigkill_during_setup_then_the_reconciler_converges() {
     let (state, orphans) = loop {
         let machine = w.machine(&id);
         let state = str_of(&machine, "state").to_owned();
-        let orphans: Vec<&(u32, String)> = interrupted.iter().filter(|(pid, _)| alive(*pid)).collect();
+        let orphans: Vec<&(u32, String)> =
+            interrupted.iter().filter(|(pid, _)| alive(*pid)).collect();
         if ["ready", "failed"].contains(&state.as_str()) && orphans.is_empty() {
             break (state, orphans.len());
         }
@@ -627,13 +1005,23 @@ fn sigkill_during_setup_then_the_reconciler_converges() {
     };
     assert_eq!(orphans, 0);
     let machine = w.machine(&id);
-    eprintln!("after the crash the reconciler left the machine {state}: {}", machine["error"]);
+    eprintln!(
+        "after the crash the reconciler left the machine {state}: {}",
+        machine["error"]
+    );
     match state.as_str() {
         "failed" => {
-            assert!(!str_of(&machine, "error").is_empty(), "a failed machine says why: {machine:#}");
+            assert!(
+                !str_of(&machine, "error").is_empty(),
+                "a failed machine says why: {machine:#}"
+            );
             w.wait_for("nothing of the failed machine to be left", READY, || {
                 let left = machine_processes(&id);
-                if left.is_empty() && !w.machine_dir(&id).exists() { Ok(()) } else { Err(format!("{left:?}")) }
+                if left.is_empty() && !w.machine_dir(&id).exists() {
+                    Ok(())
+                } else {
+                    Err(format!("{left:?}"))
+                }
             });
         }
         "ready" => {
@@ -653,7 +1041,12 @@ fn first_start_on_a_fresh_home_creates_the_admin_token_and_the_database() {
     let token_path = w.admin_token_path();
     let meta = std::fs::metadata(&token_path)
         .unwrap_or_else(|err| panic!("{}: {err}", token_path.display()));
-    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{} is private", token_path.display());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "{} is private",
+        token_path.display()
+    );
     let token = std::fs::read_to_string(&token_path).unwrap();
     assert_eq!(token.lines().count(), 1, "one line: {token:?}");
     assert!(token.trim().len() >= 32, "a long random token");
@@ -661,15 +1054,25 @@ fn first_start_on_a_fresh_home_creates_the_admin_token_and_the_database() {
     assert!(db.is_file(), "{} exists", db.display());
 
     let stdout = w.daemon().stdout();
-    assert_eq!(stdout.trim(), format!("nimbusd listening on {}", w.url()), "stdout is the address line only");
-    assert_eq!(http_get(&w.url(), "/healthz", None), (200, "ok\n".to_owned()));
+    assert_eq!(
+        stdout.trim(),
+        format!("nimbusd listening on {}", w.url()),
+        "stdout is the address line only"
+    );
+    assert_eq!(
+        http_get(&w.url(), "/healthz", None),
+        (200, "ok\n".to_owned())
+    );
     assert_eq!(http_get(&w.url(), "/readyz", None).0, 200);
     assert_eq!(http_get(&w.url(), "/v1/tenants", None).0, 401);
     assert_eq!(http_get(&w.url(), "/v1/tenants", Some(token.trim())).0, 200);
     let (status, openapi) = http_get(&w.url(), "/v1/openapi.json", None);
     assert_eq!(status, 200);
     let openapi: Value = serde_json::from_str(&openapi).expect("openapi.json is JSON");
-    assert!(openapi["paths"]["/v1/machines"].is_object(), "documents /v1/machines");
+    assert!(
+        openapi["paths"]["/v1/machines"].is_object(),
+        "documents /v1/machines"
+    );
 
     // The CLI on the same host finds the token by itself; the data survives a restart and the
     // token is kept, not regenerated.
@@ -677,7 +1080,11 @@ fn first_start_on_a_fresh_home_creates_the_admin_token_and_the_database() {
     let status = w.stop_daemon(SIGTERM, Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status}");
     w.start_daemon(&[]);
-    assert_eq!(std::fs::read_to_string(&token_path).unwrap(), token, "the admin token is kept");
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap(),
+        token,
+        "the admin token is kept"
+    );
     let tenants = w.ctl(&["--json", "tenant", "list"]).ok().json();
     assert_eq!(tenants[0]["name"], "acme");
 }
@@ -686,8 +1093,14 @@ fn first_start_on_a_fresh_home_creates_the_admin_token_and_the_database() {
 fn completions_bash_prints_a_script() {
     let w = World::empty();
     let run = w.ctl(&["completions", "bash"]).ok();
-    assert!(run.stdout.contains("_nimbusctl()"), "defines the completion function");
-    assert!(run.stdout.contains("complete -F _nimbusctl"), "registers it");
+    assert!(
+        run.stdout.contains("_nimbusctl()"),
+        "defines the completion function"
+    );
+    assert!(
+        run.stdout.contains("complete -F _nimbusctl"),
+        "registers it"
+    );
     for word in ["provision", "can-terminate", "--json", "--url"] {
         assert!(run.stdout.contains(word), "completes {word}");
     }
@@ -702,11 +1115,23 @@ fn completions_bash_prints_a_script() {
         format!("bash -n {}", script.display()),
         Duration::from_secs(30),
     );
-    assert!(check.status.success(), "bash accepts the script: {}", check.stderr);
+    assert!(
+        check.status.success(),
+        "bash accepts the script: {}",
+        check.stderr
+    );
     for shell in ["zsh", "fish"] {
         let run = w.ctl(&["completions", shell]).ok();
-        assert!(run.stdout.contains("nimbusctl"), "{shell} completions mention nimbusctl");
+        assert!(
+            run.stdout.contains("nimbusctl"),
+            "{shell} completions mention nimbusctl"
+        );
     }
     let run = w.ctl(&["completions", "tcsh"]);
-    assert_eq!(run.status.code(), Some(2), "unknown shell is a usage error: {}", run.stderr);
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "unknown shell is a usage error: {}",
+        run.stderr
+    );
 }

@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 #[derive(Debug, Parser)]
-#[command(name = "nimbusd", version, about = "Nimbus daemon: elastic CI runner machines on demand")]
+#[command(
+    name = "nimbusd",
+    version,
+    about = "Nimbus daemon: elastic CI runner machines on demand"
+)]
 pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "NIMBUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -155,7 +159,9 @@ impl Settings {
             .database_url
             .clone()
             .or(file.database_url)
-            .unwrap_or_else(|| nimbus_store::SqlStore::sqlite_path_url(&data_dir.join("nimbus.db")));
+            .unwrap_or_else(|| {
+                nimbus_store::SqlStore::sqlite_path_url(&data_dir.join("nimbus.db"))
+            });
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -199,7 +205,9 @@ fn load_file(explicit: Option<&Path>) -> anyhow::Result<FileConfig> {
     let path = match explicit {
         Some(path) => path.to_path_buf(),
         None => match dirs::config_dir() {
-            Some(dir) if dir.join("nimbus/nimbusd.toml").is_file() => dir.join("nimbus/nimbusd.toml"),
+            Some(dir) if dir.join("nimbus/nimbusd.toml").is_file() => {
+                dir.join("nimbus/nimbusd.toml")
+            }
             _ => return Ok(FileConfig::default()),
         },
     };
@@ -216,7 +224,11 @@ mod tests {
     fn flags_win_over_the_file_and_defaults_fill_the_rest() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("nimbusd.toml");
-        std::fs::write(&file, "listen = \"127.0.0.1:9999\"\nreconcile_interval = \"5s\"\n").unwrap();
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9999\"\nreconcile_interval = \"5s\"\n",
+        )
+        .unwrap();
         let args = ServerArgs {
             config: Some(file),
             data_dir: Some(dir.path().join("data")),
@@ -229,8 +241,15 @@ mod tests {
         assert_eq!(settings.listen.port(), 9999);
         assert_eq!(settings.reconcile_interval, Duration::from_secs(1));
         assert_eq!(settings.orphan_grace, Duration::from_secs(60));
-        assert!(settings.database_url.0.contains("data/nimbus.db"), "{}", settings.database_url.0);
-        assert_eq!(format!("{:?}", settings.database_url), "sqlite://[redacted]");
+        assert!(
+            settings.database_url.0.contains("data/nimbus.db"),
+            "{}",
+            settings.database_url.0
+        );
+        assert_eq!(
+            format!("{:?}", settings.database_url),
+            "sqlite://[redacted]"
+        );
     }
 
     #[test]

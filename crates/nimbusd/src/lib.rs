@@ -68,11 +68,8 @@ pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> Provid
     registry.register(
         ProviderType::Aws,
         Arc::new(move |config| {
-            let provider = nimbus_aws::build_aws(
-                config,
-                Arc::new(nimbus_aws::SystemClock),
-                events.clone(),
-            )?;
+            let provider =
+                nimbus_aws::build_aws(config, Arc::new(nimbus_aws::SystemClock), events.clone())?;
             Ok(provider as Arc<dyn nimbus_provider::Provider>)
         }),
         Arc::new(nimbus_aws::validate_config),
@@ -96,7 +93,11 @@ pub struct Server {
 
 impl Server {
     pub async fn start(settings: &Settings) -> anyhow::Result<Server> {
-        for dir in [&settings.data_dir, &settings.config_dir, &settings.state_dir] {
+        for dir in [
+            &settings.data_dir,
+            &settings.config_dir,
+            &settings.state_dir,
+        ] {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }

@@ -59,7 +59,10 @@ pub fn load_or_create_admin_token(config_dir: &Path) -> anyhow::Result<Secret> {
                 .with_context(|| format!("cannot read {}", path.display()))?;
             let token = token.trim();
             if token.len() < 16 {
-                anyhow::bail!("{} holds no usable token; delete it to get a new one", path.display());
+                anyhow::bail!(
+                    "{} holds no usable token; delete it to get a new one",
+                    path.display()
+                );
             }
             Ok(Secret::new(token))
         }
@@ -84,11 +87,20 @@ mod tests {
         let second = load_or_create_admin_token(dir.path()).unwrap();
         assert_eq!(first, second);
         assert!(first.expose().starts_with("nimbus_admin_"));
-        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(ADMIN_TOKEN_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
 
-        std::fs::set_permissions(dir.path().join(ADMIN_TOKEN_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = load_or_create_admin_token(dir.path()).unwrap_err().to_string();
+        std::fs::set_permissions(
+            dir.path().join(ADMIN_TOKEN_FILE),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let err = load_or_create_admin_token(dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("chmod 600"), "{err}");
     }
 }

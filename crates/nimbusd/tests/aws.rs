@@ -13,7 +13,8 @@ use crate::common::{api, assert_error};
 async fn linux_and_mac_machines_on_ec2_through_the_api() {
     let moto = MotoServer::start().unwrap_or_else(|err| panic!("{err:#}"));
     let api = api().await;
-    api.admin("POST", "/v1/tenants", Some(json!({"name": "acme"}))).await;
+    api.admin("POST", "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
     let config = json!({
         "region": "us-east-1",
         "availability_zones": ["us-east-1a"],
@@ -30,7 +31,11 @@ async fn linux_and_mac_machines_on_ec2_through_the_api() {
     let mut leaky = config.clone();
     leaky["secret_access_key"] = json!("s3cr3t");
     let reply = api
-        .admin("POST", "/v1/tenants/acme/providers", Some(json!({"name": "ec2", "type": "aws", "config": leaky})))
+        .admin(
+            "POST",
+            "/v1/tenants/acme/providers",
+            Some(json!({"name": "ec2", "type": "aws", "config": leaky})),
+        )
         .await;
     assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
     assert!(!reply.text.contains("s3cr3t"), "{}", reply.text);
@@ -51,8 +56,16 @@ async fn linux_and_mac_machines_on_ec2_through_the_api() {
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
     let linux = reply.body["id"].as_str().unwrap().to_owned();
     let ready = api.wait_for_state(&linux, "ready").await;
-    assert!(ready["provider_metadata"]["instance_id"].as_str().unwrap().starts_with("i-"), "{ready}");
-    let answer = api.admin("GET", &format!("/v1/machines/{linux}/can-terminate"), None).await;
+    assert!(
+        ready["provider_metadata"]["instance_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("i-"),
+        "{ready}"
+    );
+    let answer = api
+        .admin("GET", &format!("/v1/machines/{linux}/can-terminate"), None)
+        .await;
     assert_eq!(answer.body["can_terminate"], true, "{}", answer.text);
 
     // macOS: on a dedicated host with its 24-hour minimum.
@@ -61,19 +74,35 @@ async fn linux_and_mac_machines_on_ec2_through_the_api() {
         .await;
     let mac = reply.body["id"].as_str().unwrap().to_owned();
     let ready = api.wait_for_state(&mac, "ready").await;
-    assert!(ready["provider_metadata"]["host_id"].as_str().unwrap().starts_with("h-"), "{ready}");
+    assert!(
+        ready["provider_metadata"]["host_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("h-"),
+        "{ready}"
+    );
     assert_eq!(ready["provider_metadata"]["minimum_allocation_hours"], 24);
-    let answer = api.admin("GET", &format!("/v1/machines/{mac}/can-terminate"), None).await;
+    let answer = api
+        .admin("GET", &format!("/v1/machines/{mac}/can-terminate"), None)
+        .await;
     assert_eq!(answer.body["can_terminate"], false, "{}", answer.text);
     assert_eq!(answer.body["error"], "minimum_allocation_period");
     let hours = answer.body["hours_remaining"].as_f64().unwrap();
     assert!(hours > 23.0 && hours <= 24.0, "{hours}");
 
     for id in [&linux, &mac] {
-        let reply = api.admin("DELETE", &format!("/v1/machines/{id}"), None).await;
+        let reply = api
+            .admin("DELETE", &format!("/v1/machines/{id}"), None)
+            .await;
         assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.text);
         api.wait_for_state(id, "terminated").await;
     }
-    let history = api.admin("GET", &format!("/v1/machines/{mac}/history"), None).await;
-    assert!(history.text.contains("keeps its resources"), "{}", history.text);
+    let history = api
+        .admin("GET", &format!("/v1/machines/{mac}/history"), None)
+        .await;
+    assert!(
+        history.text.contains("keeps its resources"),
+        "{}",
+        history.text
+    );
 }

@@ -59,12 +59,22 @@ pub fn nimbusd_bin() -> PathBuf {
     BIN.get_or_init(|| {
         if let Some(path) = std::env::var_os("NIMBUS_E2E_NIMBUSD") {
             let path = PathBuf::from(path);
-            assert!(path.is_file(), "NIMBUS_E2E_NIMBUSD={} is not a file", path.display());
+            assert!(
+                path.is_file(),
+                "NIMBUS_E2E_NIMBUSD={} is not a file",
+                path.display()
+            );
             return path;
         }
         let nimbusctl = nimbusctl_bin();
-        let profile_dir = nimbusctl.parent().expect("nimbusctl lives in a directory").to_path_buf();
-        let target_dir = profile_dir.parent().expect("the profile directory has a parent").to_path_buf();
+        let profile_dir = nimbusctl
+            .parent()
+            .expect("nimbusctl lives in a directory")
+            .to_path_buf();
+        let target_dir = profile_dir
+            .parent()
+            .expect("the profile directory has a parent")
+            .to_path_buf();
         let bin = profile_dir.join("nimbusd");
         // nextest runs each test in its own process: build once per run, not once per test.
         let run_id = std::env::var("NEXTEST_RUN_ID").ok();
@@ -75,7 +85,11 @@ pub fn nimbusd_bin() -> PathBuf {
         {
             return bin;
         }
-        let profile = profile_dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug").to_owned();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("debug")
+            .to_owned();
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--quiet", "-p", "nimbusd", "--bin", "nimbusd"])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -91,7 +105,9 @@ pub fn nimbusd_bin() -> PathBuf {
         }
         let shown = format!("CARGO_TARGET_DIR={} {cmd:?}", target_dir.display());
         eprintln!("e2e: building nimbusd so the test runs the current code: {shown}");
-        let output = cmd.output().unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
+        let output = cmd
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
         assert!(
             output.status.success(),
             "nimbusd is needed by the end-to-end tests and did not build.\ncommand: {shown}\n\
@@ -136,7 +152,11 @@ impl Run {
     /// Asserts exit 0.
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert!(self.status.success(), "command failed:\n{}", self.describe());
+        assert!(
+            self.status.success(),
+            "command failed:\n{}",
+            self.describe()
+        );
         self
     }
 
@@ -150,15 +170,28 @@ impl Run {
             self.describe()
         );
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(lines.len(), 1, "expected exactly one line on stderr:\n{}", self.describe());
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected exactly one line on stderr:\n{}",
+            self.describe()
+        );
         let line = lines[0];
-        assert!(line.starts_with("nimbusctl: "), "error line lacks the `nimbusctl: ` prefix:\n{}", self.describe());
+        assert!(
+            line.starts_with("nimbusctl: "),
+            "error line lacks the `nimbusctl: ` prefix:\n{}",
+            self.describe()
+        );
         assert!(
             line.to_lowercase().contains(&needle.to_lowercase()),
             "error line does not mention {needle:?}:\n{}",
             self.describe()
         );
-        assert!(self.stdout.trim().is_empty(), "an error printed to stdout:\n{}", self.describe());
+        assert!(
+            self.stdout.trim().is_empty(),
+            "an error printed to stdout:\n{}",
+            self.describe()
+        );
         line.to_owned()
     }
 
@@ -243,7 +276,8 @@ impl Daemon {
             "$ {}\nurl: {}\nexit: {}\n--- nimbusd stdout ---\n{}\n--- nimbusd stderr ---\n{}\n",
             self.command,
             self.url,
-            self.exit.map_or("still running".to_owned(), |s| s.to_string()),
+            self.exit
+                .map_or("still running".to_owned(), |s| s.to_string()),
             self.stdout().trim_end(),
             self.stderr().trim_end()
         )
@@ -336,11 +370,15 @@ impl World {
     }
 
     pub fn daemon(&self) -> &Daemon {
-        self.daemon.as_ref().expect("no daemon is running in this test")
+        self.daemon
+            .as_ref()
+            .expect("no daemon is running in this test")
     }
 
     pub fn daemon_mut(&mut self) -> &mut Daemon {
-        self.daemon.as_mut().expect("no daemon is running in this test")
+        self.daemon
+            .as_mut()
+            .expect("no daemon is running in this test")
     }
 
     pub fn url(&self) -> String {
@@ -356,10 +394,18 @@ impl World {
         let mut cmd = Command::new(&bin);
         cmd.args(["server", "--listen", "127.0.0.1:0"]).args(extra);
         self.env(&mut cmd);
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let command = format!("{} server --listen 127.0.0.1:0 {}", bin.display(), extra.join(" "));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command = format!(
+            "{} server --listen 127.0.0.1:0 {}",
+            bin.display(),
+            extra.join(" ")
+        );
         let started = Instant::now();
-        let mut child = cmd.spawn().unwrap_or_else(|err| panic!("cannot start `{command}`: {err}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start `{command}`: {err}"));
         let stderr = capture(child.stderr.take().unwrap());
         let stdout: Captured = Arc::default();
         let (addr_tx, addr_rx) = mpsc::channel();
@@ -397,18 +443,31 @@ impl World {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     daemon.wait_exit(Duration::from_secs(5));
-                    panic!("nimbusd closed stdout without printing its address:\n{}", daemon.describe());
+                    panic!(
+                        "nimbusd closed stdout without printing its address:\n{}",
+                        daemon.describe()
+                    );
                 }
             }
             if daemon.wait_exit(Duration::ZERO).is_some() {
-                panic!("nimbusd exited before printing its address:\n{}", daemon.describe());
+                panic!(
+                    "nimbusd exited before printing its address:\n{}",
+                    daemon.describe()
+                );
             }
             if started.elapsed() > START_TIMEOUT {
                 daemon.kill();
-                panic!("nimbusd did not print its address within {START_TIMEOUT:?}:\n{}", daemon.describe());
+                panic!(
+                    "nimbusd did not print its address within {START_TIMEOUT:?}:\n{}",
+                    daemon.describe()
+                );
             }
         }
-        assert!(daemon.url.starts_with("http://127.0.0.1:"), "unexpected address line:\n{}", daemon.describe());
+        assert!(
+            daemon.url.starts_with("http://127.0.0.1:"),
+            "unexpected address line:\n{}",
+            daemon.describe()
+        );
         self.daemon = Some(daemon);
     }
 
@@ -416,11 +475,17 @@ impl World {
     #[track_caller]
     pub fn stop_daemon(&mut self, signal: i32, timeout: Duration) -> ExitStatus {
         let daemon = self.daemon.as_mut().expect("no daemon is running");
-        assert!(send_signal(daemon.pid(), signal), "cannot signal nimbusd (pid {})", daemon.pid());
+        assert!(
+            send_signal(daemon.pid(), signal),
+            "cannot signal nimbusd (pid {})",
+            daemon.pid()
+        );
         let status = daemon.wait_exit(timeout);
         let daemon = self.daemon.take().unwrap();
         self.stopped.push(daemon);
-        status.unwrap_or_else(|| panic!("nimbusd did not exit within {timeout:?} after signal {signal}"))
+        status.unwrap_or_else(|| {
+            panic!("nimbusd did not exit within {timeout:?} after signal {signal}")
+        })
     }
 
     fn record(&self, entry: String) {
@@ -447,9 +512,17 @@ impl World {
         let shown = format!(
             "{}nimbusctl {}",
             vars.iter()
-                .map(|(k, v)| if *k == "NIMBUS_TOKEN" { format!("{k}=<token> ") } else { format!("{k}={v} ") })
+                .map(|(k, v)| if *k == "NIMBUS_TOKEN" {
+                    format!("{k}=<token> ")
+                } else {
+                    format!("{k}={v} ")
+                })
                 .collect::<String>(),
-            redact_args(args).iter().map(|a| shell_quote(a)).collect::<Vec<_>>().join(" ")
+            redact_args(args)
+                .iter()
+                .map(|a| shell_quote(a))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let run = run_with_timeout(cmd, shown, COMMAND_TIMEOUT);
         self.record(run.describe());
@@ -524,7 +597,10 @@ impl World {
     /// `tenant create` + `provider add --type local`, as the README does.
     pub fn tenant_with_local_provider(&self, tenant: &str, provider: &str) {
         self.ctl(&["tenant", "create", tenant]).ok();
-        self.ctl(&["provider", "add", "--tenant", tenant, "--type", "local", "--name", provider]).ok();
+        self.ctl(&[
+            "provider", "add", "--tenant", tenant, "--type", "local", "--name", provider,
+        ])
+        .ok();
     }
 
     /// The machine as `machine show --json` reports it.
@@ -533,13 +609,21 @@ impl World {
     }
 
     pub fn machine_state(&self, id: &str) -> String {
-        self.machine(id)["state"].as_str().unwrap_or_default().to_owned()
+        self.machine(id)["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     /// Polls `what` every 100 ms until it returns `Some`, or panics after `timeout` with `what`'s
     /// description and the last value seen.
     #[track_caller]
-    pub fn wait_for<T>(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<T, String>,
+    ) -> T {
         let deadline = Instant::now() + timeout;
         loop {
             match check() {
@@ -571,7 +655,12 @@ impl World {
             let _ = writeln!(out, "{entry}");
         }
         for (idx, daemon) in self.stopped.iter().chain(self.daemon.iter()).enumerate() {
-            let _ = writeln!(out, "===== nimbusd run {} =====\n{}", idx + 1, daemon.describe());
+            let _ = writeln!(
+                out,
+                "===== nimbusd run {} =====\n{}",
+                idx + 1,
+                daemon.describe()
+            );
         }
         out
     }
@@ -580,7 +669,13 @@ impl World {
 impl Drop for World {
     fn drop(&mut self) {
         let failed = std::thread::panicking();
-        let background: Vec<u32> = self.background.lock().unwrap().iter().map(|(c, _, _)| c.id()).collect();
+        let background: Vec<u32> = self
+            .background
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, _, _)| c.id())
+            .collect();
         for pid in background {
             self.kill_background(pid);
         }
@@ -594,7 +689,10 @@ impl Drop for World {
         let leftovers = processes_under(self.root.path());
         if !leftovers.is_empty() {
             if failed {
-                eprintln!("killing processes left under {}: {leftovers:?}", self.root.path().display());
+                eprintln!(
+                    "killing processes left under {}: {leftovers:?}",
+                    self.root.path().display()
+                );
             }
             for (pid, _) in &leftovers {
                 send_signal(*pid, SIGKILL);
@@ -621,7 +719,11 @@ fn redact_args(args: &[&str]) -> Vec<String> {
 }
 
 fn shell_quote(arg: &str) -> String {
-    if !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,%+".contains(c)) {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,%+".contains(c))
+    {
         arg.to_owned()
     } else {
         format!("'{}'", arg.replace('\'', r"'\''"))
@@ -630,8 +732,12 @@ fn shell_quote(arg: &str) -> String {
 
 /// Runs a command to completion with captured output, killing it after `timeout`.
 pub fn run_with_timeout(mut cmd: Command, shown: String, timeout: Duration) -> Run {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
     let (stdout, stdout_done) = capture_until_eof(child.stdout.take().unwrap());
     let (stderr, stderr_done) = capture_until_eof(child.stderr.take().unwrap());
     let deadline = Instant::now() + timeout;
@@ -668,7 +774,11 @@ pub fn run_with_timeout(mut cmd: Command, shown: String, timeout: Duration) -> R
 /// command lines.
 pub fn machine_processes(machine_id: &str) -> Vec<(u32, String)> {
     let needle = format!("NIMBUS_MACHINE_ID={machine_id}");
-    scan_proc(|_, environ| environ.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+    scan_proc(|_, environ| {
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == needle.as_bytes())
+    })
 }
 
 /// Live processes carrying any `NIMBUS_MACHINE_ID` whose working directory or HOME is under
@@ -676,8 +786,11 @@ pub fn machine_processes(machine_id: &str) -> Vec<(u32, String)> {
 pub fn processes_under(root: &Path) -> Vec<(u32, String)> {
     let home = format!("HOME={}", root.display());
     scan_proc(|pid, environ| {
-        let marked = environ.split(|b| *b == 0).any(|var| var.starts_with(b"NIMBUS_MACHINE_ID="));
-        let cwd_under = std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
+        let marked = environ
+            .split(|b| *b == 0)
+            .any(|var| var.starts_with(b"NIMBUS_MACHINE_ID="));
+        let cwd_under =
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
         let home_under = environ
             .split(|b| *b == 0)
             .any(|var| var.starts_with(home.as_bytes()));
@@ -692,7 +805,11 @@ fn scan_proc(mut keep: impl FnMut(u32, &[u8]) -> bool) -> Vec<(u32, String)> {
         return out;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == own {
@@ -700,7 +817,10 @@ fn scan_proc(mut keep: impl FnMut(u32, &[u8]) -> bool) -> Vec<(u32, String)> {
         }
         // A zombie has exited; it only waits for its parent to reap it.
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')) {
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        {
             continue;
         }
         let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
@@ -708,7 +828,10 @@ fn scan_proc(mut keep: impl FnMut(u32, &[u8]) -> bool) -> Vec<(u32, String)> {
         };
         if keep(pid, &environ) {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ").trim().to_owned();
+            let cmdline = String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .trim()
+                .to_owned();
             out.push((pid, cmdline));
         }
     }
@@ -718,16 +841,28 @@ fn scan_proc(mut keep: impl FnMut(u32, &[u8]) -> bool) -> Vec<(u32, String)> {
 /// Whether a process is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'))
+    !stat.is_empty()
+        && !stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
 }
 
 /// A plain HTTP/1.1 GET (no dependencies, `Connection: close`): status and body.
 pub fn http_get(base: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let authority = base.trim_start_matches("http://").trim_end_matches('/');
-    let mut stream = TcpStream::connect(authority).unwrap_or_else(|err| panic!("connect {authority}: {err}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut stream =
+        TcpStream::connect(authority).unwrap_or_else(|err| panic!("connect {authority}: {err}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
     let response = String::from_utf8_lossy(&response).into_owned();

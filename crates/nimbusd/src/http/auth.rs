@@ -71,17 +71,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing bearer token (Authorization: Bearer …)"))?;
+        let value = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing bearer token (Authorization: Bearer …)")
+        })?;
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("malformed Authorization header; expected `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("malformed Authorization header; expected `Bearer <token>`")
+            })?;
         let digest = sha256(token.as_bytes());
         // Comparing digests: timing reveals nothing about the token itself.
         if digest == state.admin_token_sha256 {

@@ -63,11 +63,21 @@ pub async fn list(
     let tenant_ids: Vec<TenantId> = match (query.tenant.as_deref(), caller) {
         (Some(tenant), _) => vec![caller.tenant(&state, tenant).await?.id],
         (None, Caller::Tenant(own)) => vec![own],
-        (None, Caller::Admin) => state.store.list_tenants().await?.into_iter().map(|t| t.id).collect(),
+        (None, Caller::Admin) => state
+            .store
+            .list_tenants()
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .collect(),
     };
     let mut rows = Vec::new();
     for tenant_id in tenant_ids {
-        let summary = state.demand.summary(tenant_id).await.map_err(|err| ApiError::internal(&err))?;
+        let summary = state
+            .demand
+            .summary(tenant_id)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
         rows.extend(summary.into_iter().map(|demand| DemandRow {
             tenant_id,
             labels: demand.labels.labels().to_vec(),
@@ -143,7 +153,8 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
         };
         let is_due = match due.get(&tenant.id) {
             Some(entry) => {
-                entry.at <= now || !std::ptr::addr_eq(Arc::as_ptr(&entry.forge), Arc::as_ptr(&forge))
+                entry.at <= now
+                    || !std::ptr::addr_eq(Arc::as_ptr(&entry.forge), Arc::as_ptr(&forge))
             }
             None => true,
         };
@@ -157,7 +168,11 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
     for chunk in work.chunks(CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
         for (tenant_id, forge) in chunk {
-            tasks.spawn(reconcile_one(state.demand.clone(), *tenant_id, forge.clone()));
+            tasks.spawn(reconcile_one(
+                state.demand.clone(),
+                *tenant_id,
+                forge.clone(),
+            ));
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -168,7 +183,13 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
     }
     let finished = Instant::now();
     for (tenant_id, forge, wait) in results {
-        due.insert(tenant_id, Due { forge, at: finished + wait });
+        due.insert(
+            tenant_id,
+            Due {
+                forge,
+                at: finished + wait,
+            },
+        );
     }
 }
 

@@ -25,7 +25,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
     }
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -112,9 +116,11 @@ impl From<nimbus_fleet::Error> for ApiError {
                 nimbus_provider::Error::NotFound(id) => {
                     ApiError::not_found(&format!("machine {id} at the provider"))
                 }
-                nimbus_provider::Error::Retryable(message) => {
-                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", message)
-                }
+                nimbus_provider::Error::Retryable(message) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "provider_unavailable",
+                    message,
+                ),
                 nimbus_provider::Error::Permanent(message) => {
                     ApiError::new(StatusCode::BAD_GATEWAY, "provider_error", message)
                 }

@@ -92,8 +92,9 @@ pub async fn stream(
                 Some(Ok(to_sse(&event)))
             }
             Ok(_) => None,
-            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(SseEvent::default()
-                .comment(format!("lagged: {n} events skipped; reconnect with Last-Event-ID to replay them")))),
+            Err(BroadcastStreamRecvError::Lagged(n)) => Some(Ok(SseEvent::default().comment(
+                format!("lagged: {n} events skipped; reconnect with Last-Event-ID to replay them"),
+            ))),
         };
         futures::future::ready(out)
     });

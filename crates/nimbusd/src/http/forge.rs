@@ -112,7 +112,12 @@ pub async fn set(
     let credentials = match body.credentials {
         None | Some(serde_json::Value::Null) => None,
         Some(value @ serde_json::Value::Object(_)) => Some(Secret::new(value.to_string())),
-        Some(_) => return Err(ApiError::invalid_field("credentials", "must be a JSON object")),
+        Some(_) => {
+            return Err(ApiError::invalid_field(
+                "credentials",
+                "must be a JSON object",
+            ));
+        }
     };
     let forge = ForgeConfig {
         tenant_id: tenant.id,
@@ -182,7 +187,9 @@ pub async fn webhook(
             .unwrap_or(WebhookError::Unauthorized("signature does not match"))),
         Err(err) => {
             tracing::warn!(error = %err, "webhook delivery not recorded: forge lookup failed");
-            Err(WebhookError::Unavailable("the forge configuration cannot be read".into()))
+            Err(WebhookError::Unavailable(
+                "the forge configuration cannot be read".into(),
+            ))
         }
     };
     let (status, body) = http_response(&result);

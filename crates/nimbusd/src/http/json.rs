@@ -104,11 +104,27 @@ mod tests {
     fn errors_name_the_field() {
         check("not json", 400, None);
         check("{\"provider\": \"p\", \"os\": \"linux\"", 400, None);
-        check(r#"{"provider":"p","os":"windows","arch":"x86_64"}"#, 422, Some("os"));
-        check(r#"{"provider":"p","os":"linux","arch":"sparc"}"#, 422, Some("arch"));
+        check(
+            r#"{"provider":"p","os":"windows","arch":"x86_64"}"#,
+            422,
+            Some("os"),
+        );
+        check(
+            r#"{"provider":"p","os":"linux","arch":"sparc"}"#,
+            422,
+            Some("arch"),
+        );
         check(r#"{"provider":"p","os":"linux"}"#, 422, Some("arch"));
         check("[]", 422, Some("body"));
-        check(r#"{"provider":"p","os":"linux","arch":"arm64","labels":[1]}"#, 422, Some("labels[0]"));
-        check(r#"{"provider":"p","os":"linux","arch":"arm64","colour":"red"}"#, 422, Some("colour"));
+        check(
+            r#"{"provider":"p","os":"linux","arch":"arm64","labels":[1]}"#,
+            422,
+            Some("labels[0]"),
+        );
+        check(
+            r#"{"provider":"p","os":"linux","arch":"arm64","colour":"red"}"#,
+            422,
+            Some("colour"),
+        );
     }
 }

@@ -5,10 +5,10 @@ use std::sync::Mutex;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use nimbus_store::MachineFilter;

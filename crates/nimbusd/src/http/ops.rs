@@ -34,13 +34,19 @@ pub async fn healthz() -> &'static str {
 ))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".to_owned());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n".to_owned(),
+        );
     }
     match state.ping.ping().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(err) => {
             tracing::warn!(error = %err, "readiness check: store unavailable");
-            (StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n".to_owned())
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store unavailable\n".to_owned(),
+            )
         }
     }
 }
@@ -52,11 +58,18 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
         tracing::error!(error = %err, "cannot encode metrics");
-        return (StatusCode::INTERNAL_SERVER_ERROR, [(header::CONTENT_TYPE, "text/plain")], String::new());
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain")],
+            String::new(),
+        );
     }
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         body,
     )
 }

@@ -51,11 +51,16 @@ impl Drop for Api {
     /// A failing test must not leave its local machines' processes behind.
     fn drop(&mut self) {
         let machines = self._dir.path().join("state/machines");
-        let Ok(entries) = std::fs::read_dir(machines) else { return };
+        let Ok(entries) = std::fs::read_dir(machines) else {
+            return;
+        };
         for entry in entries.flatten() {
             if let Some(id) = entry.file_name().to_str() {
                 for pid in nimbus_setup::local::machine_processes(id) {
-                    let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                    let _ = std::process::Command::new("kill")
+                        .arg("-9")
+                        .arg(pid.to_string())
+                        .status();
                 }
             }
         }
@@ -78,7 +83,13 @@ impl Api {
         Reply { status, body, text }
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Reply {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
         let mut request = Request::builder().method(method).uri(path);
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -93,19 +104,28 @@ impl Api {
     }
 
     pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> Reply {
-        self.call(method, path, Some(&self.admin.clone()), body).await
+        self.call(method, path, Some(&self.admin.clone()), body)
+            .await
     }
 
     /// A tenant with a local provider named `local`, and a token for it.
     pub async fn tenant(&self, name: &str) -> (String, String) {
-        let reply = self.admin("POST", "/v1/tenants", Some(json!({"name": name}))).await;
+        let reply = self
+            .admin("POST", "/v1/tenants", Some(json!({"name": name})))
+            .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
         let id = reply.body["id"].as_str().unwrap().to_owned();
         let reply = self
-            .admin("POST", &format!("/v1/tenants/{name}/providers"), Some(json!({"name": "local", "type": "local"})))
+            .admin(
+                "POST",
+                &format!("/v1/tenants/{name}/providers"),
+                Some(json!({"name": "local", "type": "local"})),
+            )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-        let reply = self.admin("POST", &format!("/v1/tenants/{name}/tokens"), None).await;
+        let reply = self
+            .admin("POST", &format!("/v1/tenants/{name}/tokens"), None)
+            .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
         (id, reply.body["token"].as_str().unwrap().to_owned())
     }
@@ -132,6 +152,11 @@ pub fn host_platform() -> (String, String) {
 pub fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], code, "{}", reply.text);
-    assert!(reply.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{}", reply.text);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.text
+    );
 }
-
