@@ -12,6 +12,7 @@
 //! This crate does not know about HTTP; `nimbusd` maps [`Error`] to status codes.
 
 pub mod forges;
+pub mod host_keys;
 mod lifecycle;
 mod reconcile;
 pub mod registry;

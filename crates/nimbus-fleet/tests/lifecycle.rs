@@ -101,9 +101,7 @@ fn kill_all_under(machines_dir: &Path) {
 }
 
 fn local_registry(machines_dir: &Path) -> ProviderRegistry {
-    let env = ProviderEnv {
-        local_machines_dir: machines_dir.to_path_buf(),
-    };
+    let env = ProviderEnv::new(machines_dir);
     let mut registry = ProviderRegistry::new();
     registry.register(
         ProviderType::Local,

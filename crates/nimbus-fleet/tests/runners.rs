@@ -74,9 +74,7 @@ async fn a_busy_runner_keeps_its_machine_until_the_job_ends() {
         .unwrap(),
     );
     let dyn_store: Arc<dyn Storage> = store.clone();
-    let env = ProviderEnv {
-        local_machines_dir: dir.path().join("machines"),
-    };
+    let env = ProviderEnv::new(dir.path().join("machines"));
     let mut registry = ProviderRegistry::new();
     registry.register(
         ProviderType::Local,

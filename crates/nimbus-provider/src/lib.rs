@@ -107,11 +107,40 @@ pub trait Provider: Send + Sync {
     }
 }
 
+/// The pinned SSH host keys of one tenant.
+pub type HostKeysFor =
+    Arc<dyn Fn(TenantId) -> Arc<dyn nimbus_setup::ssh::HostKeyStore> + Send + Sync>;
+
 /// Settings that apply to providers of every tenant, resolved by the daemon at start-up.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ProviderEnv {
     /// Where local machines live: `$XDG_STATE_HOME/nimbus/machines`.
     pub local_machines_dir: std::path::PathBuf,
+    /// Where SSH host keys are pinned, per tenant; `None` keeps pins in memory for the life of
+    /// the process (tests, one-off runs).
+    pub host_keys: Option<HostKeysFor>,
+    /// Where SSH connection and command events go; `None` drops them.
+    pub events: Option<Arc<dyn nimbus_types::event::EventSink>>,
+}
+
+impl ProviderEnv {
+    /// Local machines under `dir`, in-memory host key pins, no events.
+    pub fn new(local_machines_dir: impl Into<std::path::PathBuf>) -> Self {
+        ProviderEnv {
+            local_machines_dir: local_machines_dir.into(),
+            host_keys: None,
+            events: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderEnv")
+            .field("local_machines_dir", &self.local_machines_dir)
+            .field("stored_host_keys", &self.host_keys.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds the provider implementation for a stored configuration.
@@ -122,10 +151,20 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
             config.id,
             local::LocalConfig::from_json(&config.config)?,
         ))),
-        ProviderType::Ssh => Ok(Arc::new(ssh::SshProvider::from_provider(
-            config,
-            ssh::SshPool::shared(config.id),
-        )?)),
+        ProviderType::Ssh => {
+            let pool = match &env.host_keys {
+                Some(host_keys) => ssh::SshPool::new(
+                    host_keys(config.tenant_id),
+                    match &env.events {
+                        Some(sink) => nimbus_setup::events::Events::new(sink.clone()),
+                        None => nimbus_setup::events::Events::none(),
+                    },
+                    nimbus_setup::ssh::SshOptions::default(),
+                ),
+                None => ssh::SshPool::shared(config.id),
+            };
+            Ok(Arc::new(ssh::SshProvider::from_provider(config, pool)?))
+        }
         other => Err(Error::Permanent(format!(
             "provider type {other} is not available in this build"
         ))),

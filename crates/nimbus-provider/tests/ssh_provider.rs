@@ -414,9 +414,7 @@ async fn an_unreachable_host_is_a_retryable_error_naming_it() {
 async fn build_and_validate_wire_the_ssh_type() {
     let hosts = hosts(1, &[]);
     nimbus_provider::validate_config(&hosts.config).unwrap();
-    let env = ProviderEnv {
-        local_machines_dir: std::env::temp_dir(),
-    };
+    let env = ProviderEnv::new(std::env::temp_dir());
     let provider = nimbus_provider::build(&env, &hosts.config).unwrap();
     assert_eq!(provider.provider_type(), ProviderType::Ssh);
     let request = request(&hosts.config, &[]);

@@ -135,6 +135,17 @@ pub trait Storage: Send + Sync + 'static {
         None
     }
 
+    /// The SSH host key pinned for `host_id` within the tenant, if any.
+    async fn get_host_key(&self, tenant_id: TenantId, host_id: &str) -> Result<Option<String>>;
+    /// Pins `public_key` for `host_id` unless a key is pinned already (the first pin wins);
+    /// returns the key that is pinned afterwards.
+    async fn pin_host_key(
+        &self,
+        tenant_id: TenantId,
+        host_id: &str,
+        public_key: &str,
+    ) -> Result<String>;
+
     /// Appends an event and returns its sequence number.
     async fn append_event(&self, event: &Event) -> Result<i64>;
     async fn list_events(&self, filter: &EventFilter) -> Result<Vec<Event>>;

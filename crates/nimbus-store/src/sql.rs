@@ -494,6 +494,50 @@ impl Storage for SqlStore {
         Ok(())
     }
 
+    async fn get_host_key(&self, tenant_id: TenantId, host_id: &str) -> Result<Option<String>> {
+        let row =
+            sqlx::query("SELECT public_key FROM host_keys WHERE tenant_id = $1 AND host_id = $2")
+                .bind(tenant_id.to_string())
+                .bind(host_id.to_owned())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map(|row| row.get::<String, _>("public_key")))
+    }
+
+    async fn pin_host_key(
+        &self,
+        tenant_id: TenantId,
+        host_id: &str,
+        public_key: &str,
+    ) -> Result<String> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO host_keys (tenant_id, host_id, public_key, pinned_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, host_id) DO NOTHING",
+        )
+        .bind(tenant_id.to_string())
+        .bind(host_id.to_owned())
+        .bind(public_key.to_owned())
+        .bind(micros(nimbus_types::now()))
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                Error::NotFound { entity: "tenant" }
+            }
+            _ => Error::Database(err),
+        })?;
+        let row =
+            sqlx::query("SELECT public_key FROM host_keys WHERE tenant_id = $1 AND host_id = $2")
+                .bind(tenant_id.to_string())
+                .bind(host_id.to_owned())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(row.get::<String, _>("public_key"))
+    }
+
     async fn tenant_for_token(&self, token_sha256: &[u8]) -> Result<Option<TenantId>> {
         let row = sqlx::query("SELECT tenant_id FROM tenant_tokens WHERE token_sha256 = $1")
             .bind(token_sha256.to_vec())

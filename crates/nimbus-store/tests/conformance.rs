@@ -107,6 +107,7 @@ conformance!(
     backend_answers_ping,
     tenants_crud_and_duplicate_names,
     tenant_tokens,
+    host_keys_pin_once_per_tenant,
     providers_round_trip_with_sealed_credentials,
     provider_names_are_unique_per_tenant,
     tenants_are_isolated,
@@ -259,6 +260,52 @@ async fn tenants_crud_and_duplicate_names(db: &TestDb) {
     );
     // A failed insert leaves nothing behind.
     assert_eq!(store.list_tenants().await.unwrap().len(), 2);
+}
+
+async fn host_keys_pin_once_per_tenant(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let acme = store.create_tenant("acme").await.unwrap();
+    let beta = store.create_tenant("beta").await.unwrap();
+    let host = "10.0.0.5:22";
+    assert_eq!(store.get_host_key(acme.id, host).await.unwrap(), None);
+    let first = "ssh-ed25519 AAAAfirst";
+    assert_eq!(
+        store.pin_host_key(acme.id, host, first).await.unwrap(),
+        first
+    );
+    // The first pin wins: a later, different key is not stored.
+    assert_eq!(
+        store
+            .pin_host_key(acme.id, host, "ssh-ed25519 AAAAsecond")
+            .await
+            .unwrap(),
+        first
+    );
+    assert_eq!(
+        store.get_host_key(acme.id, host).await.unwrap().as_deref(),
+        Some(first)
+    );
+    // Another tenant's pins are its own.
+    assert_eq!(store.get_host_key(beta.id, host).await.unwrap(), None);
+    let hostile = "x'); DROP TABLE host_keys; --";
+    store
+        .pin_host_key(beta.id, hostile, "ssh-ed25519 AAAAbeta")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .get_host_key(beta.id, hostile)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("ssh-ed25519 AAAAbeta")
+    );
+    assert!(matches!(
+        store
+            .pin_host_key(nimbus_types::TenantId::new(), host, first)
+            .await,
+        Err(nimbus_store::Error::NotFound { .. })
+    ));
 }
 
 async fn tenant_tokens(db: &TestDb) {

@@ -108,11 +108,20 @@ impl Server {
         let telemetry = Telemetry::start(dyn_store.clone(), &mut registry);
         let http_metrics = http::HttpMetrics::register(&mut registry);
         let forge_metrics = http::ops::ForgeMetrics::register(&mut registry);
+        let events: Arc<dyn EventSink> = Arc::new(telemetry.clone());
+        let key_store = dyn_store.clone();
         let providers = provider_registry(
             ProviderEnv {
                 local_machines_dir: settings.state_dir.join("machines"),
+                host_keys: Some(Arc::new(move |tenant_id| {
+                    Arc::new(nimbus_fleet::host_keys::StoredHostKeys::new(
+                        key_store.clone(),
+                        tenant_id,
+                    )) as Arc<dyn nimbus_setup::ssh::HostKeyStore>
+                })),
+                events: Some(events.clone()),
             },
-            Arc::new(telemetry.clone()),
+            events,
         );
         let fleet = Fleet::new(
             dyn_store.clone(),
