@@ -129,6 +129,7 @@ pub fn app(state: AppState) -> Router {
         .merge(limited)
         .merge(webhooks)
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(middleware::map_response(json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(
             ServiceBuilder::new()
@@ -146,6 +147,32 @@ pub fn app(state: AppState) -> Router {
                 .layer(PropagateRequestIdLayer::new(REQUEST_ID)),
         )
         .with_state(state)
+}
+
+/// Errors produced by middleware (the body limit's 413, the timeout's 503) come as plain text;
+/// every error the API returns is the JSON error shape.
+async fn json_errors(response: Response) -> Response {
+    let content_type = response.headers().get(axum::http::header::CONTENT_TYPE);
+    let is_json = content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || response.status().is_success() {
+        return response;
+    }
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "request body is too large",
+        )
+        .into_response(),
+        // The timeout layer answers with an empty body; `/readyz` has its own text.
+        StatusCode::SERVICE_UNAVAILABLE if content_type.is_none() => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; try again",
+        )
+        .into_response(),
+        _ => response,
+    }
 }
 
 async fn record_metrics(State(state): State<AppState>, req: Request, next: Next) -> Response {
