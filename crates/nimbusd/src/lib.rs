@@ -65,15 +65,10 @@ async fn open_store(settings: &Settings) -> anyhow::Result<SqlStore> {
 /// The provider types this build runs. Providers report through `events` (the daemon's bus).
 pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> ProviderRegistry {
     let mut registry = ProviderRegistry::new();
-    registry.register(
-        ProviderType::Aws,
-        Arc::new(move |config| {
-            let provider =
-                nimbus_aws::build_aws(config, Arc::new(nimbus_aws::SystemClock), events.clone())?;
-            Ok(provider as Arc<dyn nimbus_provider::Provider>)
-        }),
-        Arc::new(nimbus_aws::validate_config),
-    );
+    #[cfg(feature = "aws")]
+    register_aws(&mut registry, &env, events);
+    #[cfg(not(feature = "aws"))]
+    drop(events);
     for kind in [ProviderType::Local, ProviderType::Ssh] {
         let build_env = env.clone();
         registry.register(
@@ -83,6 +78,30 @@ pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> Provid
         );
     }
     registry
+}
+
+/// EC2, with the daemon's event bus and stored SSH host keys for setup over SSH.
+#[cfg(feature = "aws")]
+fn register_aws(registry: &mut ProviderRegistry, env: &ProviderEnv, events: Arc<dyn EventSink>) {
+    let host_keys = env.host_keys.clone();
+    registry.register(
+        ProviderType::Aws,
+        Arc::new(move |config| {
+            let mut provider =
+                nimbus_aws::AwsProvider::new(config, Arc::new(nimbus_aws::SystemClock))?
+                    .with_events(events.clone());
+            if let Some(host_keys) = &host_keys {
+                provider = provider.with_ssh(
+                    host_keys(config.tenant_id),
+                    nimbus_setup::ssh::SshOptions::default(),
+                );
+            }
+            let provider = Arc::new(provider);
+            nimbus_aws::spawn_host_reconciler(&provider);
+            Ok(provider as Arc<dyn nimbus_provider::Provider>)
+        }),
+        Arc::new(nimbus_aws::validate_config),
+    );
 }
 
 /// Everything a running server holds, built from settings. Tests build it on temp dirs.

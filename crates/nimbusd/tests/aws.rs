@@ -1,3 +1,5 @@
+#![cfg(feature = "aws")]
+
 //! The aws provider through the API, against a real moto server: what `nimbusctl provider add
 //! --type aws` and `machine provision --no-setup` do.
 
