@@ -25,22 +25,31 @@ fn busy_server_answers_429_with_retry_after() {
 
     let (status, retry_after, body) = server.rt.block_on(async {
         // The first request sends half its body and then stalls, holding the only pack slot.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-        let want = format!("{:04x}want {head}\n", head.len() + 10);
-        tx.send(Ok(want.into_bytes())).await.unwrap();
-        let stalled = server
-            .http
-            .post(&url)
-            .header("content-type", "application/x-git-upload-pack-request")
-            .body(reqwest::Body::wrap_stream(
-                tokio_stream::wrappers::ReceiverStream::new(rx),
-            ))
-            .send();
-        let stalled = tokio::spawn(stalled);
+        // Under load the slot may still be held by the push's cleanup when it arrives, so it
+        // gets a 429 and ends: then it is started again.
+        let stall = || {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+            let want = format!("{:04x}want {head}\n", head.len() + 10);
+            tx.try_send(Ok(want.into_bytes())).unwrap();
+            let request = server
+                .http
+                .post(&url)
+                .header("content-type", "application/x-git-upload-pack-request")
+                .body(reqwest::Body::wrap_stream(
+                    tokio_stream::wrappers::ReceiverStream::new(rx),
+                ))
+                .send();
+            (tx, tokio::spawn(request))
+        };
+        let (mut tx, mut stalled) = stall();
         // Wait until the first request holds the slot.
         let mut answer = None;
-        for _ in 0..100 {
+        for _ in 0..200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
+            if stalled.is_finished() {
+                (tx, stalled) = stall();
+                continue;
+            }
             let response = server
                 .http
                 .post(&url)
