@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_store::Storage;
-use nimbus_types::{CanTerminate, MachineId, SpecError};
+use nimbus_types::{MachineId, SpecError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -42,9 +42,6 @@ pub enum Error {
     Invalid(#[from] SpecError),
     #[error("{0}")]
     Conflict(String),
-    /// Terminating now is not allowed; the answer says why and for how long.
-    #[error("machine cannot be terminated now: {}", .0.message.as_deref().unwrap_or("refused by the provider"))]
-    CannotTerminate(CanTerminate),
     #[error("provider error: {0}")]
     Provider(#[from] nimbus_provider::Error),
     #[error("store error: {0}")]
@@ -179,11 +176,6 @@ impl Fleet {
             }
             let _ = tokio::time::timeout(Duration::from_secs(10), self.inner.tasks.wait()).await;
         }
-    }
-
-    /// Operations still running (provisions, setups, terminations).
-    pub fn in_flight(&self) -> usize {
-        self.inner.tasks.len()
     }
 
     fn slot(&self, id: MachineId) -> Arc<Slot> {

@@ -607,15 +607,6 @@ impl Fleet {
         }
     }
 
-    /// Live machines of a provider, for callers that need the count.
-    pub async fn live_machines(&self, provider_id: ProviderId) -> Result<usize> {
-        let filter = MachineFilter {
-            provider_id: Some(provider_id),
-            ..MachineFilter::default()
-        };
-        Ok(self.inner.store.list_machines(&filter).await?.len())
-    }
-
     pub(crate) async fn provider_of(
         &self,
         machine: &Machine,

@@ -95,14 +95,6 @@ impl From<nimbus_fleet::Error> for ApiError {
             Error::NotFound(what) => ApiError::not_found(what),
             Error::Invalid(spec) => ApiError::invalid_field(spec.field, spec.message),
             Error::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
-            Error::CannotTerminate(answer) => ApiError::new(
-                StatusCode::CONFLICT,
-                "cannot_terminate",
-                answer
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "the provider refuses to terminate now".into()),
-            ),
             Error::Forge(message) => ApiError::new(StatusCode::BAD_GATEWAY, "forge_error", message),
             Error::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

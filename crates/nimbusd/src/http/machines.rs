@@ -192,14 +192,14 @@ pub async fn show(
 }
 
 /// Terminate a machine. Returns at once with the machine in `stopping` (or as it is, when it is
-/// already stopping or terminated); 409 with `cannot_terminate` when the provider refuses for
-/// now (see `can-terminate`).
+/// already stopping or terminated). A runner busy with a job keeps its machine in `stopping`
+/// until the job ends; a provider that must keep a resource for now (see `can-terminate`) keeps
+/// it and the machine's history says so.
 #[utoipa::path(delete, path = "/v1/machines/{id}", tag = "machines", security(("bearer" = [])),
     params(("id" = String, Path, description = "machine id")),
     responses(
         (status = 202, description = "termination started", body = Machine),
         (status = 404, body = nimbus_types::api::ErrorBody),
-        (status = 409, description = "the provider refuses for now", body = nimbus_types::api::ErrorBody),
     ))]
 pub async fn terminate(
     State(state): State<AppState>,
