@@ -105,6 +105,8 @@ fn machine(request: &ProvisionRequest, provided: &nimbus_provider::ProviderMachi
         provider_metadata: provided.metadata.clone(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     }
 }
 

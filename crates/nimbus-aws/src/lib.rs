@@ -4,8 +4,11 @@
 //!
 //! It lives in its own crate because `aws-sdk-ec2` is about half of a cold build: nothing else
 //! waits on it. Like every provider it does not touch the store; the lifecycle layer records
-//! intent and calls [`AwsProvider::find_orphans`] / [`AwsProvider::reconcile_hosts`] from its
-//! reconcilers. Every EC2 request goes through `api::Ec2::call` (events, backoff, error kinds).
+//! intent and its reconciler removes what no intent accounts for through the `Provider` trait
+//! (`list_machines`, then `terminate` for unknown machines and `remove_duplicate` for a second
+//! instance of a live one). Dedicated hosts have their own reconciler,
+//! [`AwsProvider::reconcile_hosts`]. Every EC2 request goes through `api::Ec2::call` (events,
+//! backoff, error kinds).
 
 mod api;
 mod clock;
@@ -29,8 +32,8 @@ pub use config::{
 pub use events::{CollectingSink, EventSink, TracingSink};
 pub use hosts::{Host, HostState};
 pub use provider::{
-    AwsProvider, HostReconcileReport, Orphan, OrphanReason, default_key_name, host_client_token,
-    run_client_token, run_client_token_at,
+    AwsProvider, HostReconcileReport, default_key_name, host_client_token, run_client_token,
+    run_client_token_at,
 };
 
 /// Tag names Nimbus puts on EC2 resources.
@@ -54,7 +57,7 @@ pub fn build(
 }
 
 /// Like [`build`], with the daemon's event bus, keeping the concrete type so that a reconciler
-/// can call [`AwsProvider::reconcile_hosts`] and [`AwsProvider::terminate_orphans`] itself.
+/// can call [`AwsProvider::reconcile_hosts`] itself.
 pub fn build_aws(
     config: &ProviderConfig,
     clock: Arc<dyn Clock>,

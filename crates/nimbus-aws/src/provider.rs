@@ -8,11 +8,13 @@
 //! Crash safety: RunInstances and AllocateHosts carry a ClientToken derived from the machine id;
 //! before creating anything, and after any failure that may have taken effect (5xx, timeout),
 //! `provision` looks for a resource tagged with the machine id and adopts it. Whatever is tagged
-//! but known to no intent is found by [`AwsProvider::find_orphans`].
+//! but known to no intent shows up in `list_machines`, where the lifecycle layer's reconciler
+//! finds it and calls `terminate`; a second instance tagged for one machine (an endpoint that
+//! ignored the ClientToken) is listed too, and the reconciler removes just that instance with
+//! `remove_duplicate`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
 use aws_sdk_ec2::primitives::Blob;
@@ -143,25 +145,6 @@ fn filter(name: &str, values: &[&str]) -> Filter {
         .name(name)
         .set_values(Some(values.iter().map(|v| (*v).to_owned()).collect()))
         .build()
-}
-
-/// A tagged instance that no intent knows about, or a second instance for one machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Orphan {
-    pub instance_id: String,
-    /// From the `nimbus:machine` tag (`None` when the tag is missing or unreadable).
-    pub machine_id: Option<MachineId>,
-    pub host_id: Option<String>,
-    pub launched_at: Option<OffsetDateTime>,
-    pub reason: OrphanReason,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OrphanReason {
-    /// No intent in the store has this machine id.
-    UnknownMachine,
-    /// The machine is known but already has an older instance (a retried create).
-    Duplicate,
 }
 
 /// What [`AwsProvider::reconcile_hosts`] did.
@@ -1149,79 +1132,6 @@ impl AwsProvider {
         }
         Ok(report)
     }
-
-    // ---- orphans -----------------------------------------------------------------------
-
-    /// Tagged instances of this provider that no intent in `known` accounts for (or that
-    /// duplicate an older instance of a known machine), launched longer than `grace` ago.
-    pub async fn find_orphans(
-        &self,
-        known: &HashSet<MachineId>,
-        grace: StdDuration,
-    ) -> Result<Vec<Orphan>> {
-        let instances = self.instances(CallCtx::default(), Vec::new()).await?;
-        let cutoff = self.now() - time::Duration::try_from(grace).unwrap_or(time::Duration::MAX);
-        let mut first_seen: HashSet<MachineId> = HashSet::new();
-        let mut orphans = Vec::new();
-        // `instances` is oldest first, so the first instance of a machine is the one
-        // `get_machine` reports and the later ones are duplicates.
-        for info in instances {
-            let reason = match info.machine_id {
-                Some(id) if known.contains(&id) => {
-                    if first_seen.insert(id) {
-                        continue;
-                    }
-                    OrphanReason::Duplicate
-                }
-                _ => OrphanReason::UnknownMachine,
-            };
-            if info.launched_at.is_some_and(|at| at > cutoff) {
-                continue;
-            }
-            orphans.push(Orphan {
-                instance_id: info.instance_id,
-                machine_id: info.machine_id,
-                host_id: info.host_id,
-                launched_at: info.launched_at,
-                reason,
-            });
-        }
-        Ok(orphans)
-    }
-
-    /// Terminates what [`find_orphans`](Self::find_orphans) finds with the configured grace
-    /// period (`orphan_grace_secs`), logging and emitting `nimbus.machine.reconciled` for each.
-    pub async fn terminate_orphans(&self, known: &HashSet<MachineId>) -> Result<Vec<Orphan>> {
-        let grace = StdDuration::from_secs(self.config.orphan_grace_secs);
-        let orphans = self.find_orphans(known, grace).await?;
-        for orphan in &orphans {
-            let ctx = CallCtx {
-                machine_id: orphan.machine_id,
-            };
-            tracing::warn!(
-                instance.id = %orphan.instance_id,
-                machine.id = orphan.machine_id.map(|id| id.to_string()),
-                reason = ?orphan.reason,
-                "terminating an instance no intent knows about"
-            );
-            self.terminate_instances(ctx, std::slice::from_ref(&orphan.instance_id))
-                .await?;
-            if let Some(host_id) = &orphan.host_id {
-                self.after_instances_ended(ctx, host_id, true).await?;
-            }
-            let mut event = Event::new(event::MACHINE_RECONCILED)
-                .tenant(self.tenant_id)
-                .meta("action", "orphan_terminated")
-                .meta("reason", format!("{:?}", orphan.reason))
-                .meta("instance_id", orphan.instance_id.clone())
-                .meta("provider_id", self.provider_id.to_string());
-            if let Some(machine_id) = orphan.machine_id {
-                event = event.machine(machine_id);
-            }
-            self.events.emit(event);
-        }
-        Ok(orphans)
-    }
 }
 
 enum RunError {
@@ -1382,6 +1292,59 @@ impl Provider for AwsProvider {
             )),
             None => Ok(None),
         }
+    }
+
+    async fn remove_duplicate(&self, resource: &ProviderMachine) -> Result<()> {
+        let Some(machine_id) = resource.machine_id else {
+            return Err(Error::Permanent(
+                "a resource without a nimbus:machine tag is no machine's duplicate".into(),
+            ));
+        };
+        let Some(instance_id) = resource.metadata.instance_id.as_deref() else {
+            return Err(Error::Permanent(format!(
+                "machine {machine_id}: the duplicate names no instance_id"
+            )));
+        };
+        let ctx = CallCtx::machine(machine_id);
+        // Re-read rather than trust the listing: only an instance that carries this provider's
+        // and this machine's tags is terminated, and never the machine's last one.
+        let instances: Vec<InstanceInfo> = self
+            .machine_instances(machine_id)
+            .await?
+            .into_iter()
+            .filter(|info| info.tenant_id == Some(self.tenant_id))
+            .collect();
+        let Some(duplicate) = instances
+            .iter()
+            .find(|info| info.instance_id == instance_id)
+        else {
+            // Gone already (or never this provider's): nothing to do.
+            return Ok(());
+        };
+        if instances.len() < 2 {
+            return Err(Error::Permanent(format!(
+                "machine {machine_id}: instance {instance_id} is its only instance, not a duplicate"
+            )));
+        }
+        tracing::warn!(
+            machine.id = %machine_id,
+            instance.id = %instance_id,
+            "terminating a second instance of the machine"
+        );
+        self.terminate_instances(ctx, std::slice::from_ref(&duplicate.instance_id))
+            .await?;
+        if let Some(host_id) = &duplicate.host_id {
+            self.after_instances_ended(ctx, host_id, true).await?;
+        }
+        self.events.emit(
+            Event::new(event::MACHINE_RECONCILED)
+                .tenant(self.tenant_id)
+                .machine(machine_id)
+                .meta("action", "duplicate_terminated")
+                .meta("instance_id", duplicate.instance_id.clone())
+                .meta("provider_id", self.provider_id.to_string()),
+        );
+        Ok(())
     }
 
     async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>> {

@@ -371,7 +371,7 @@ async fn provision_with_crash(
 }
 
 /// Every instance and host moto holds is visible to a fresh provider: instances through
-/// `list_machines` or as orphans, hosts through `list_hosts`.
+/// `list_machines` (where the reconciler finds orphans), hosts through `list_hosts`.
 async fn assert_nothing_unknown(moto: &MotoServer, h: &Harness, step: &str) {
     let raw = raw_client(&moto.endpoint());
     let listed: HashSet<String> = h
@@ -448,26 +448,36 @@ async fn crash_matrix(os: Os, arch: Arch, steps: &[&str]) {
         } else {
             assert!(hosts.is_empty(), "{step}");
         }
-        h.clock.advance(time::Duration::minutes(1));
-        let known = HashSet::from([request.machine_id]);
-        let orphans = h
-            .provider
-            .find_orphans(&known, Duration::ZERO)
-            .await
-            .unwrap();
-        assert!(orphans.is_empty(), "{step}: {orphans:?}");
+        // The listing the reconciler works from holds the machine's one instance: no orphan,
+        // no duplicate.
+        let listed = h.provider.list_machines(tenant).await.unwrap();
+        assert_eq!(listed.len(), 1, "{step}: {listed:?}");
+        assert_eq!(listed[0].machine_id, Some(request.machine_id), "{step}");
+        assert_eq!(
+            listed[0].metadata.instance_id, provided.metadata.instance_id,
+            "{step}"
+        );
 
-        // Intent abandoned: the reconciler finds every instance as an orphan and removes it;
-        // a host outlives it only until its minimum allocation period ends.
+        // Intent abandoned: every listed machine id is unknown to the store, and the reconciler
+        // terminates each through a stand-in record (`terminate` ends every instance of the id);
+        // a host outlives them only until its minimum allocation period ends.
         moto.reset().unwrap();
         let h = Harness::new(tenant, provider_id, config_json(&moto.endpoint()));
         let request = h.request(os, arch);
         provision_with_crash(&moto, crash_after, &request).await;
         assert_nothing_unknown(&moto, &h, &step).await;
-        h.clock.advance(time::Duration::minutes(1));
         let before = raw_live_instances(&raw).await.len();
-        let orphans = h.provider.terminate_orphans(&HashSet::new()).await.unwrap();
-        assert_eq!(orphans.len(), before, "{step}: {orphans:?}");
+        let listed = h.provider.list_machines(tenant).await.unwrap();
+        assert_eq!(listed.len(), before, "{step}: {listed:?}");
+        for seen in &listed {
+            let mut stand_in = intent_record(&request);
+            stand_in.id = seen
+                .machine_id
+                .expect("instances carry their machine's tag");
+            stand_in.state = nimbus_types::MachineState::Stopping;
+            stand_in.provider_metadata = seen.metadata.clone();
+            h.provider.terminate(&stand_in).await.unwrap();
+        }
         assert!(raw_live_instances(&raw).await.is_empty(), "{step}");
         h.clock.advance(time::Duration::hours(25));
         h.provider.reconcile_hosts().await.unwrap();

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use nimbus_aws::{HostState, ManualClock, OrphanReason};
+use nimbus_aws::{HostState, ManualClock};
 use nimbus_provider::{Error, Provider, ProviderStatus};
 use nimbus_types::event;
 use nimbus_types::{Arch, MachineId, Os, ProviderId, TenantId};
@@ -461,30 +461,9 @@ async fn the_fleet_is_recovered_from_tags_by_a_fresh_provider() {
         let machine = second.provider.get_machine(*id).await.unwrap().unwrap();
         assert_eq!(machine.tenant_id, Some(tenant));
     }
-    // With the store wiped, nothing is known: all three are orphans for the reconciler
-    // (once they are older than the grace period).
-    clock.advance(time::Duration::minutes(1));
-    let orphans = second
-        .provider
-        .find_orphans(&HashSet::new(), Duration::ZERO)
-        .await
-        .unwrap();
-    let orphan_ids: HashSet<_> = orphans.iter().filter_map(|o| o.machine_id).collect();
-    assert_eq!(orphan_ids, expected);
-    assert!(
-        orphans
-            .iter()
-            .all(|o| o.reason == OrphanReason::UnknownMachine)
-    );
-    // ... and none when the store knows them.
-    assert!(
-        second
-            .provider
-            .find_orphans(&expected, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    // With the store wiped, this listing is what the reconciler finds orphans in: one
+    // resource per machine, no duplicates.
+    assert_eq!(listed.len(), expected.len(), "{listed:?}");
 
     // Tenant isolation: another tenant's provider, or another provider, sees nothing.
     let other_tenant = Harness::new(TenantId::new(), ProviderId::new(), config.clone());
@@ -535,46 +514,57 @@ async fn the_fleet_is_recovered_from_tags_by_a_fresh_provider() {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        other_provider
+    // Nor can it remove one of them as a "duplicate".
+    let linux_view = listed
+        .iter()
+        .find(|m| m.machine_id == Some(linux_a.machine_id))
+        .unwrap();
+    other_provider
+        .provider
+        .remove_duplicate(linux_view)
+        .await
+        .unwrap();
+    assert_eq!(
+        second
             .provider
-            .find_orphans(&HashSet::new(), Duration::ZERO)
+            .get_machine(linux_a.machine_id)
             .await
             .unwrap()
-            .is_empty()
+            .and_then(|m| m.metadata.instance_id),
+        linux_view.metadata.instance_id
     );
 }
 
 #[tokio::test]
-async fn orphans_and_duplicates_are_found_and_terminated_after_the_grace_period() {
+async fn a_second_instance_of_a_machine_is_listed_and_only_it_is_terminated() {
     let moto = start_moto();
     let raw = raw_client(&moto.endpoint());
-    let mut config = config_json(&moto.endpoint());
-    config["orphan_grace_secs"] = json!(3600);
-    let h = Harness::new(TenantId::new(), ProviderId::new(), config);
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
     let kept = h.request(Os::Linux, Arch::X86_64);
     let lost = h.request(Os::Linux, Arch::X86_64);
-    h.provider.provision(&kept).await.unwrap();
-    h.provider.provision(&lost).await.unwrap();
-    // A second instance for `kept`, as a retried create against an endpoint that ignores the
-    // ClientToken would leave behind.
-    let instance = &raw_live_instances(&raw).await[0];
+    let provided = h.provider.provision(&kept).await.unwrap();
+    let provided_lost = h.provider.provision(&lost).await.unwrap();
+    let own_instance = provided.metadata.instance_id.clone().unwrap();
+    // A second instance carrying the machine's tags, as a retried create against an endpoint
+    // that ignores the ClientToken would leave behind (launched later: launch times have
+    // one-second resolution).
+    let instance = raw_live_instances(&raw)
+        .await
+        .into_iter()
+        .find(|i| i.id == own_instance)
+        .unwrap();
     let tags: Vec<_> = instance
         .tags
         .iter()
-        .map(|(k, v)| {
-            aws_sdk_ec2::types::Tag::builder()
-                .key(k)
-                .value(if k == "nimbus:machine" {
-                    kept.machine_id.to_string()
-                } else {
-                    v.clone()
-                })
-                .build()
-        })
+        .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build())
         .collect();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    raw.run_instances()
+    let run = raw
+        .run_instances()
         .image_id(nimbus_testkit::moto::AMI_LINUX_X86_64)
         .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
         .min_count(1)
@@ -588,59 +578,83 @@ async fn orphans_and_duplicates_are_found_and_terminated_after_the_grace_period(
         .send()
         .await
         .unwrap();
-    let known = HashSet::from([kept.machine_id]);
-
-    // Too young for the configured hour of grace.
-    assert!(
-        h.provider
-            .terminate_orphans(&known)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let duplicate_instance = run.instances()[0].instance_id().unwrap().to_owned();
     assert_eq!(raw_live_instances(&raw).await.len(), 3);
 
-    h.clock.advance(hours(2));
-    let orphans = h
-        .provider
-        .find_orphans(&known, Duration::from_secs(3600))
+    // The listing shows both instances of the machine (the reconciler groups them by id).
+    let listed = h.provider.list_machines(h.tenant_id).await.unwrap();
+    let mut of_kept: Vec<_> = listed
+        .iter()
+        .filter(|m| m.machine_id == Some(kept.machine_id))
+        .collect();
+    of_kept.sort_by_key(|m| m.created_at);
+    let instance_ids: Vec<_> = of_kept
+        .iter()
+        .filter_map(|m| m.metadata.instance_id.clone())
+        .collect();
+    assert_eq!(
+        instance_ids,
+        [own_instance.clone(), duplicate_instance.clone()],
+        "{listed:?}"
+    );
+    let duplicate = of_kept[1];
+
+    // Removing the duplicate terminates that instance only.
+    h.provider.remove_duplicate(duplicate).await.unwrap();
+    let live: Vec<_> = raw_live_instances(&raw)
         .await
-        .unwrap();
-    assert_eq!(orphans.len(), 2, "{orphans:?}");
-    let unknown = orphans
-        .iter()
-        .find(|o| o.reason == OrphanReason::UnknownMachine)
-        .unwrap();
-    assert_eq!(unknown.machine_id, Some(lost.machine_id));
-    let duplicate = orphans
-        .iter()
-        .find(|o| o.reason == OrphanReason::Duplicate)
-        .unwrap();
-    assert_eq!(duplicate.machine_id, Some(kept.machine_id));
-    // The duplicate is the younger one: get_machine reports the original.
-    let original = h
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(!live.contains(&duplicate_instance), "{live:?}");
+    assert!(live.contains(&own_instance), "{live:?}");
+    assert!(
+        live.contains(provided_lost.metadata.instance_id.as_ref().unwrap()),
+        "{live:?}"
+    );
+    let own = h
         .provider
         .get_machine(kept.machine_id)
         .await
         .unwrap()
         .unwrap();
-    assert_ne!(
-        original.metadata.instance_id.as_deref(),
-        Some(duplicate.instance_id.as_str())
+    assert_eq!(
+        own.metadata.instance_id.as_deref(),
+        Some(own_instance.as_str())
+    );
+    assert!(matches!(
+        own.status,
+        ProviderStatus::Running | ProviderStatus::Pending
+    ));
+    let reconciled = h.events.named(event::MACHINE_RECONCILED, None);
+    assert_eq!(reconciled.len(), 1, "{reconciled:?}");
+    assert_eq!(reconciled[0].metadata["action"], "duplicate_terminated");
+    assert_eq!(reconciled[0].metadata["instance_id"], duplicate_instance);
+    assert_eq!(reconciled[0].machine_id, Some(kept.machine_id));
+
+    // Idempotent: the duplicate is gone, so a second call does nothing.
+    h.provider.remove_duplicate(duplicate).await.unwrap();
+    assert_eq!(h.events.named(event::MACHINE_RECONCILED, None).len(), 1);
+    // The machine's own instance is never anyone's duplicate.
+    let err = h.provider.remove_duplicate(&own).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::Permanent(m) if m.contains("only instance")),
+        "{err}"
+    );
+    assert_eq!(
+        h.provider.list_machines(h.tenant_id).await.unwrap().len(),
+        2
     );
 
-    let terminated = h.provider.terminate_orphans(&known).await.unwrap();
-    assert_eq!(terminated, orphans);
+    // What no intent knows about goes through `terminate`, as the reconciler does with a
+    // stand-in record for it.
+    h.provider
+        .terminate(&machine_record(&lost, &provided_lost))
+        .await
+        .unwrap();
     let live = raw_live_instances(&raw).await;
-    assert_eq!(live.len(), 1);
-    assert_eq!(live[0].tags["nimbus:machine"], kept.machine_id.to_string());
-    let reconciled = h.events.named(event::MACHINE_RECONCILED, None);
-    assert_eq!(reconciled.len(), 2, "{reconciled:?}");
-    assert!(
-        reconciled
-            .iter()
-            .all(|e| e.metadata["action"] == "orphan_terminated")
-    );
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0].id, own_instance);
 }
 
 #[tokio::test]

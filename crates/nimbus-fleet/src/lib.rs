@@ -11,9 +11,12 @@
 //!
 //! This crate does not know about HTTP; `nimbusd` maps [`Error`] to status codes.
 
+pub mod autoscale;
+pub mod demand;
 pub mod forges;
 pub mod host_keys;
 mod lifecycle;
+mod pools;
 mod reconcile;
 pub mod registry;
 pub mod runners;
@@ -77,6 +80,8 @@ pub struct FleetConfig {
     pub shutdown_timeout: Duration,
     /// Runner downloads: versions, checksums and mirrors.
     pub installers: nimbus_setup::installers::Installers,
+    /// The autoscaler's timings and policy knobs.
+    pub autoscale: autoscale::AutoscaleConfig,
 }
 
 impl Default for FleetConfig {
@@ -87,6 +92,7 @@ impl Default for FleetConfig {
             orphan_grace: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             installers: nimbus_setup::installers::Installers::default(),
+            autoscale: autoscale::AutoscaleConfig::default(),
         }
     }
 }
@@ -109,6 +115,7 @@ struct Inner {
     /// Live machines a provider's listing lacked, by consecutive passes (listings are
     /// eventually consistent: a new EC2 instance can be missing for a few seconds).
     missing: Mutex<HashMap<MachineId, u32>>,
+    autoscale: autoscale::State,
 }
 
 /// Serializes operations on one machine and lets terminate interrupt a running setup.
@@ -136,6 +143,7 @@ impl Fleet {
                 slots: Mutex::new(HashMap::new()),
                 forges: forges::Forges::new(store.clone()),
                 missing: Mutex::new(HashMap::new()),
+                autoscale: autoscale::State::default(),
             }),
         }
     }

@@ -35,6 +35,31 @@ impl Fleet {
         provider: &ProviderConfig,
         spec: MachineSpec,
     ) -> Result<Machine> {
+        self.provision(tenant, provider, spec, None).await
+    }
+
+    /// Like [`Fleet::provision_machine`], for a machine a pool asked for: the machine carries
+    /// the pool's id and the runner version it will be set up with.
+    pub async fn provision_pool_machine(
+        &self,
+        tenant: &Tenant,
+        provider: &ProviderConfig,
+        pool: &nimbus_types::Pool,
+    ) -> Result<Machine> {
+        if pool.tenant_id != tenant.id || pool.provider_id != provider.id {
+            return Err(Error::NotFound("pool"));
+        }
+        self.provision(tenant, provider, pool.settings.machine_spec(), Some(pool))
+            .await
+    }
+
+    async fn provision(
+        &self,
+        tenant: &Tenant,
+        provider: &ProviderConfig,
+        spec: MachineSpec,
+        pool: Option<&nimbus_types::Pool>,
+    ) -> Result<Machine> {
         if self.inner.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
@@ -45,6 +70,10 @@ impl Fleet {
         // Fails before any intent is written when the provider cannot be built at all.
         self.inner.providers.get(provider)?;
 
+        let runner_version = match pool {
+            Some(_) => self.runner_version(tenant.id, spec.os, spec.arch).await,
+            None => None,
+        };
         let now = nimbus_types::now();
         let machine = Machine {
             id: MachineId::new(),
@@ -68,16 +97,99 @@ impl Fleet {
             provider_metadata: ProviderMetadata::default(),
             error: None,
             setup_progress: None,
+            pool_id: pool.map(|pool| pool.id),
+            usage: nimbus_types::RunnerUsage {
+                runner_version,
+                ..Default::default()
+            },
         };
         self.inner.store.insert_machine(&machine, &spec).await?;
+        let mut start = Event::new(event::MACHINE_PROVISION_START)
+            .tenant(machine.tenant_id)
+            .machine(machine.id)
+            .meta("provider", provider.name.as_str())
+            .meta("provider_type", provider.provider_type.as_str());
+        if let Some(pool) = pool {
+            start = start.meta("pool", pool.name.as_str());
+        }
+        self.emit(start);
+        self.spawn_provision(machine.id);
+        Ok(machine)
+    }
+
+    /// The runner version a new machine of the tenant would be set up with: the pinned version
+    /// of the tenant's forge's runner for the platform; `None` without a forge or a pin.
+    pub async fn runner_version(
+        &self,
+        tenant_id: TenantId,
+        os: nimbus_types::Os,
+        arch: nimbus_types::Arch,
+    ) -> Option<String> {
+        let config = self
+            .inner
+            .store
+            .get_tenant_forge_config(tenant_id)
+            .await
+            .ok()??;
+        let software =
+            nimbus_setup::installers::Software::from(runners::runner_kind(config.forge_type));
+        self.inner
+            .config
+            .installers
+            .resolve(software, os, arch)
+            .ok()
+            .map(|artifact| artifact.version)
+    }
+
+    /// Marks a machine failed for `reason` (the autoscaler's health checks: stuck, zombie):
+    /// interrupts what runs on it, records `failed`, and removes it at the provider in the
+    /// background (the reconciler finishes the cleanup if that fails). The runner is
+    /// deregistered first and a busy one keeps its machine: then nothing happens.
+    pub async fn fail_machine(&self, scope: Scope, id: MachineId, reason: &str) -> Result<Machine> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let mut machine = self.inner.store.get_machine(scope, id).await?.machine;
+        if !matches!(
+            machine.state,
+            MachineState::Provisioning | MachineState::ImageInstalling | MachineState::Ready
+        ) {
+            return Ok(machine);
+        }
+        if machine.state == MachineState::Ready
+            && !self
+                .deregister_runner(machine.tenant_id, machine.id)
+                .await?
+        {
+            return Err(Error::Conflict(
+                "the runner is busy with a job; it is not failed".into(),
+            ));
+        }
+        self.slot(id).cancel.cancel();
+        machine.error = Some(reason.to_owned());
+        self.move_to(&mut machine, MachineState::Failed, Some(reason))
+            .await?;
         self.emit(
-            Event::new(event::MACHINE_PROVISION_START)
+            Event::new(event::MACHINE_RECONCILED)
                 .tenant(machine.tenant_id)
                 .machine(machine.id)
-                .meta("provider", provider.name.as_str())
-                .meta("provider_type", provider.provider_type.as_str()),
+                .meta("action", "failed")
+                .meta("message", reason),
         );
-        self.spawn_provision(machine.id);
+        let fleet = self.clone();
+        let failed = machine.clone();
+        self.inner.tasks.spawn(async move {
+            let slot = fleet.slot(id);
+            {
+                let _guard = slot.lock.lock().await;
+                if let Ok((_, provider)) = fleet.provider_of(&failed).await
+                    && let Err(err) = provider.terminate(&failed).await
+                {
+                    tracing::warn!(machine.id = %id, error = %err, "cleanup of a failed machine did not finish; the reconciler retries");
+                }
+            }
+            fleet.release_slot(id, slot);
+        });
         Ok(machine)
     }
 
@@ -226,9 +338,20 @@ impl Fleet {
         machine.image.state = ImageState::Installed;
         machine.image.installed_at = Some(nimbus_types::now());
         machine.error = None;
+        machine.usage.idle_since = Some(nimbus_types::now());
         self.move_to(&mut machine, MachineState::Ready, Some("machine is ready"))
             .await?;
         let total = (nimbus_types::now() - requested_at).unsigned_abs();
+        let pool = match machine.pool_id {
+            Some(pool_id) => self
+                .inner
+                .store
+                .get_pool(machine.tenant_id, pool_id)
+                .await
+                .ok()
+                .map(|pool| pool.name),
+            None => None,
+        };
         self.emit(
             Event::new(event::MACHINE_PROVISION_SUCCESS)
                 .tenant(machine.tenant_id)
@@ -242,7 +365,8 @@ impl Fleet {
                 .duration(total)
                 .meta("provider_accepted", provider_accepted.as_secs_f64())
                 .meta("setup", setup_time.as_secs_f64())
-                .meta("total", total.as_secs_f64()),
+                .meta("total", total.as_secs_f64())
+                .meta("pool", pool.unwrap_or_default()),
         );
         Ok(())
     }
@@ -600,6 +724,9 @@ impl Fleet {
                 self.inner.providers.evict(id);
                 Ok(())
             }
+            Err(nimbus_store::Error::Conflict { entity }) if entity.contains("pool") => Err(
+                Error::Conflict("pools use the provider; delete them first".into()),
+            ),
             Err(nimbus_store::Error::Conflict { .. }) => Err(Error::Conflict(
                 "the provider still has live machines; terminate them first".into(),
             )),

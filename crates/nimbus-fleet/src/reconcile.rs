@@ -6,12 +6,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use nimbus_provider::{ProviderMachine, ProviderStatus};
+use nimbus_provider::{Provider, ProviderMachine, ProviderStatus};
 use nimbus_store::MachineFilter;
 use nimbus_types::event::{self, Event};
 use nimbus_types::{
     Image, ImageState, ImageType, Machine, MachineId, MachineState, ProviderConfig, ProviderId,
 };
+use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::{Error, Fleet, Result};
@@ -29,6 +30,8 @@ pub struct Report {
     pub failed: usize,
     pub cleaned: usize,
     pub orphans_removed: usize,
+    /// Extra resources of a live machine (a create that took effect twice) that were removed.
+    pub duplicates_removed: usize,
 }
 
 impl Fleet {
@@ -114,7 +117,8 @@ impl Fleet {
     }
 
     /// One pass over one provider: resumes interrupted work, fails machines that vanished,
-    /// removes resources of failed and terminated machines and orphans past their grace period.
+    /// removes resources of failed and terminated machines, orphans past their grace period, and
+    /// second resources of live machines past the same grace period.
     pub async fn reconcile(&self, provider: &ProviderConfig) -> Result<(Report, Action)> {
         let mut report = Report::default();
         let implementation = self.inner.providers.get(provider)?;
@@ -122,23 +126,30 @@ impl Fleet {
         let filter = MachineFilter {
             tenant_id: Some(provider.tenant_id),
             provider_id: Some(provider.id),
-            include_terminated: false,
+            ..Default::default()
         };
         let records = self.inner.store.list_machines(&filter).await?;
-        let mut at_provider: HashMap<MachineId, ProviderMachine> = HashMap::new();
+        // A machine id may be listed more than once: a create that took effect twice (an
+        // endpoint that ignored the idempotency token, a crash mid-create).
+        let mut at_provider: HashMap<MachineId, Vec<ProviderMachine>> = HashMap::new();
         let mut untagged = Vec::new();
         for machine in listed {
             match machine.machine_id {
-                Some(id) => {
-                    at_provider.insert(id, machine);
-                }
+                Some(id) => at_provider.entry(id).or_default().push(machine),
                 None => untagged.push(machine),
             }
         }
+        let now = nimbus_types::now();
 
         for record in records {
             let mut machine = record.machine;
-            let seen = at_provider.remove(&machine.id);
+            let (seen, duplicates) = match at_provider.remove(&machine.id) {
+                Some(resources) => {
+                    let (kept, duplicates) = keep_one(&machine, resources);
+                    (Some(kept), duplicates)
+                }
+                None => (None, Vec::new()),
+            };
             if seen.is_some() {
                 self.inner
                     .missing
@@ -148,6 +159,13 @@ impl Fleet {
             }
             if self.is_busy(machine.id) {
                 continue;
+            }
+            // Only a settled machine: a provision being resumed adopts one of them itself, and
+            // failing or stopping machines lose all of them through `terminate`.
+            if matches!(machine.state, MachineState::Ready | MachineState::Running) {
+                report.duplicates_removed += self
+                    .remove_duplicates(&*implementation, &machine, &duplicates, now)
+                    .await;
             }
             match (machine.state, &seen) {
                 (MachineState::Provisioning | MachineState::ImageInstalling, _) => {
@@ -199,12 +217,14 @@ impl Fleet {
         }
 
         // What is left at the provider has no live intent: a terminated machine that leaked,
-        // or a resource no intent knows about.
-        let now = nimbus_types::now();
-        for (id, seen) in at_provider {
+        // or a resource no intent knows about. `terminate` removes every resource of the id.
+        for (id, resources) in at_provider {
             if self.is_busy(id) {
                 continue;
             }
+            let Some(seen) = resources.into_iter().min_by_key(|seen| seen.created_at) else {
+                continue;
+            };
             let known = match self.inner.store.get_machine(None, id).await {
                 Ok(record) => Some(record.machine),
                 Err(nimbus_store::Error::NotFound { .. }) => None,
@@ -233,6 +253,49 @@ impl Fleet {
             report,
             Action::Requeue(self.inner.config.reconcile_interval),
         ))
+    }
+
+    /// Removes the live machine's extra resources that are past the orphan grace period (a
+    /// younger one may still be settling at the provider) and returns how many went. A failure
+    /// is logged and left to the next pass rather than failing the pass: the machine itself is
+    /// fine, and its siblings' reconciles should not wait on a leak.
+    async fn remove_duplicates(
+        &self,
+        implementation: &dyn Provider,
+        machine: &Machine,
+        duplicates: &[ProviderMachine],
+        now: OffsetDateTime,
+    ) -> usize {
+        let mut removed = 0;
+        for duplicate in duplicates {
+            let age = (now - duplicate.created_at).unsigned_abs();
+            if age < self.inner.config.orphan_grace {
+                continue;
+            }
+            let instance_id = duplicate.metadata.instance_id.as_deref();
+            match implementation.remove_duplicate(duplicate).await {
+                Ok(()) => {
+                    tracing::warn!(machine.id = %machine.id, instance.id = instance_id, "removed a second resource of a live machine");
+                    let mut event = Event::new(event::MACHINE_RECONCILED)
+                        .tenant(machine.tenant_id)
+                        .machine(machine.id)
+                        .meta("action", "remove_duplicate")
+                        .meta(
+                            "message",
+                            "removed a second resource the provider holds for a live machine",
+                        );
+                    if let Some(instance_id) = instance_id {
+                        event = event.meta("instance_id", instance_id);
+                    }
+                    self.emit(event);
+                    removed += 1;
+                }
+                Err(err) => {
+                    tracing::warn!(machine.id = %machine.id, instance.id = instance_id, error = %err, "cannot remove a second resource of a live machine");
+                }
+            }
+        }
+        removed
     }
 
     /// Counts a pass in which a live machine was missing from its provider's listing; true from
@@ -274,6 +337,31 @@ impl Fleet {
     }
 }
 
+/// Splits a machine's resources into the one that is the machine and its duplicates: the one
+/// its record names (`provider_metadata.instance_id`), else the oldest.
+fn keep_one(
+    machine: &Machine,
+    mut resources: Vec<ProviderMachine>,
+) -> (ProviderMachine, Vec<ProviderMachine>) {
+    let recorded = machine.provider_metadata.instance_id.as_deref();
+    let kept_idx = recorded
+        .and_then(|recorded| {
+            resources
+                .iter()
+                .position(|seen| seen.metadata.instance_id.as_deref() == Some(recorded))
+        })
+        .or_else(|| {
+            resources
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, seen)| seen.created_at)
+                .map(|(idx, _)| idx)
+        })
+        .expect("a listed machine id has at least one resource");
+    let kept = resources.swap_remove(kept_idx);
+    (kept, resources)
+}
+
 /// A machine value for a resource the store does not know, so the provider can remove it.
 fn stand_in(provider: &ProviderConfig, id: MachineId, seen: &ProviderMachine) -> Machine {
     let os = nimbus_types::Os::host().unwrap_or(nimbus_types::Os::Linux);
@@ -300,5 +388,77 @@ fn stand_in(provider: &ProviderConfig, id: MachineId, seen: &ProviderMachine) ->
         provider_metadata: seen.metadata.clone(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nimbus_types::{ProviderMetadata, ProviderType, TenantId};
+
+    use super::*;
+
+    fn resource(id: MachineId, instance_id: &str, age_secs: i64) -> ProviderMachine {
+        ProviderMachine {
+            machine_id: Some(id),
+            tenant_id: None,
+            status: ProviderStatus::Running,
+            ip_address: None,
+            ssh_public_key: None,
+            created_at: nimbus_types::now() - time::Duration::seconds(age_secs),
+            metadata: ProviderMetadata {
+                instance_id: Some(instance_id.to_owned()),
+                ..ProviderMetadata::default()
+            },
+        }
+    }
+
+    fn instance_ids(resources: &[ProviderMachine]) -> Vec<&str> {
+        resources
+            .iter()
+            .filter_map(|r| r.metadata.instance_id.as_deref())
+            .collect()
+    }
+
+    #[test]
+    fn keep_one_prefers_the_recorded_instance_then_the_oldest() {
+        let provider = ProviderConfig {
+            id: ProviderId::new(),
+            tenant_id: TenantId::new(),
+            name: "p".into(),
+            provider_type: ProviderType::Aws,
+            credentials: None,
+            config: serde_json::json!({}),
+            created_at: nimbus_types::now(),
+        };
+        let id = MachineId::new();
+        let listed = vec![
+            resource(id, "i-new", 10),
+            resource(id, "i-old", 100),
+            resource(id, "i-mid", 50),
+        ];
+        let mut machine = stand_in(&provider, id, &listed[0]);
+
+        // The record names the newest: it stays even though the others are older.
+        machine.provider_metadata.instance_id = Some("i-new".into());
+        let (kept, duplicates) = keep_one(&machine, listed.clone());
+        assert_eq!(kept.metadata.instance_id.as_deref(), Some("i-new"));
+        let mut removed = instance_ids(&duplicates);
+        removed.sort_unstable();
+        assert_eq!(removed, ["i-mid", "i-old"]);
+
+        // No record of an instance (or one no longer listed): the oldest is the machine.
+        for recorded in [None, Some("i-gone".to_owned())] {
+            machine.provider_metadata.instance_id = recorded;
+            let (kept, duplicates) = keep_one(&machine, listed.clone());
+            assert_eq!(kept.metadata.instance_id.as_deref(), Some("i-old"));
+            assert_eq!(duplicates.len(), 2);
+        }
+
+        // One resource: no duplicates.
+        let (kept, duplicates) = keep_one(&machine, vec![listed[0].clone()]);
+        assert_eq!(kept, listed[0]);
+        assert!(duplicates.is_empty());
     }
 }

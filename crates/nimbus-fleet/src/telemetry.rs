@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nimbus_store::Storage;
+use nimbus_types::api::PoolStatus;
 use nimbus_types::event::Event;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::sync::{broadcast, mpsc};
@@ -24,6 +26,30 @@ struct EventLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: String,
+    /// The pool's name; empty for machines provisioned by hand.
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    tenant: String,
+    pool: String,
+}
+
+/// `nimbus_pool_*` gauges, one family per figure of [`PoolStatus`].
+#[derive(Clone, Default)]
+struct PoolGauges {
+    desired: Family<PoolLabels, Gauge>,
+    idle: Family<PoolLabels, Gauge>,
+    busy: Family<PoolLabels, Gauge>,
+    booting: Family<PoolLabels, Gauge>,
+    stopping: Family<PoolLabels, Gauge>,
+    failed: Family<PoolLabels, Gauge>,
+    queued_jobs: Family<PoolLabels, Gauge>,
+    oldest_queued_seconds: Family<PoolLabels, Gauge>,
+    min_idle: Family<PoolLabels, Gauge>,
+    backoff: Family<PoolLabels, Gauge>,
+    budget_exhausted: Family<PoolLabels, Gauge>,
 }
 
 #[derive(Clone)]
@@ -31,6 +57,7 @@ struct Metrics {
     events: Family<EventLabels, Counter>,
     durations: Family<EventLabels, Histogram>,
     stages: Family<StageLabels, Histogram>,
+    pools: PoolGauges,
 }
 
 fn duration_histogram() -> Histogram {
@@ -44,7 +71,64 @@ impl Metrics {
             events: Family::default(),
             durations: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
             stages: Family::new_with_constructor(duration_histogram as fn() -> Histogram),
+            pools: PoolGauges::default(),
         };
+        let pools = &metrics.pools;
+        for (name, help, family) in [
+            (
+                "nimbus_pool_desired",
+                "Machines the pool should have",
+                &pools.desired,
+            ),
+            (
+                "nimbus_pool_idle",
+                "Ready runners without a job",
+                &pools.idle,
+            ),
+            ("nimbus_pool_busy", "Runners running a job", &pools.busy),
+            (
+                "nimbus_pool_booting",
+                "Machines being created or set up",
+                &pools.booting,
+            ),
+            (
+                "nimbus_pool_stopping",
+                "Machines being removed",
+                &pools.stopping,
+            ),
+            (
+                "nimbus_pool_failed",
+                "Machines that failed recently",
+                &pools.failed,
+            ),
+            (
+                "nimbus_pool_queued_jobs",
+                "Jobs waiting for a runner of the pool",
+                &pools.queued_jobs,
+            ),
+            (
+                "nimbus_pool_oldest_queued_seconds",
+                "How long the longest-waiting queued job has waited",
+                &pools.oldest_queued_seconds,
+            ),
+            (
+                "nimbus_pool_min_idle",
+                "The warm target in force",
+                &pools.min_idle,
+            ),
+            (
+                "nimbus_pool_backoff",
+                "1 while scale-up backs off after failures",
+                &pools.backoff,
+            ),
+            (
+                "nimbus_pool_budget_exhausted",
+                "1 while the monthly budget holds scale-up back",
+                &pools.budget_exhausted,
+            ),
+        ] {
+            registry.register(name, help, family.clone());
+        }
         registry.register(
             "nimbus_events",
             "Telemetry events emitted, by event name",
@@ -57,7 +141,7 @@ impl Metrics {
         );
         registry.register(
             "nimbus_machine_stage_seconds",
-            "Time-to-ready per stage: provider_accepted, setup, total",
+            "Time-to-ready per stage (provider_accepted, setup, total) and pool",
             metrics.stages.clone(),
         );
         metrics
@@ -74,9 +158,11 @@ impl Metrics {
         if event.name == nimbus_types::event::MACHINE_READY {
             for stage in ["provider_accepted", "setup", "total"] {
                 if let Some(seconds) = event.metadata.get(stage).and_then(|v| v.as_f64()) {
+                    let pool = event.metadata.get("pool").and_then(|v| v.as_str());
                     self.stages
                         .get_or_create(&StageLabels {
                             stage: stage.to_owned(),
+                            pool: pool.unwrap_or_default().to_owned(),
                         })
                         .observe(seconds);
                 }
@@ -125,6 +211,58 @@ impl Telemetry {
             }
         });
         Telemetry { inner }
+    }
+
+    /// Publishes a pool's status as the `nimbus_pool_*` gauges.
+    pub fn set_pool_status(&self, tenant: &str, pool: &str, status: &PoolStatus) {
+        let labels = PoolLabels {
+            tenant: tenant.to_owned(),
+            pool: pool.to_owned(),
+        };
+        let gauges = &self.inner.metrics.pools;
+        let set = |family: &Family<PoolLabels, Gauge>, value: u64| {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&gauges.desired, status.desired.into());
+        set(&gauges.idle, status.idle.into());
+        set(&gauges.busy, status.busy.into());
+        set(&gauges.booting, status.booting.into());
+        set(&gauges.stopping, status.stopping.into());
+        set(&gauges.failed, status.failed.into());
+        set(&gauges.queued_jobs, status.queued_jobs.into());
+        set(
+            &gauges.oldest_queued_seconds,
+            status.oldest_queued_secs.unwrap_or(0),
+        );
+        set(&gauges.min_idle, status.min_idle.into());
+        set(&gauges.backoff, u64::from(status.backoff_until.is_some()));
+        set(&gauges.budget_exhausted, u64::from(status.budget_exhausted));
+    }
+
+    /// Drops a deleted pool's gauges.
+    pub fn remove_pool_status(&self, tenant: &str, pool: &str) {
+        let labels = PoolLabels {
+            tenant: tenant.to_owned(),
+            pool: pool.to_owned(),
+        };
+        let gauges = &self.inner.metrics.pools;
+        for family in [
+            &gauges.desired,
+            &gauges.idle,
+            &gauges.busy,
+            &gauges.booting,
+            &gauges.stopping,
+            &gauges.failed,
+            &gauges.queued_jobs,
+            &gauges.oldest_queued_seconds,
+            &gauges.min_idle,
+            &gauges.backoff,
+            &gauges.budget_exhausted,
+        ] {
+            family.remove(&labels);
+        }
     }
 
     /// A live stream of events as they are stored. Slow subscribers skip events (they are told

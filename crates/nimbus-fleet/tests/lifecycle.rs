@@ -531,6 +531,8 @@ async fn reconcile_resumes_an_interrupted_provision() {
         provider_metadata: Default::default(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     };
     h.store.insert_machine(&machine, &spec).await.unwrap();
     let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
@@ -565,6 +567,10 @@ struct FakeProvider {
     machines: Mutex<HashMap<MachineId, ProviderMachine>>,
     fail_provision_after_create: Mutex<bool>,
     fail_list: Mutex<bool>,
+    /// Second resources for machines (a create a cloud ran twice), listed beside `machines`.
+    duplicates: Mutex<Vec<ProviderMachine>>,
+    /// What `remove_duplicate` was called with, in order.
+    removed_duplicates: Mutex<Vec<ProviderMachine>>,
 }
 
 #[async_trait]
@@ -584,7 +590,10 @@ impl Provider for FakeProvider {
             ip_address: Some("10.0.0.1".into()),
             ssh_public_key: None,
             created_at: nimbus_types::now(),
-            metadata: Default::default(),
+            metadata: nimbus_types::ProviderMetadata {
+                instance_id: Some(format!("i-{}", request.machine_id)),
+                ..Default::default()
+            },
         };
         self.machines
             .lock()
@@ -601,6 +610,22 @@ impl Provider for FakeProvider {
 
     async fn terminate(&self, machine: &Machine) -> nimbus_provider::Result<()> {
         self.machines.lock().unwrap().remove(&machine.id);
+        self.duplicates
+            .lock()
+            .unwrap()
+            .retain(|d| d.machine_id != Some(machine.id));
+        Ok(())
+    }
+
+    async fn remove_duplicate(&self, resource: &ProviderMachine) -> nimbus_provider::Result<()> {
+        self.removed_duplicates
+            .lock()
+            .unwrap()
+            .push(resource.clone());
+        self.duplicates
+            .lock()
+            .unwrap()
+            .retain(|d| d.metadata.instance_id != resource.metadata.instance_id);
         Ok(())
     }
 
@@ -615,7 +640,9 @@ impl Provider for FakeProvider {
         if *self.fail_list.lock().unwrap() {
             return Err(nimbus_provider::Error::Retryable("throttled".into()));
         }
-        Ok(self.machines.lock().unwrap().values().cloned().collect())
+        let mut listed: Vec<_> = self.machines.lock().unwrap().values().cloned().collect();
+        listed.extend(self.duplicates.lock().unwrap().iter().cloned());
+        Ok(listed)
     }
 
     async fn get_machine(&self, id: MachineId) -> nimbus_provider::Result<Option<ProviderMachine>> {
@@ -701,4 +728,65 @@ async fn reconcile_errors_back_off_exponentially_up_to_the_interval() {
     assert_eq!(backoffs[4], Duration::from_secs(16));
     assert!(backoffs.windows(2).all(|w| w[0] <= w[1]));
     assert!(backoffs.iter().all(|b| *b <= Duration::from_secs(3600)));
+}
+
+#[tokio::test]
+async fn reconcile_removes_a_second_resource_of_a_ready_machine_and_keeps_the_recorded_one() {
+    let (h, fake) = fake_harness().await;
+    let machine = h.provision(spec()).await;
+    let ready = h.wait_for(machine.id, MachineState::Ready).await;
+    let recorded = ready.provider_metadata.instance_id.clone().unwrap();
+    let original = fake.machines.lock().unwrap()[&machine.id].clone();
+    assert_eq!(original.metadata.instance_id.as_ref(), Some(&recorded));
+    // A second instance tagged for the same machine, launched a little later: a create the
+    // cloud ran twice.
+    let newer = ProviderMachine {
+        created_at: original.created_at + time::Duration::seconds(5),
+        metadata: nimbus_types::ProviderMetadata {
+            instance_id: Some("i-duplicate".into()),
+            ..Default::default()
+        },
+        ..original.clone()
+    };
+    fake.duplicates.lock().unwrap().push(newer.clone());
+
+    // The machine's background task may still hold its slot for a moment after `ready`; a
+    // busy machine is skipped, so allow a few passes.
+    let mut removed = 0;
+    for _ in 0..50 {
+        let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
+        assert_eq!(report.failed + report.orphans_removed, 0, "{report:?}");
+        removed += report.duplicates_removed;
+        if removed > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(removed, 1);
+    let (report, _) = h.fleet.reconcile(&h.provider).await.unwrap();
+    assert_eq!(report, Default::default(), "nothing left to do");
+
+    assert_eq!(*fake.removed_duplicates.lock().unwrap(), vec![newer]);
+    let still = h.store.get_machine(None, machine.id).await.unwrap().machine;
+    assert_eq!(still.state, MachineState::Ready);
+    assert_eq!(still.provider_metadata.instance_id, Some(recorded.clone()));
+    let listed = fake.list_machines(h.tenant.id).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].metadata.instance_id, Some(recorded));
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let reconciled: Vec<_> = h
+        .store
+        .list_events(&EventFilter {
+            machine_id: Some(machine.id),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name == event::MACHINE_RECONCILED)
+        .collect();
+    assert_eq!(reconciled.len(), 1, "{reconciled:?}");
+    assert_eq!(reconciled[0].metadata["action"], "remove_duplicate");
+    assert_eq!(reconciled[0].metadata["instance_id"], "i-duplicate");
 }

@@ -1,9 +1,10 @@
 //! `cargo bench -p nimbus-forge`: prints a table.
 //!
 //! 1. Webhook received → demand recorded, library level: signed `workflow_job` deliveries are
-//!    handed to `WebhookReceiver::receive` (HMAC check, parse, de-dup, in-memory demand book) at
-//!    a steady 200 deliveries/s; latency is measured from each delivery's scheduled arrival to
-//!    its recording, so scheduling delay counts. The daemon's HTTP route adds its own overhead.
+//!    handed to `WebhookReceiver::receive` (HMAC check, parse, the in-memory demand book's de-dup
+//!    and recording) at a steady 200 deliveries/s; latency is measured from each delivery's
+//!    scheduled arrival to its recording, so scheduling delay counts. The daemon's HTTP route and
+//!    its stored book add their own overhead.
 //! 2. Installation-token cache: cost of a hit (one caller, and 8 callers at once) and of a miss
 //!    (JWT signing + exchange against a local fake GitHub).
 //! 3. Requests saved by the cache over 1,000 registration-token calls against the local fake:
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_forge::github::GithubWebhooks;
-use nimbus_forge::webhook::{Accepted, DeliveryDedup, WebhookReceiver};
+use nimbus_forge::webhook::{Accepted, WebhookReceiver};
 use nimbus_forge::{Forge, MemoryDemandBook};
 use nimbus_types::{Secret, TenantId};
 use wiremock::matchers::{method, path};
@@ -44,7 +45,6 @@ async fn webhook_latency(rows: &mut Vec<Row>) {
         TenantId::new(),
         Arc::new(GithubWebhooks::new(Secret::new(secret))),
         Arc::new(MemoryDemandBook::default()),
-        DeliveryDedup::default(),
     ));
     let label_sets: [&[&str]; 4] = [
         &["self-hosted", "linux", "x64"],

@@ -6,16 +6,21 @@
 //! reconcile ([`reconcile_demand`]) compares the book with the forge's own list of open jobs and
 //! corrects it, without undoing anything a webhook told it after the listing started.
 //!
+//! A forge redelivers a webhook under the id it first sent it with, so a book records each
+//! delivery together with its id ([`DemandBook::apply`]) and answers [`Applied::Replay`] for an
+//! id it has seen, in the same step: a delivery is counted once, and a failed recording leaves
+//! its id free for the redelivery.
+//!
 //! The rules are pure functions ([`advance`], [`plan_reconcile`], [`summarize`]) so a stored book
 //! (the daemon's SQL store) can apply exactly the same logic as [`MemoryDemandBook`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nimbus_types::TenantId;
+pub use nimbus_types::demand::{Applied, ForgeJob, JobRecord, JobStatus, LabelSet, Source};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -28,93 +33,12 @@ pub const DEFAULT_RECONCILE_PERIOD: Duration = Duration::from_secs(120);
 /// How long finished jobs are remembered so late deliveries about them are recognised as stale.
 pub const DEFAULT_TOMBSTONE_TTL: Duration = Duration::from_secs(3600);
 
-/// The labels a job asks for, normalised: lowercase (forges match labels case-insensitively),
-/// sorted and without duplicates, so equal demands group together.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "Vec<String>", into = "Vec<String>")]
-pub struct LabelSet(Vec<String>);
+/// How long delivery ids are remembered: GitHub lets a person redeliver a webhook (under its
+/// original id) for a while after it was sent.
+pub const DEFAULT_DELIVERY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-impl LabelSet {
-    pub fn new<I, S>(labels: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
-    {
-        let mut labels: Vec<String> = labels
-            .into_iter()
-            .map(|label| label.as_ref().trim().to_lowercase())
-            .filter(|label| !label.is_empty())
-            .collect();
-        labels.sort();
-        labels.dedup();
-        LabelSet(labels)
-    }
-
-    pub fn labels(&self) -> &[String] {
-        &self.0
-    }
-}
-
-impl From<Vec<String>> for LabelSet {
-    fn from(labels: Vec<String>) -> Self {
-        LabelSet::new(labels)
-    }
-}
-
-impl From<LabelSet> for Vec<String> {
-    fn from(labels: LabelSet) -> Self {
-        labels.0
-    }
-}
-
-impl fmt::Display for LabelSet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join(","))
-    }
-}
-
-/// Where a job is in its life, as the forge reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Waiting for a runner.
-    Queued,
-    /// Waiting for something else first (an environment approval, a concurrency group).
-    Waiting,
-    InProgress,
-    Completed,
-}
-
-impl JobStatus {
-    /// Jobs only move forward; `queued` and `waiting` may alternate (approval then queue).
-    fn rank(self) -> u8 {
-        match self {
-            JobStatus::Queued | JobStatus::Waiting => 0,
-            JobStatus::InProgress => 1,
-            JobStatus::Completed => 2,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Waiting => "waiting",
-            JobStatus::InProgress => "in_progress",
-            JobStatus::Completed => "completed",
-        }
-    }
-}
-
-/// A job as the forge's API lists it (the reconcile's view).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForgeJob {
-    pub job_id: u64,
-    pub run_id: u64,
-    /// `owner/name`.
-    pub repository: String,
-    pub labels: LabelSet,
-    pub status: JobStatus,
-}
+/// Most delivery ids [`MemoryDemandBook`] remembers per tenant (oldest forgotten first).
+const DELIVERY_CAPACITY: usize = 100_000;
 
 /// One webhook delivery's news about a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,35 +47,6 @@ pub struct JobEvent {
     pub runner_name: Option<String>,
     /// When Nimbus received the delivery.
     pub received_at: OffsetDateTime,
-}
-
-/// Where the book's knowledge of a job came from last.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    Webhook,
-    Reconcile,
-}
-
-/// What the book knows about one job of one tenant.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub job: ForgeJob,
-    pub runner_name: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
-    pub first_seen: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-    pub source: Source,
-}
-
-/// What [`DemandBook::apply`] did with an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Applied {
-    Recorded,
-    /// The book already knows a later state of the job (a reordered or late delivery).
-    Stale,
 }
 
 /// The new record for a job after `event`, or `None` when the event is stale.
@@ -307,7 +202,17 @@ pub fn summarize<'a>(records: impl IntoIterator<Item = &'a JobRecord>) -> Vec<La
 /// [`plan_reconcile`] and [`summarize`]; [`MemoryDemandBook`] keeps it in memory.
 #[async_trait]
 pub trait DemandBook: Send + Sync {
-    async fn apply(&self, tenant_id: TenantId, event: &JobEvent) -> Result<Applied>;
+    /// Records one delivery's news about a job, atomically with the delivery's id: an id the
+    /// tenant's book has seen before is [`Applied::Replay`] and changes nothing; a job the book
+    /// knows further along is [`Applied::Stale`] (see [`advance`]). `delivery_id` `None` records
+    /// without de-duplication. On an error nothing is recorded, the id included, so the forge's
+    /// redelivery is processed.
+    async fn apply(
+        &self,
+        tenant_id: TenantId,
+        delivery_id: Option<&str>,
+        event: &JobEvent,
+    ) -> Result<Applied>;
     async fn reconcile(
         &self,
         tenant_id: TenantId,
@@ -318,11 +223,75 @@ pub trait DemandBook: Send + Sync {
     async fn jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>>;
 }
 
-/// The demand book in memory: enough for one daemon; lost on restart and rebuilt by the first
-/// reconcile.
+/// Delivery ids seen, for `ttl`, at most `capacity` of them (oldest forgotten first).
+struct Deliveries {
+    capacity: usize,
+    ttl: Duration,
+    seen: HashSet<String>,
+    order: VecDeque<(String, Instant)>,
+}
+
+impl Deliveries {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        Deliveries {
+            capacity: capacity.max(1),
+            ttl,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn contains(&mut self, id: &str, now: Instant) -> bool {
+        self.expire(now);
+        self.seen.contains(id)
+    }
+
+    /// Remembers an id that [`contains`](Self::contains) just said is new.
+    fn insert(&mut self, id: &str, now: Instant) {
+        while self.order.len() >= self.capacity {
+            self.pop_oldest();
+        }
+        self.seen.insert(id.to_owned());
+        self.order.push_back((id.to_owned(), now));
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, at)) = self.order.front() {
+            if now.duration_since(*at) < self.ttl {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((id, _)) = self.order.pop_front() {
+            self.seen.remove(&id);
+        }
+    }
+}
+
+/// One tenant's part of a [`MemoryDemandBook`].
+struct TenantBook {
+    jobs: HashMap<u64, JobRecord>,
+    deliveries: Deliveries,
+}
+
+impl TenantBook {
+    fn new() -> Self {
+        TenantBook {
+            jobs: HashMap::new(),
+            deliveries: Deliveries::new(DELIVERY_CAPACITY, DEFAULT_DELIVERY_TTL),
+        }
+    }
+}
+
+/// The demand book in memory: enough for one daemon and for tests; lost on restart (the queued
+/// jobs are rebuilt by the first reconcile, but remembered delivery ids are not, so a
+/// redelivery after a restart counts again).
 pub struct MemoryDemandBook {
     tombstone_ttl: Duration,
-    tenants: Mutex<HashMap<TenantId, HashMap<u64, JobRecord>>>,
+    tenants: Mutex<HashMap<TenantId, TenantBook>>,
 }
 
 impl Default for MemoryDemandBook {
@@ -339,6 +308,10 @@ impl MemoryDemandBook {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, TenantBook>> {
+        self.tenants.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn prune(&self, jobs: &mut HashMap<u64, JobRecord>, now: OffsetDateTime) {
         let ttl = self.tombstone_ttl;
         jobs.retain(|_, record| {
@@ -349,15 +322,28 @@ impl MemoryDemandBook {
 
 #[async_trait]
 impl DemandBook for MemoryDemandBook {
-    async fn apply(&self, tenant_id: TenantId, event: &JobEvent) -> Result<Applied> {
-        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let jobs = tenants.entry(tenant_id).or_default();
-        match advance(jobs.get(&event.job.job_id), event) {
+    async fn apply(
+        &self,
+        tenant_id: TenantId,
+        delivery_id: Option<&str>,
+        event: &JobEvent,
+    ) -> Result<Applied> {
+        let now = Instant::now();
+        let mut tenants = self.lock();
+        let book = tenants.entry(tenant_id).or_insert_with(TenantBook::new);
+        if let Some(id) = delivery_id {
+            if book.deliveries.contains(id, now) {
+                return Ok(Applied::Replay);
+            }
+            // A stale delivery was processed too: its redelivery is a replay.
+            book.deliveries.insert(id, now);
+        }
+        match advance(book.jobs.get(&event.job.job_id), event) {
             Some(record) => {
                 let finished = record.job.status == JobStatus::Completed;
-                jobs.insert(record.job.job_id, record);
+                book.jobs.insert(record.job.job_id, record);
                 if finished {
-                    self.prune(jobs, event.received_at);
+                    self.prune(&mut book.jobs, event.received_at);
                 }
                 Ok(Applied::Recorded)
             }
@@ -371,8 +357,11 @@ impl DemandBook for MemoryDemandBook {
         snapshot: &DemandSnapshot,
     ) -> Result<ReconcileReport> {
         let now = nimbus_types::now();
-        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
-        let jobs = tenants.entry(tenant_id).or_default();
+        let mut tenants = self.lock();
+        let jobs = &mut tenants
+            .entry(tenant_id)
+            .or_insert_with(TenantBook::new)
+            .jobs;
         let records: Vec<JobRecord> = jobs.values().cloned().collect();
         let mut report = ReconcileReport::default();
         for change in plan_reconcile(&records, snapshot, now) {
@@ -397,18 +386,18 @@ impl DemandBook for MemoryDemandBook {
     }
 
     async fn summary(&self, tenant_id: TenantId) -> Result<Vec<LabelDemand>> {
-        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let tenants = self.lock();
         Ok(tenants
             .get(&tenant_id)
-            .map(|jobs| summarize(jobs.values()))
+            .map(|book| summarize(book.jobs.values()))
             .unwrap_or_default())
     }
 
     async fn jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>> {
-        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let tenants = self.lock();
         let mut records: Vec<JobRecord> = tenants
             .get(&tenant_id)
-            .map(|jobs| jobs.values().cloned().collect())
+            .map(|book| book.jobs.values().cloned().collect())
             .unwrap_or_default();
         records.sort_by_key(|r| r.job.job_id);
         Ok(records)
@@ -610,7 +599,10 @@ mod tests {
                 runner_name: None,
                 received_at: nimbus_types::now(),
             };
-            assert_eq!(book.apply(tenant, &event).await.unwrap(), Applied::Recorded);
+            assert_eq!(
+                book.apply(tenant, None, &event).await.unwrap(),
+                Applied::Recorded
+            );
         }
         let summary = book.summary(tenant).await.unwrap();
         let rows: Vec<(String, u64, u64, u64)> = summary
@@ -632,12 +624,12 @@ mod tests {
     async fn memory_book_forgets_finished_jobs_after_the_ttl() {
         let book = MemoryDemandBook::new(Duration::from_secs(60));
         let tenant = TenantId::new();
-        book.apply(tenant, &event(1, JobStatus::Completed, 0))
+        book.apply(tenant, None, &event(1, JobStatus::Completed, 0))
             .await
             .unwrap();
         assert_eq!(book.jobs(tenant).await.unwrap().len(), 1);
         // A later completion prunes tombstones older than the TTL.
-        book.apply(tenant, &event(2, JobStatus::Completed, 120))
+        book.apply(tenant, None, &event(2, JobStatus::Completed, 120))
             .await
             .unwrap();
         let ids: Vec<u64> = book
@@ -648,5 +640,85 @@ mod tests {
             .map(|r| r.job.job_id)
             .collect();
         assert_eq!(ids, vec![2]);
+    }
+
+    async fn apply(
+        book: &MemoryDemandBook,
+        tenant: TenantId,
+        delivery_id: Option<&str>,
+        event: &JobEvent,
+    ) -> Applied {
+        book.apply(tenant, delivery_id, event).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn memory_book_counts_a_delivery_once_per_tenant() {
+        let book = MemoryDemandBook::default();
+        let (tenant, other) = (TenantId::new(), TenantId::new());
+        let queued = event(1, JobStatus::Queued, 0);
+        assert_eq!(
+            apply(&book, tenant, Some("d-1"), &queued).await,
+            Applied::Recorded
+        );
+        assert_eq!(
+            apply(&book, tenant, Some("d-1"), &queued).await,
+            Applied::Replay
+        );
+        // A used id is a replay whatever it carries (a redelivery reuses the id).
+        let started = event(1, JobStatus::InProgress, 1);
+        assert_eq!(
+            apply(&book, tenant, Some("d-1"), &started).await,
+            Applied::Replay
+        );
+        assert_eq!(
+            book.jobs(tenant).await.unwrap()[0].job.status,
+            JobStatus::Queued
+        );
+        // Ids are the tenant's own; without an id nothing is de-duplicated.
+        assert_eq!(
+            apply(&book, other, Some("d-1"), &queued).await,
+            Applied::Recorded
+        );
+        assert_eq!(apply(&book, tenant, None, &queued).await, Applied::Recorded);
+        assert_eq!(apply(&book, tenant, None, &queued).await, Applied::Recorded);
+        // A stale delivery was processed: its redelivery is a replay, not stale again.
+        assert_eq!(
+            apply(&book, tenant, Some("d-2"), &started).await,
+            Applied::Recorded
+        );
+        assert_eq!(
+            apply(&book, tenant, Some("d-3"), &queued).await,
+            Applied::Stale
+        );
+        assert_eq!(
+            apply(&book, tenant, Some("d-3"), &queued).await,
+            Applied::Replay
+        );
+        assert_eq!(book.summary(tenant).await.unwrap()[0].in_progress, 1);
+    }
+
+    #[test]
+    fn delivery_ids_are_forgotten_oldest_first_and_after_the_ttl() {
+        let start = Instant::now();
+        let mut deliveries = Deliveries::new(3, Duration::from_secs(3600));
+        for id in ["a", "b", "c"] {
+            assert!(!deliveries.contains(id, start));
+            deliveries.insert(id, start);
+        }
+        assert!(deliveries.contains("a", start));
+        // Capacity 3: a fourth id forgets the oldest.
+        deliveries.insert("d", start);
+        assert!(!deliveries.contains("a", start));
+        assert!(deliveries.contains("b", start) && deliveries.contains("d", start));
+        assert_eq!(deliveries.seen.len(), 3);
+
+        let mut short = Deliveries::new(10, Duration::from_secs(60));
+        short.insert("x", start);
+        assert!(short.contains("x", start + Duration::from_secs(59)));
+        assert!(
+            !short.contains("x", start + Duration::from_secs(60)),
+            "an expired id is new again"
+        );
+        assert!(short.order.is_empty());
     }
 }

@@ -7,9 +7,9 @@
 //! Server. Every call has a timeout and honours the forge's rate limits.
 //!
 //! Around the trait: [`lifecycle`] registers and safely deregisters runners (a busy runner is
-//! never removed out from under its job), [`webhook`] verifies, de-duplicates and records
-//! deliveries, and [`demand`] keeps the book of waiting jobs per label set, corrected by a
-//! periodic reconcile against the forge's API.
+//! never removed out from under its job), [`webhook`] verifies and records deliveries, and
+//! [`demand`] keeps the book of waiting jobs per label set (recording each delivery once, by its
+//! id), corrected by a periodic reconcile against the forge's API.
 //!
 //! This crate must not touch the store or HTTP routing: the daemon mounts the webhook receiver
 //! and persists what it needs. It never logs a credential.
@@ -27,7 +27,9 @@ use nimbus_types::{ForgeConfig, ForgeType, Secret};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-pub use demand::{DemandBook, ForgeJob, JobStatus, LabelDemand, LabelSet, MemoryDemandBook};
+pub use demand::{
+    Applied, DemandBook, ForgeJob, JobStatus, LabelDemand, LabelSet, MemoryDemandBook,
+};
 pub use lifecycle::{EventSink, Outcome, deregister_then_check, register_jit_runner};
 pub use webhook::{WebhookError, WebhookReceiver, WebhookVerifier};
 

@@ -1,15 +1,14 @@
-//! Receiving a forge's webhook deliveries: verify the signature, drop replays, record job
-//! demand.
+//! Receiving a forge's webhook deliveries: verify the signature, record job demand.
 //!
 //! [`WebhookReceiver::receive`] takes the raw request (headers and the body bytes exactly as
 //! received: the signature covers those bytes, not a re-serialisation) and either accepts the
 //! delivery or returns a [`WebhookError`] whose [`WebhookError::status`] the HTTP layer answers
 //! with. Verification comes first, so an unauthenticated caller learns nothing else about the
-//! endpoint. This module does no HTTP itself.
+//! endpoint. Replays are recognised by the demand book, which records a job delivery together
+//! with its id ([`DemandBook::apply`]); the receiver keeps no state of its own. This module does
+//! no HTTP itself.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use http::HeaderMap;
 use nimbus_types::TenantId;
@@ -94,7 +93,7 @@ pub enum Accepted {
     Stale {
         job_id: u64,
     },
-    /// This delivery id was seen before.
+    /// The demand book recorded this job delivery's id before (a forge's redelivery).
     Replay,
     Ping,
     /// Not an event Nimbus acts on.
@@ -103,84 +102,12 @@ pub enum Accepted {
     },
 }
 
-/// Remembers delivery ids for `ttl`, at most `capacity` of them (oldest forgotten first).
-pub struct DeliveryDedup {
-    capacity: usize,
-    ttl: Duration,
-    inner: Mutex<DedupInner>,
-}
-
-#[derive(Default)]
-struct DedupInner {
-    seen: HashMap<String, Instant>,
-    order: VecDeque<(String, Instant)>,
-}
-
-impl DeliveryDedup {
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
-        DeliveryDedup {
-            capacity: capacity.max(1),
-            ttl,
-            inner: Mutex::new(DedupInner::default()),
-        }
-    }
-
-    /// True when `id` is new (and now remembered), false for a replay.
-    pub fn claim(&self, id: &str) -> bool {
-        let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some((oldest, at)) = inner.order.front() {
-            let expired = now.duration_since(*at) >= self.ttl;
-            if !expired && inner.order.len() < self.capacity {
-                break;
-            }
-            // Only drop the map entry if it is this queue entry's (not a later re-claim).
-            if inner.seen.get(oldest) == Some(at) {
-                let oldest = oldest.clone();
-                inner.seen.remove(&oldest);
-            }
-            inner.order.pop_front();
-        }
-        if inner.seen.contains_key(id) {
-            return false;
-        }
-        inner.seen.insert(id.to_owned(), now);
-        inner.order.push_back((id.to_owned(), now));
-        true
-    }
-
-    /// Forgets `id` so a redelivery is processed (used when recording failed).
-    pub fn release(&self, id: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.seen.remove(id);
-    }
-
-    pub fn len(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .seen
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl Default for DeliveryDedup {
-    /// 100,000 ids for 24 hours: GitHub's manual redelivery reuses the id.
-    fn default() -> Self {
-        DeliveryDedup::new(100_000, Duration::from_secs(24 * 3600))
-    }
-}
-
-/// One tenant's webhook endpoint: verification, de-duplication and recording.
+/// One tenant's webhook endpoint: verification, then recording in the demand book (which
+/// de-duplicates job deliveries by id).
 pub struct WebhookReceiver {
     tenant_id: TenantId,
     verifier: Arc<dyn WebhookVerifier>,
     book: Arc<dyn DemandBook>,
-    dedup: DeliveryDedup,
 }
 
 impl WebhookReceiver {
@@ -188,13 +115,11 @@ impl WebhookReceiver {
         tenant_id: TenantId,
         verifier: Arc<dyn WebhookVerifier>,
         book: Arc<dyn DemandBook>,
-        dedup: DeliveryDedup,
     ) -> Self {
         WebhookReceiver {
             tenant_id,
             verifier,
             book,
-            dedup,
         }
     }
 
@@ -210,12 +135,13 @@ impl WebhookReceiver {
             return Err(error);
         }
         let delivery = self.verifier.parse(headers, body)?;
-        if !self.dedup.claim(&delivery.id) {
-            tracing::debug!(delivery.id = %delivery.id, "replayed webhook delivery ignored");
-            return Ok(Accepted::Replay);
-        }
+        // Pings and ignored events change nothing, so their replays need no de-duplication.
         match delivery.kind {
-            DeliveryKind::Job(event) => match self.book.apply(self.tenant_id, &event).await {
+            DeliveryKind::Job(event) => match self
+                .book
+                .apply(self.tenant_id, Some(&delivery.id), &event)
+                .await
+            {
                 Ok(Applied::Recorded) => {
                     tracing::debug!(
                         delivery.id = %delivery.id,
@@ -232,10 +158,12 @@ impl WebhookReceiver {
                 Ok(Applied::Stale) => Ok(Accepted::Stale {
                     job_id: event.job.job_id,
                 }),
-                Err(error) => {
-                    self.dedup.release(&delivery.id);
-                    Err(WebhookError::Unavailable(error.to_string()))
+                Ok(Applied::Replay) => {
+                    tracing::debug!(delivery.id = %delivery.id, "replayed webhook delivery ignored");
+                    Ok(Accepted::Replay)
                 }
+                // The book recorded nothing, the id included: the redelivery is processed.
+                Err(error) => Err(WebhookError::Unavailable(error.to_string())),
             },
             DeliveryKind::Ping => Ok(Accepted::Ping),
             DeliveryKind::Ignored { event, .. } => Ok(Accepted::Ignored { event }),
@@ -266,26 +194,6 @@ pub fn http_response(result: &Result<Accepted, WebhookError>) -> (u16, serde_jso
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dedup_remembers_releases_and_expires() {
-        let dedup = DeliveryDedup::new(3, Duration::from_secs(3600));
-        assert!(dedup.claim("a"));
-        assert!(!dedup.claim("a"));
-        dedup.release("a");
-        assert!(dedup.claim("a"));
-        assert!(dedup.claim("b"));
-        assert!(dedup.claim("c"));
-        // Capacity 3: claiming a fourth forgets the oldest.
-        assert!(dedup.claim("d"));
-        assert!(dedup.len() <= 3);
-        assert!(!dedup.claim("d"));
-
-        let short = DeliveryDedup::new(10, Duration::from_millis(1));
-        assert!(short.claim("x"));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(short.claim("x"), "an expired id is new again");
-    }
 
     #[test]
     fn http_responses() {

@@ -671,7 +671,10 @@ async fn demand_reconcile_corrects_the_book_from_the_job_api() {
             runner_name: None,
             received_at: nimbus_types::now() - time::Duration::seconds(30),
         };
-        assert_eq!(book.apply(tenant, &event).await.unwrap(), Applied::Recorded);
+        assert_eq!(
+            book.apply(tenant, None, &event).await.unwrap(),
+            Applied::Recorded
+        );
     }
     let report = reconcile_demand(&forge, &book, tenant).await.unwrap();
     assert_eq!(
@@ -717,7 +720,7 @@ async fn demand_reconcile_leaves_the_book_alone_when_the_forge_fails() {
         runner_name: None,
         received_at: nimbus_types::now() - time::Duration::seconds(30),
     };
-    book.apply(tenant, &event).await.unwrap();
+    book.apply(tenant, None, &event).await.unwrap();
     let error = reconcile_demand(&forge, &book, tenant).await.unwrap_err();
     assert!(error.is_retryable());
     assert_eq!(book.summary(tenant).await.unwrap()[0].queued, 1);

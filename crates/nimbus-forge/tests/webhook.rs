@@ -1,5 +1,5 @@
 //! Webhook deliveries with real HMAC-SHA256 signatures through the receiver the daemon mounts:
-//! wrong or missing signature → 401, replay → ignored, malformed JSON → 400, unknown event →
+//! wrong or missing signature → 401, replay (recognised by the demand book) → ignored, malformed JSON → 400, unknown event →
 //! accepted and ignored, and `workflow_job` actions recorded as demand per label set.
 
 mod common;
@@ -11,7 +11,7 @@ use nimbus_forge::demand::{
     Applied, DemandBook, DemandSnapshot, JobEvent, JobRecord, LabelDemand, ReconcileReport,
 };
 use nimbus_forge::github::GithubWebhooks;
-use nimbus_forge::webhook::{Accepted, DeliveryDedup, WebhookReceiver};
+use nimbus_forge::webhook::{Accepted, WebhookReceiver};
 use nimbus_forge::{Error, MemoryDemandBook};
 use nimbus_types::{Secret, TenantId};
 
@@ -26,7 +26,6 @@ fn receiver() -> (WebhookReceiver, Arc<MemoryDemandBook>, TenantId) {
         tenant,
         Arc::new(GithubWebhooks::new(Secret::new(SECRET))),
         book.clone(),
-        DeliveryDedup::default(),
     );
     (receiver, book, tenant)
 }
@@ -248,10 +247,8 @@ async fn tenants_do_not_see_each_others_demand() {
     let book = Arc::new(MemoryDemandBook::default());
     let (a, b) = (TenantId::new(), TenantId::new());
     let hooks = |secret: &str| Arc::new(GithubWebhooks::new(Secret::new(secret)));
-    let receiver_a =
-        WebhookReceiver::new(a, hooks("secret-a"), book.clone(), DeliveryDedup::default());
-    let receiver_b =
-        WebhookReceiver::new(b, hooks("secret-b"), book.clone(), DeliveryDedup::default());
+    let receiver_a = WebhookReceiver::new(a, hooks("secret-a"), book.clone());
+    let receiver_b = WebhookReceiver::new(b, hooks("secret-b"), book.clone());
     let body = workflow_job_body("queued", 1, &["linux"]);
     receiver_a
         .receive(
@@ -278,7 +275,12 @@ struct BrokenBook;
 
 #[async_trait]
 impl DemandBook for BrokenBook {
-    async fn apply(&self, _: TenantId, _: &JobEvent) -> nimbus_forge::Result<Applied> {
+    async fn apply(
+        &self,
+        _: TenantId,
+        _: Option<&str>,
+        _: &JobEvent,
+    ) -> nimbus_forge::Result<Applied> {
         Err(Error::Retryable("database is unavailable".into()))
     }
     async fn reconcile(
@@ -302,7 +304,6 @@ async fn a_failed_recording_is_503_and_the_redelivery_is_processed() {
         TenantId::new(),
         Arc::new(GithubWebhooks::new(Secret::new(SECRET))),
         Arc::new(BrokenBook),
-        DeliveryDedup::default(),
     );
     let body = workflow_job_body("queued", 1, &["linux"]);
     let headers = delivery_headers(SECRET, "workflow_job", "r-1", &body);

@@ -91,7 +91,10 @@ pub trait Provider: Send + Sync {
     /// Whether terminating now is allowed (e.g. dedicated hosts' minimum allocation period).
     async fn can_terminate(&self, machine: &Machine) -> Result<CanTerminate>;
 
-    /// Every machine this provider holds for the tenant, found by Nimbus's tags.
+    /// Every resource this provider holds for the tenant, found by Nimbus's tags. One machine id
+    /// may appear more than once when a provider ended up with a second resource for it (a
+    /// create retried against a cloud that ignored its idempotency token); the reconciler keeps
+    /// one and removes the others with [`remove_duplicate`](Self::remove_duplicate).
     async fn list_machines(&self, tenant_id: TenantId) -> Result<Vec<ProviderMachine>>;
 
     /// One machine, or `None` when the provider has no such machine.
@@ -104,6 +107,30 @@ pub trait Provider: Send + Sync {
     /// so that the resumed setup does not race it. The machine itself stays.
     async fn interrupt_setup(&self, _machine: &Machine) -> Result<()> {
         Ok(())
+    }
+
+    /// Removes exactly one resource from [`list_machines`](Self::list_machines) that duplicates
+    /// a live machine, and nothing else: unlike [`terminate`](Self::terminate), which removes
+    /// every resource of a machine, the machine's own resource (the one its record names) keeps
+    /// running.
+    ///
+    /// The caller decides which resource is the duplicate and passes it as listed; the
+    /// implementation identifies it by its own handle in `resource.metadata` (never by the
+    /// machine id alone), removes it only if it carries this provider's tags, and must refuse
+    /// (with [`Error::Permanent`]) when it is the machine's only resource. Idempotent: a
+    /// duplicate that is already gone is not an error.
+    ///
+    /// Providers whose resources are unique per machine id (a directory or a claim named after
+    /// it, as the local and SSH providers have) never list duplicates and keep this default,
+    /// which refuses.
+    async fn remove_duplicate(&self, resource: &ProviderMachine) -> Result<()> {
+        Err(Error::Permanent(format!(
+            "{} provider cannot remove a single duplicate resource (machine {})",
+            self.provider_type(),
+            resource
+                .machine_id
+                .map_or_else(|| "unknown".to_owned(), |id| id.to_string())
+        )))
     }
 }
 
@@ -181,5 +208,35 @@ pub fn validate_config(config: &ProviderConfig) -> Result<()> {
             field: "type".into(),
             message: format!("provider type {other} is not available in this build"),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn providers_without_duplicates_refuse_to_remove_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let provider = local::LocalProvider::new(
+            dir.path().to_owned(),
+            ProviderId::new(),
+            local::LocalConfig::default(),
+        );
+        let machine_id = MachineId::new();
+        let resource = ProviderMachine {
+            machine_id: Some(machine_id),
+            tenant_id: Some(TenantId::new()),
+            status: ProviderStatus::Running,
+            ip_address: None,
+            ssh_public_key: None,
+            created_at: nimbus_types::now(),
+            metadata: ProviderMetadata::default(),
+        };
+        let err = provider.remove_duplicate(&resource).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Permanent(message) if message.contains("duplicate") && message.contains(&machine_id.to_string())),
+            "{err}"
+        );
     }
 }

@@ -345,6 +345,8 @@ mod tests {
             provider_metadata: ProviderMetadata::default(),
             error: None,
             setup_progress: None,
+            pool_id: None,
+            usage: Default::default(),
         }
     }
 

@@ -113,6 +113,8 @@ fn machine(request: &ProvisionRequest, view: &ProviderMachine) -> Machine {
         provider_metadata: view.metadata.clone(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     }
 }
 

@@ -12,11 +12,13 @@ mod sql;
 
 use async_trait::async_trait;
 use nimbus_types::api::StateChange;
+use nimbus_types::demand::{Applied, JobRecord};
 use nimbus_types::event::Event;
 use nimbus_types::{
-    ForgeConfig, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId, Tenant,
-    TenantId,
+    ForgeConfig, Machine, MachineId, MachineSpec, MachineState, Pool, PoolId, ProviderConfig,
+    ProviderId, Tenant, TenantId,
 };
+use time::OffsetDateTime;
 
 pub use seal::{KeyError, SealKey, Sealer};
 pub use sql::{SqlStore, StoreOptions};
@@ -63,8 +65,12 @@ pub struct MachineRecord {
 pub struct MachineFilter {
     pub tenant_id: Option<TenantId>,
     pub provider_id: Option<ProviderId>,
+    pub pool_id: Option<PoolId>,
     /// Include machines in the `terminated` state (history); off by default.
     pub include_terminated: bool,
+    /// Also include terminated machines last updated at or after this instant (what a pool
+    /// spent this month), whatever `include_terminated` says.
+    pub terminated_since: Option<OffsetDateTime>,
 }
 
 /// Which events to list.
@@ -145,6 +151,50 @@ pub trait Storage: Send + Sync + 'static {
         host_id: &str,
         public_key: &str,
     ) -> Result<String>;
+
+    /// Creates a pool; `Conflict` when the tenant already has a pool with that name.
+    async fn create_pool(&self, pool: &Pool) -> Result<()>;
+    /// A pool of the given tenant; another tenant's pool is `NotFound`.
+    async fn get_pool(&self, tenant_id: TenantId, id: PoolId) -> Result<Pool>;
+    async fn get_pool_by_name(&self, tenant_id: TenantId, name: &str) -> Result<Pool>;
+    /// The pools of one tenant, or of every tenant with `None`, ordered by tenant and name.
+    async fn list_pools(&self, tenant_id: Option<TenantId>) -> Result<Vec<Pool>>;
+    /// Saves a pool's settings and `updated_at` (its id, tenant, name and provider never
+    /// change); `NotFound` when it does not exist.
+    async fn update_pool(&self, pool: &Pool) -> Result<()>;
+    /// Deletes a pool; `Conflict` while machines of the pool are live (not `terminated` or
+    /// `failed`). Its terminated machines keep the pool id as history.
+    async fn delete_pool(&self, tenant_id: TenantId, id: PoolId) -> Result<()>;
+
+    /// Records one webhook delivery's news about a job, in one transaction with the delivery
+    /// id: an id recorded before is `Replay` and changes nothing; a job the store knows further
+    /// along is `Stale` (jobs move `queued`/`waiting` → `in_progress` → `completed` only).
+    /// Otherwise the job is inserted or updated: `first_seen` is kept, `runner_name` is kept
+    /// when the new record has none. `delivery_id` `None` records without de-duplication.
+    async fn record_job(
+        &self,
+        tenant_id: TenantId,
+        delivery_id: Option<&str>,
+        record: &JobRecord,
+    ) -> Result<Applied>;
+    /// Writes a demand reconcile's correction only if the job has not changed since it was
+    /// read: `expected` is the `updated_at` that was read, `None` to insert a job the store did
+    /// not have. True when written.
+    async fn correct_job(
+        &self,
+        tenant_id: TenantId,
+        record: &JobRecord,
+        expected: Option<OffsetDateTime>,
+    ) -> Result<bool>;
+    /// The tenant's jobs (open ones and finished ones not yet pruned), ordered by job id.
+    async fn list_jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>>;
+    /// Forgets finished jobs last updated before `finished_before` and delivery ids recorded
+    /// before `deliveries_before`, for every tenant.
+    async fn prune_demand(
+        &self,
+        finished_before: OffsetDateTime,
+        deliveries_before: OffsetDateTime,
+    ) -> Result<()>;
 
     /// Appends an event and returns its sequence number.
     async fn append_event(&self, event: &Event) -> Result<i64>;

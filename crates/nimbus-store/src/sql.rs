@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nimbus_types::api::StateChange;
+use nimbus_types::demand::{Applied, ForgeJob, JobRecord, JobStatus, Source};
 use nimbus_types::event::Event;
 use nimbus_types::{
-    ForgeConfig, Image, Machine, MachineId, MachineSpec, MachineState, ProviderConfig, ProviderId,
-    ProviderMetadata, Secret, SetupProgress, Tenant, TenantId,
+    ForgeConfig, Image, Machine, MachineId, MachineSpec, MachineState, Pool, PoolId,
+    ProviderConfig, ProviderId, ProviderMetadata, Secret, SetupProgress, Tenant, TenantId,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -259,8 +260,9 @@ impl SqlStore {
         let result = sqlx::query(
             "INSERT INTO machines (id, tenant_id, provider_id, os, arch, state, ip_address, \
              ssh_public_key, labels, instance_type, image, provider_metadata, error, \
-             setup_progress, spec, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+             setup_progress, spec, created_at, updated_at, pool_id, usage) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, \
+             $18, $19)",
         )
         .bind(machine.id.to_string())
         .bind(machine.tenant_id.to_string())
@@ -279,6 +281,8 @@ impl SqlStore {
         .bind(to_json(spec)?)
         .bind(micros(machine.created_at))
         .bind(micros(machine.updated_at))
+        .bind(machine.pool_id.map(|id| id.to_string()))
+        .bind(to_json(&machine.usage)?)
         .execute(&mut *tx)
         .await;
         result.map_err(|err| conflict(err, "machine"))?;
@@ -297,7 +301,7 @@ impl SqlStore {
         let result = sqlx::query(
             "UPDATE machines SET state = $3, ip_address = $4, ssh_public_key = $5, labels = $6, \
              instance_type = $7, image = $8, provider_metadata = $9, error = $10, \
-             setup_progress = $11, created_at = $12, updated_at = $13 \
+             setup_progress = $11, created_at = $12, updated_at = $13, usage = $15 \
              WHERE id = $1 AND tenant_id = $2 AND state = $14",
         )
         .bind(machine.id.to_string())
@@ -314,6 +318,7 @@ impl SqlStore {
         .bind(micros(machine.created_at))
         .bind(micros(machine.updated_at))
         .bind(expected.as_str())
+        .bind(to_json(&machine.usage)?)
         .execute(&mut *tx)
         .await?;
         if result.rows_affected() == 0 {
@@ -366,6 +371,16 @@ impl SqlStore {
                 entity: "live machines of provider",
             });
         }
+        let row = sqlx::query("SELECT COUNT(*) AS pools FROM pools WHERE provider_id = $1")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let pools: i64 = row.try_get("pools")?;
+        if pools > 0 {
+            return Err(Error::Conflict {
+                entity: "pools of provider",
+            });
+        }
         sqlx::query("DELETE FROM providers WHERE id = $1 AND tenant_id = $2")
             .bind(id.to_string())
             .bind(tenant_id.to_string())
@@ -378,7 +393,10 @@ impl SqlStore {
 
 const MACHINE_COLUMNS: &str = "id, tenant_id, provider_id, os, arch, state, ip_address, \
      ssh_public_key, labels, instance_type, image, provider_metadata, error, setup_progress, \
-     spec, created_at, updated_at";
+     spec, created_at, updated_at, pool_id, usage";
+const POOL_COLUMNS: &str = "id, tenant_id, name, provider_id, settings, created_at, updated_at";
+const JOB_COLUMNS: &str = "job_id, run_id, repository, labels, status, runner_name, first_seen, \
+     updated_at, source";
 const PROVIDER_COLUMNS: &str =
     "id, tenant_id, name, provider_type, credentials, config, created_at";
 const EVENT_COLUMNS: &str = "seq, name, at, tenant_id, machine_id, duration, error, metadata";
@@ -689,8 +707,17 @@ impl Storage for SqlStore {
             binds.push(provider_id.to_string());
             sql.push_str(&format!(" AND provider_id = ${}", binds.len()));
         }
-        if !filter.include_terminated {
-            sql.push_str(" AND state <> 'terminated'");
+        if let Some(pool_id) = filter.pool_id {
+            binds.push(pool_id.to_string());
+            sql.push_str(&format!(" AND pool_id = ${}", binds.len()));
+        }
+        match (filter.include_terminated, filter.terminated_since) {
+            (true, _) => {}
+            (false, None) => sql.push_str(" AND state <> 'terminated'"),
+            (false, Some(since)) => sql.push_str(&format!(
+                " AND (state <> 'terminated' OR updated_at >= {})",
+                micros(since)
+            )),
         }
         sql.push_str(" ORDER BY created_at, id");
         let mut query = sqlx::query(&sql);
@@ -739,6 +766,273 @@ impl Storage for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn create_pool(&self, pool: &Pool) -> Result<()> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT id FROM providers WHERE id = $1 AND tenant_id = $2{}",
+            self.lock_clause("SHARE")
+        );
+        let provider = sqlx::query(&sql)
+            .bind(pool.provider_id.to_string())
+            .bind(pool.tenant_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if provider.is_none() {
+            return Err(Error::NotFound { entity: "provider" });
+        }
+        sqlx::query(
+            "INSERT INTO pools (id, tenant_id, name, provider_id, settings, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(pool.id.to_string())
+        .bind(pool.tenant_id.to_string())
+        .bind(pool.name.clone())
+        .bind(pool.provider_id.to_string())
+        .bind(to_json(&pool.settings)?)
+        .bind(micros(pool.created_at))
+        .bind(micros(pool.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(|err| conflict(err, "pool"))?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_pool(&self, tenant_id: TenantId, id: PoolId) -> Result<Pool> {
+        let sql = format!("SELECT {POOL_COLUMNS} FROM pools WHERE id = $1 AND tenant_id = $2");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(tenant_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound { entity: "pool" })?;
+        pool_from_row(&row)
+    }
+
+    async fn get_pool_by_name(&self, tenant_id: TenantId, name: &str) -> Result<Pool> {
+        let sql = format!("SELECT {POOL_COLUMNS} FROM pools WHERE tenant_id = $1 AND name = $2");
+        let row = sqlx::query(&sql)
+            .bind(tenant_id.to_string())
+            .bind(name.to_owned())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound { entity: "pool" })?;
+        pool_from_row(&row)
+    }
+
+    async fn list_pools(&self, tenant_id: Option<TenantId>) -> Result<Vec<Pool>> {
+        let rows = match tenant_id {
+            Some(tenant_id) => {
+                let sql = format!(
+                    "SELECT {POOL_COLUMNS} FROM pools WHERE tenant_id = $1 ORDER BY name, id"
+                );
+                sqlx::query(&sql)
+                    .bind(tenant_id.to_string())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT {POOL_COLUMNS} FROM pools ORDER BY tenant_id, name, id");
+                sqlx::query(&sql).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(pool_from_row).collect()
+    }
+
+    async fn update_pool(&self, pool: &Pool) -> Result<()> {
+        let _guard = self.write_guard().await;
+        let result = sqlx::query(
+            "UPDATE pools SET settings = $3, updated_at = $4 WHERE id = $1 AND tenant_id = $2",
+        )
+        .bind(pool.id.to_string())
+        .bind(pool.tenant_id.to_string())
+        .bind(to_json(&pool.settings)?)
+        .bind(micros(pool.updated_at))
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(Error::NotFound { entity: "pool" });
+        }
+        Ok(())
+    }
+
+    async fn delete_pool(&self, tenant_id: TenantId, id: PoolId) -> Result<()> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        let sql = format!(
+            "SELECT id FROM pools WHERE id = $1 AND tenant_id = $2{}",
+            self.lock_clause("UPDATE")
+        );
+        let found = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(tenant_id.to_string())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if found.is_none() {
+            return Err(Error::NotFound { entity: "pool" });
+        }
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS live FROM machines WHERE pool_id = $1 \
+             AND state NOT IN ('terminated', 'failed')",
+        )
+        .bind(id.to_string())
+        .fetch_one(&mut *tx)
+        .await?;
+        let live: i64 = row.try_get("live")?;
+        if live > 0 {
+            return Err(Error::Conflict {
+                entity: "live machines of pool",
+            });
+        }
+        sqlx::query("DELETE FROM pools WHERE id = $1 AND tenant_id = $2")
+            .bind(id.to_string())
+            .bind(tenant_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_job(
+        &self,
+        tenant_id: TenantId,
+        delivery_id: Option<&str>,
+        record: &JobRecord,
+    ) -> Result<Applied> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(delivery_id) = delivery_id {
+            let inserted = sqlx::query(
+                "INSERT INTO webhook_deliveries (tenant_id, delivery_id, received_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (tenant_id, delivery_id) DO NOTHING",
+            )
+            .bind(tenant_id.to_string())
+            .bind(delivery_id.to_owned())
+            .bind(micros(record.updated_at))
+            .execute(&mut *tx)
+            .await
+            .map_err(tenant_missing)?;
+            if inserted.rows_affected() == 0 {
+                return Ok(Applied::Replay);
+            }
+        }
+        // Forward only: the update applies when the news is at least as far along as what the
+        // store has. A stale delivery's id stays recorded, so its redelivery is a replay.
+        let written = sqlx::query(
+            "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, status, \
+             status_rank, runner_name, first_seen, updated_at, source) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (tenant_id, job_id) DO UPDATE SET run_id = excluded.run_id, \
+             repository = excluded.repository, labels = excluded.labels, \
+             status = excluded.status, status_rank = excluded.status_rank, \
+             runner_name = COALESCE(excluded.runner_name, jobs.runner_name), \
+             updated_at = excluded.updated_at, source = excluded.source \
+             WHERE excluded.status_rank >= jobs.status_rank",
+        )
+        .bind(tenant_id.to_string())
+        .bind(job_key(record.job.job_id)?)
+        .bind(job_key(record.job.run_id)?)
+        .bind(record.job.repository.clone())
+        .bind(to_json(&record.job.labels)?)
+        .bind(record.job.status.as_str())
+        .bind(i64::from(record.job.status.rank()))
+        .bind(record.runner_name.clone())
+        .bind(micros(record.first_seen))
+        .bind(micros(record.updated_at))
+        .bind(source_str(record.source))
+        .execute(&mut *tx)
+        .await
+        .map_err(tenant_missing)?;
+        tx.commit().await?;
+        Ok(if written.rows_affected() == 0 {
+            Applied::Stale
+        } else {
+            Applied::Recorded
+        })
+    }
+
+    async fn correct_job(
+        &self,
+        tenant_id: TenantId,
+        record: &JobRecord,
+        expected: Option<OffsetDateTime>,
+    ) -> Result<bool> {
+        let _guard = self.write_guard().await;
+        let written = match expected {
+            None => sqlx::query(
+                "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, status, \
+                 status_rank, runner_name, first_seen, updated_at, source) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (tenant_id, job_id) DO NOTHING",
+            )
+            .bind(tenant_id.to_string())
+            .bind(job_key(record.job.job_id)?)
+            .bind(job_key(record.job.run_id)?)
+            .bind(record.job.repository.clone())
+            .bind(to_json(&record.job.labels)?)
+            .bind(record.job.status.as_str())
+            .bind(i64::from(record.job.status.rank()))
+            .bind(record.runner_name.clone())
+            .bind(micros(record.first_seen))
+            .bind(micros(record.updated_at))
+            .bind(source_str(record.source))
+            .execute(&self.pool)
+            .await
+            .map_err(tenant_missing)?,
+            Some(expected) => {
+                sqlx::query(
+                    "UPDATE jobs SET run_id = $3, repository = $4, labels = $5, status = $6, \
+                 status_rank = $7, runner_name = $8, updated_at = $9, source = $10 \
+                 WHERE tenant_id = $1 AND job_id = $2 AND updated_at = $11",
+                )
+                .bind(tenant_id.to_string())
+                .bind(job_key(record.job.job_id)?)
+                .bind(job_key(record.job.run_id)?)
+                .bind(record.job.repository.clone())
+                .bind(to_json(&record.job.labels)?)
+                .bind(record.job.status.as_str())
+                .bind(i64::from(record.job.status.rank()))
+                .bind(record.runner_name.clone())
+                .bind(micros(record.updated_at))
+                .bind(source_str(record.source))
+                .bind(micros(expected))
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(written.rows_affected() == 1)
+    }
+
+    async fn list_jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>> {
+        let sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 ORDER BY job_id");
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    async fn prune_demand(
+        &self,
+        finished_before: OffsetDateTime,
+        deliveries_before: OffsetDateTime,
+    ) -> Result<()> {
+        let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM jobs WHERE status_rank = $1 AND updated_at < $2")
+            .bind(i64::from(JobStatus::Completed.rank()))
+            .bind(micros(finished_before))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
+            .bind(micros(deliveries_before))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn append_event(&self, event: &Event) -> Result<i64> {
@@ -861,11 +1155,75 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
         setup_progress: setup_progress
             .map(|text| from_json::<SetupProgress>(&text, "setup_progress"))
             .transpose()?,
+        pool_id: parse_opt(row, "pool_id")?,
+        usage: json(row, "usage")?,
     };
     Ok(MachineRecord {
         machine,
         spec: json(row, "spec")?,
     })
+}
+
+fn pool_from_row(row: &AnyRow) -> Result<Pool> {
+    Ok(Pool {
+        id: parse(row, "id")?,
+        tenant_id: parse(row, "tenant_id")?,
+        name: row.try_get("name")?,
+        provider_id: parse(row, "provider_id")?,
+        settings: json(row, "settings")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+fn job_from_row(row: &AnyRow) -> Result<JobRecord> {
+    let job_id: i64 = row.try_get("job_id")?;
+    let run_id: i64 = row.try_get("run_id")?;
+    let status: String = row.try_get("status")?;
+    let source: String = row.try_get("source")?;
+    Ok(JobRecord {
+        job: ForgeJob {
+            job_id: job_id as u64,
+            run_id: run_id as u64,
+            repository: row.try_get("repository")?,
+            labels: json(row, "labels")?,
+            status: match status.as_str() {
+                "queued" => JobStatus::Queued,
+                "waiting" => JobStatus::Waiting,
+                "in_progress" => JobStatus::InProgress,
+                "completed" => JobStatus::Completed,
+                other => return Err(Error::Corrupt(format!("column status holds {other:?}"))),
+            },
+        },
+        runner_name: row.try_get("runner_name")?,
+        first_seen: timestamp(row, "first_seen")?,
+        updated_at: timestamp(row, "updated_at")?,
+        source: match source.as_str() {
+            "webhook" => Source::Webhook,
+            "reconcile" => Source::Reconcile,
+            other => return Err(Error::Corrupt(format!("column source holds {other:?}"))),
+        },
+    })
+}
+
+fn source_str(source: Source) -> &'static str {
+    match source {
+        Source::Webhook => "webhook",
+        Source::Reconcile => "reconcile",
+    }
+}
+
+/// Job and run ids are `u64` at the forge and BIGINT in SQL; forges hand out far fewer.
+fn job_key(id: u64) -> Result<i64> {
+    i64::try_from(id).map_err(|_| Error::Corrupt(format!("job or run id {id} exceeds BIGINT")))
+}
+
+/// A foreign-key violation on a per-tenant row means the tenant does not exist.
+fn tenant_missing(err: sqlx::Error) -> Error {
+    match err.as_database_error() {
+        Some(db) if db.is_foreign_key_violation() => Error::NotFound { entity: "tenant" },
+        _ => Error::Database(err),
+    }
 }
 
 fn provider_aad(id: ProviderId) -> String {

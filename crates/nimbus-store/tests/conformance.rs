@@ -10,11 +10,12 @@ use nimbus_store::{
     Error, EventFilter, MachineFilter, SealKey, Sealer, SqlStore, Storage, StoreOptions,
 };
 use nimbus_testkit::postgres::Postgres;
+use nimbus_types::demand::{Applied, ForgeJob, JobRecord, JobStatus, LabelSet, Source};
 use nimbus_types::event::{self, Event};
 use nimbus_types::{
     Arch, ForgeConfig, ForgeType, Image, ImageState, ImageType, Machine, MachineId, MachineSpec,
-    MachineState, Os, ProviderConfig, ProviderId, ProviderMetadata, ProviderType, Secret,
-    SetupProgress, SetupStep, StepStatus, TenantId,
+    MachineState, Os, Pool, PoolId, PoolSettings, ProviderConfig, ProviderId, ProviderMetadata,
+    ProviderType, RunnerUsage, Secret, SetupProgress, SetupStep, StepStatus, TenantId,
 };
 use sqlx::Row;
 
@@ -121,6 +122,12 @@ conformance!(
     concurrent_writers,
     reopening_keeps_data,
     wrong_seal_key_cannot_open_credentials,
+    pools_crud_and_names_unique_per_tenant,
+    pools_guard_their_machines_and_provider,
+    machines_carry_pool_and_usage,
+    demand_records_forward_only_and_counts_deliveries_once,
+    demand_corrections_compare_and_swap,
+    demand_prunes_finished_jobs_and_old_deliveries,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -170,6 +177,8 @@ fn machine(tenant_id: TenantId, provider_id: ProviderId) -> Machine {
         provider_metadata: ProviderMetadata::default(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     }
 }
 
@@ -757,6 +766,7 @@ async fn machines_insert_get_and_list_filters(db: &TestDb) {
             tenant_id: Some(tenant),
             provider_id: Some(local),
             include_terminated: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1229,4 +1239,374 @@ async fn wrong_seal_key_cannot_open_credentials(db: &TestDb) {
     );
     assert_eq!(store.get_tenant(tenant.id).await.unwrap(), tenant);
     store.close().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools and demand
+
+fn pool(tenant_id: TenantId, provider_id: ProviderId, name: &str) -> Pool {
+    let now = nimbus_types::now();
+    let mut settings = PoolSettings::new(
+        vec!["self-hosted".into(), "linux".into()],
+        Os::Linux,
+        Arch::X86_64,
+        10,
+    );
+    settings.min_idle = 2;
+    settings.validate().expect("valid settings");
+    Pool {
+        id: PoolId::new(),
+        tenant_id,
+        name: name.to_owned(),
+        provider_id,
+        settings,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn pools_crud_and_names_unique_per_tenant(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let (other, other_provider) = tenant_with_provider(store, "globex").await;
+    let linux = pool(tenant, provider_id, "linux");
+    store.create_pool(&linux).await.unwrap();
+    assert_eq!(store.get_pool(tenant, linux.id).await.unwrap(), linux);
+    assert_eq!(
+        store.get_pool_by_name(tenant, "linux").await.unwrap(),
+        linux
+    );
+    assert_conflict(
+        store.create_pool(&pool(tenant, provider_id, "linux")).await,
+        "a second pool named linux",
+    );
+    // Names are per tenant; another tenant cannot see or reach the pool.
+    store
+        .create_pool(&pool(other, other_provider, "linux"))
+        .await
+        .unwrap();
+    assert_not_found(
+        store.get_pool(other, linux.id).await,
+        "pool",
+        "other tenant",
+    );
+    // A pool needs a provider of its own tenant.
+    assert_not_found(
+        store.create_pool(&pool(tenant, other_provider, "x")).await,
+        "provider",
+        "another tenant's provider",
+    );
+    let mac = pool(tenant, provider_id, "mac");
+    store.create_pool(&mac).await.unwrap();
+    let names: Vec<String> = store
+        .list_pools(Some(tenant))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, ["linux", "mac"]);
+    assert_eq!(store.list_pools(None).await.unwrap().len(), 3);
+
+    let mut changed = linux.clone();
+    changed.settings.max = 20;
+    changed.settings.schedules = vec!["0 8 * * 1-5@Europe/Berlin=5".parse().unwrap()];
+    changed.updated_at = nimbus_types::now();
+    store.update_pool(&changed).await.unwrap();
+    let read = store.get_pool(tenant, linux.id).await.unwrap();
+    assert_eq!(read.settings, changed.settings);
+    assert_eq!(read.created_at, linux.created_at);
+    let mut missing = changed.clone();
+    missing.id = PoolId::new();
+    assert_not_found(store.update_pool(&missing).await, "pool", "update unknown");
+
+    store.delete_pool(tenant, mac.id).await.unwrap();
+    assert_not_found(store.get_pool(tenant, mac.id).await, "pool", "deleted");
+    assert_not_found(
+        store.delete_pool(tenant, mac.id).await,
+        "pool",
+        "deleted twice",
+    );
+}
+
+async fn pools_guard_their_machines_and_provider(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let linux = pool(tenant, provider_id, "linux");
+    store.create_pool(&linux).await.unwrap();
+    let mut machine = machine(tenant, provider_id);
+    machine.pool_id = Some(linux.id);
+    store.insert_machine(&machine, &spec()).await.unwrap();
+
+    match store.delete_pool(tenant, linux.id).await {
+        Err(Error::Conflict { entity }) => assert!(entity.contains("machine"), "{entity}"),
+        other => panic!("deleting a pool with a live machine: {other:?}"),
+    }
+    walk(store, &mut machine, &[MachineState::Failed]).await;
+    // A failed machine does not hold the pool (it is cleaned up by the provider reconcile).
+    match store.delete_provider(tenant, provider_id).await {
+        Err(Error::Conflict { entity }) => assert!(entity.contains("machine"), "{entity}"),
+        other => panic!("deleting a provider with a failed machine: {other:?}"),
+    }
+    walk(
+        store,
+        &mut machine,
+        &[MachineState::Stopping, MachineState::Terminated],
+    )
+    .await;
+    match store.delete_provider(tenant, provider_id).await {
+        Err(Error::Conflict { entity }) => assert!(entity.contains("pool"), "{entity}"),
+        other => panic!("deleting a provider a pool uses: {other:?}"),
+    }
+    store.delete_pool(tenant, linux.id).await.unwrap();
+    store.delete_provider(tenant, provider_id).await.unwrap();
+    // The machine keeps its pool id as history.
+    let record = store.get_machine(Some(tenant), machine.id).await.unwrap();
+    assert_eq!(record.machine.pool_id, Some(linux.id));
+}
+
+async fn machines_carry_pool_and_usage(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider_id) = tenant_with_provider(store, "acme").await;
+    let linux = pool(tenant, provider_id, "linux");
+    store.create_pool(&linux).await.unwrap();
+    let mut pooled = machine(tenant, provider_id);
+    pooled.pool_id = Some(linux.id);
+    store.insert_machine(&pooled, &spec()).await.unwrap();
+    let by_hand = add_machine(store, tenant, provider_id).await;
+
+    let idle_since = nimbus_types::now();
+    pooled.usage = RunnerUsage {
+        jobs_run: 3,
+        idle_since: Some(idle_since),
+        runner_version: Some("2.321.0".into()),
+    };
+    walk(store, &mut pooled, &[MachineState::Ready]).await;
+    let read = store.get_machine(Some(tenant), pooled.id).await.unwrap();
+    assert_eq!(read.machine.usage, pooled.usage);
+
+    let filter = MachineFilter {
+        pool_id: Some(linux.id),
+        ..Default::default()
+    };
+    let ids: Vec<MachineId> = store
+        .list_machines(&filter)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.machine.id)
+        .collect();
+    assert_eq!(ids, [pooled.id]);
+
+    // terminated_since brings back machines that ended recently, and only those.
+    let before = nimbus_types::now();
+    walk(
+        store,
+        &mut pooled,
+        &[MachineState::Stopping, MachineState::Terminated],
+    )
+    .await;
+    assert!(store.list_machines(&filter).await.unwrap().is_empty());
+    let since = |at| MachineFilter {
+        pool_id: Some(linux.id),
+        terminated_since: Some(at),
+        ..Default::default()
+    };
+    assert_eq!(store.list_machines(&since(before)).await.unwrap().len(), 1);
+    let later = nimbus_types::now() + time::Duration::minutes(1);
+    assert!(store.list_machines(&since(later)).await.unwrap().is_empty());
+    let all = store
+        .list_machines(&MachineFilter {
+            tenant_id: Some(tenant),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].machine.id, by_hand.id);
+    assert_eq!(all[0].machine.pool_id, None);
+}
+
+fn job(id: u64, status: JobStatus, runner: Option<&str>, at: time::OffsetDateTime) -> JobRecord {
+    JobRecord {
+        job: ForgeJob {
+            job_id: id,
+            run_id: 1000 + id % 1000,
+            repository: "acme/app".into(),
+            labels: LabelSet::new(["self-hosted", "linux"]),
+            status,
+        },
+        runner_name: runner.map(str::to_owned),
+        first_seen: at,
+        updated_at: at,
+        source: Source::Webhook,
+    }
+}
+
+fn at(seconds: i64) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(1_800_000_000 + seconds).unwrap()
+}
+
+async fn demand_records_forward_only_and_counts_deliveries_once(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap().id;
+    let other = store.create_tenant("globex").await.unwrap().id;
+    let queued = job(1, JobStatus::Queued, None, at(0));
+    assert_eq!(
+        store
+            .record_job(tenant, Some("d-1"), &queued)
+            .await
+            .unwrap(),
+        Applied::Recorded
+    );
+    // A redelivery under the same id is a replay, whatever it carries.
+    let started = job(1, JobStatus::InProgress, Some("nimbus-x"), at(5));
+    assert_eq!(
+        store
+            .record_job(tenant, Some("d-1"), &started)
+            .await
+            .unwrap(),
+        Applied::Replay
+    );
+    assert_eq!(
+        store
+            .record_job(tenant, Some("d-2"), &started)
+            .await
+            .unwrap(),
+        Applied::Recorded
+    );
+    // A late queued delivery is stale; its redelivery a replay.
+    let late = job(1, JobStatus::Queued, None, at(6));
+    assert_eq!(
+        store.record_job(tenant, Some("d-3"), &late).await.unwrap(),
+        Applied::Stale
+    );
+    assert_eq!(
+        store.record_job(tenant, Some("d-3"), &late).await.unwrap(),
+        Applied::Replay
+    );
+    // Completion without a runner name keeps the one the book has; first_seen stays.
+    let done = job(1, JobStatus::Completed, None, at(9));
+    assert_eq!(
+        store.record_job(tenant, None, &done).await.unwrap(),
+        Applied::Recorded
+    );
+    let jobs = store.list_jobs(tenant).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].job.status, JobStatus::Completed);
+    assert_eq!(jobs[0].runner_name.as_deref(), Some("nimbus-x"));
+    assert_eq!(jobs[0].first_seen, at(0));
+    assert_eq!(jobs[0].updated_at, at(9));
+    assert_eq!(jobs[0].job.labels, LabelSet::new(["linux", "self-hosted"]));
+
+    // Delivery ids and jobs are the tenant's own.
+    assert_eq!(
+        store.record_job(other, Some("d-1"), &queued).await.unwrap(),
+        Applied::Recorded
+    );
+    assert_eq!(
+        store.list_jobs(other).await.unwrap()[0].job.status,
+        JobStatus::Queued
+    );
+    // Ids too large for SQL are refused, not wrapped.
+    let huge = job(u64::MAX, JobStatus::Queued, None, at(0));
+    assert!(store.record_job(tenant, None, &huge).await.is_err());
+    assert_not_found(
+        store
+            .record_job(TenantId::new(), Some("d-9"), &queued)
+            .await,
+        "tenant",
+        "unknown tenant",
+    );
+    // A failed recording left the id free.
+    assert_eq!(
+        store.record_job(other, Some("d-9"), &queued).await.unwrap(),
+        Applied::Recorded
+    );
+}
+
+async fn demand_corrections_compare_and_swap(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap().id;
+    let mut missed = job(7, JobStatus::Queued, None, at(0));
+    missed.source = Source::Reconcile;
+    assert!(store.correct_job(tenant, &missed, None).await.unwrap());
+    // Inserting again (another reconcile raced us) does nothing.
+    assert!(!store.correct_job(tenant, &missed, None).await.unwrap());
+
+    let mut closed = missed.clone();
+    closed.job.status = JobStatus::Completed;
+    closed.updated_at = at(10);
+    // A webhook moved the job since the reconcile read it: the correction loses.
+    store
+        .record_job(
+            tenant,
+            None,
+            &job(7, JobStatus::InProgress, Some("r"), at(5)),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .correct_job(tenant, &closed, Some(at(0)))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.list_jobs(tenant).await.unwrap()[0].job.status,
+        JobStatus::InProgress
+    );
+    assert!(
+        store
+            .correct_job(tenant, &closed, Some(at(5)))
+            .await
+            .unwrap()
+    );
+    let jobs = store.list_jobs(tenant).await.unwrap();
+    assert_eq!(jobs[0].job.status, JobStatus::Completed);
+    assert_eq!(jobs[0].source, Source::Reconcile);
+}
+
+async fn demand_prunes_finished_jobs_and_old_deliveries(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap().id;
+    for (id, status, seconds) in [
+        (1, JobStatus::Completed, 0),
+        (2, JobStatus::Completed, 100),
+        (3, JobStatus::Queued, 0),
+        (4, JobStatus::InProgress, 0),
+    ] {
+        let delivery = format!("d-{id}");
+        store
+            .record_job(tenant, Some(&delivery), &job(id, status, None, at(seconds)))
+            .await
+            .unwrap();
+    }
+    store.prune_demand(at(50), at(50)).await.unwrap();
+    let ids: Vec<u64> = store
+        .list_jobs(tenant)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.job.job_id)
+        .collect();
+    // Open jobs stay however old; finished ones go after the cut-off.
+    assert_eq!(ids, [2, 3, 4]);
+    // d-2 was received after the cut-off and is remembered; d-1 is forgotten.
+    let again = job(2, JobStatus::Completed, None, at(100));
+    assert_eq!(
+        store.record_job(tenant, Some("d-2"), &again).await.unwrap(),
+        Applied::Replay
+    );
+    assert_eq!(
+        store
+            .record_job(
+                tenant,
+                Some("d-1"),
+                &job(1, JobStatus::Completed, None, at(0))
+            )
+            .await
+            .unwrap(),
+        Applied::Recorded
+    );
 }

@@ -42,6 +42,15 @@ pub const SSH_COMMAND_FAILURE: &str = "nimbus.ssh.command_failure";
 /// A host presented a key different from the one pinned on first use.
 pub const SSH_HOST_KEY_MISMATCH: &str = "nimbus.ssh.host_key_mismatch";
 
+/// The autoscaler asked for machines; `metadata.count` and `metadata.reason`.
+pub const POOL_SCALE_UP: &str = "nimbus.pool.scale_up";
+/// The autoscaler removed a machine (idle, recycled, unhealthy, cancelled); `metadata.reason`.
+pub const POOL_SCALE_DOWN: &str = "nimbus.pool.scale_down";
+/// A pool's provisions keep failing: it waits before trying again; `metadata.until`.
+pub const POOL_BACKOFF: &str = "nimbus.pool.backoff";
+/// Scale-up stopped at the pool's monthly budget.
+pub const POOL_BUDGET_EXHAUSTED: &str = "nimbus.pool.budget_exhausted";
+
 /// Every event name Nimbus emits.
 pub const ALL: &[&str] = &[
     MACHINE_PROVISION_START,
@@ -71,6 +80,10 @@ pub const ALL: &[&str] = &[
     SSH_COMMAND_SUCCESS,
     SSH_COMMAND_FAILURE,
     SSH_HOST_KEY_MISMATCH,
+    POOL_SCALE_UP,
+    POOL_SCALE_DOWN,
+    POOL_BACKOFF,
+    POOL_BUDGET_EXHAUSTED,
 ];
 
 /// Receives telemetry events: the one sink trait every crate reports through. The daemon's

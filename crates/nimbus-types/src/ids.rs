@@ -68,3 +68,7 @@ id_type!(
     /// Identifies a machine. Doubles as the intent id that idempotency tokens derive from.
     MachineId
 );
+id_type!(
+    /// Identifies a pool: a tenant's desired fleet for one set of runner labels.
+    PoolId
+);

@@ -5,17 +5,23 @@
 //! HTTP, SQL or any provider SDK: the daemon, the CLI and the Git server all depend on it.
 
 pub mod api;
+pub mod demand;
 pub mod event;
 mod ids;
 mod machine;
+mod pool;
 mod secret;
 mod spec;
 mod tenant;
 
-pub use ids::{MachineId, ProviderId, TenantId};
+pub use ids::{MachineId, PoolId, ProviderId, TenantId};
 pub use machine::{
-    CanTerminate, Image, ImageState, Machine, MachineState, ProviderMetadata, SetupProgress,
-    SetupStep, StepStatus, TransitionError,
+    CanTerminate, Image, ImageState, Machine, MachineState, ProviderMetadata, RunnerUsage,
+    SetupProgress, SetupStep, StepStatus, TransitionError,
+};
+pub use pool::{
+    CompiledSchedule, DEFAULT_IDLE_TIMEOUT_SECS, MAX_POOL_SIZE, Pool, PoolSettings, Schedule,
+    labels_conflict, normalise_labels,
 };
 pub use secret::Secret;
 pub use spec::{Arch, ImageType, MachineSpec, Os, SpecError, validate_label, validate_name};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::spec::str_enum;
-use crate::{Arch, ImageType, MachineId, Os, ProviderId, TenantId};
+use crate::{Arch, ImageType, MachineId, Os, PoolId, ProviderId, TenantId};
 
 /// Where a machine is in its life.
 ///
@@ -193,6 +193,32 @@ pub struct Machine {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_progress: Option<SetupProgress>,
+    /// The pool that asked for the machine; `None` for machines provisioned by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_id: Option<PoolId>,
+    /// How the machine's runner has been used: what idle termination and recycling look at.
+    #[serde(default)]
+    pub usage: RunnerUsage,
+}
+
+/// How a machine's runner has been used.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunnerUsage {
+    /// Jobs the runner finished.
+    #[serde(default)]
+    pub jobs_run: u32,
+    /// Since when the runner waits for a job (set when the machine becomes ready and when a job
+    /// ends); `None` while busy or before it was ever ready.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub idle_since: Option<OffsetDateTime>,
+    /// The runner software version the machine was set up with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_version: Option<String>,
 }
 
 /// Whether a machine may be terminated now (DESIGN invariant 4).

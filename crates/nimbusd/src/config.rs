@@ -67,6 +67,9 @@ pub struct ServerArgs {
     /// Longest a machine's setup may take, e.g. `30m`.
     #[arg(long, env = "NIMBUS_SETUP_TIMEOUT", value_parser = humantime::parse_duration)]
     pub setup_timeout: Option<Duration>,
+    /// How often every pool is planned when no webhook wakes the autoscaler earlier, e.g. `10s`.
+    #[arg(long, env = "NIMBUS_AUTOSCALE_INTERVAL", value_parser = humantime::parse_duration)]
+    pub autoscale_interval: Option<Duration>,
     /// Longest an API request may take, e.g. `30s`.
     #[arg(long, env = "NIMBUS_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub request_timeout: Option<Duration>,
@@ -90,6 +93,8 @@ struct FileConfig {
     orphan_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     setup_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    autoscale_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -120,6 +125,7 @@ pub struct Settings {
     pub reconcile_interval: Duration,
     pub orphan_grace: Duration,
     pub setup_timeout: Duration,
+    pub autoscale_interval: Duration,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -189,6 +195,10 @@ impl Settings {
                 .setup_timeout
                 .or(file.setup_timeout)
                 .unwrap_or(Duration::from_secs(30 * 60)),
+            autoscale_interval: args
+                .autoscale_interval
+                .or(file.autoscale_interval)
+                .unwrap_or(Duration::from_secs(10)),
             request_timeout: args
                 .request_timeout
                 .or(file.request_timeout)

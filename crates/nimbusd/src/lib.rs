@@ -11,6 +11,7 @@ mod secrets;
 use std::sync::Arc;
 
 use anyhow::Context;
+use nimbus_fleet::autoscale::{AutoscaleConfig, Tuning};
 use nimbus_fleet::{EventSink, Fleet, FleetConfig, ProviderRegistry, Telemetry};
 use nimbus_provider::ProviderEnv;
 use nimbus_store::{SqlStore, Storage, StoreOptions};
@@ -151,12 +152,23 @@ impl Server {
                 reconcile_interval: settings.reconcile_interval,
                 orphan_grace: settings.orphan_grace,
                 shutdown_timeout: settings.shutdown_timeout,
+                autoscale: AutoscaleConfig {
+                    interval: settings.autoscale_interval,
+                    tuning: Tuning {
+                        // A machine may take the whole setup timeout after the provider's
+                        // part; only past both is it stuck.
+                        boot_deadline: settings.setup_timeout
+                            + std::time::Duration::from_secs(10 * 60),
+                        ..Tuning::default()
+                    },
+                    ..AutoscaleConfig::default()
+                },
                 ..FleetConfig::default()
             },
         );
         let state = http::AppState {
             fleet,
-            store: dyn_store,
+            store: dyn_store.clone(),
             ping: Arc::new(store.clone()),
             admin_token_sha256: secrets::sha256(admin_token.expose().as_bytes()),
             metrics: Arc::new(registry),
@@ -164,7 +176,9 @@ impl Server {
             request_timeout: settings.request_timeout,
             shutdown: CancellationToken::new(),
             machine_lists: Arc::default(),
-            demand: Arc::new(nimbus_forge::MemoryDemandBook::default()),
+            demand: Arc::new(nimbus_fleet::demand::StoredDemandBook::new(
+                dyn_store.clone(),
+            )),
             webhooks: Arc::new(http::forge::WebhookReceivers::default()),
             forge_metrics,
         };
@@ -179,6 +193,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
     server.state.fleet.start_reconciler();
+    server.state.fleet.start_autoscaler();
     let demand_loop = tokio::spawn(http::demand::reconcile_loop(server.state.clone()));
     tracing::info!(
         listen = %addr,

@@ -167,6 +167,8 @@ pub fn machine_record(
         provider_metadata: provided.metadata.clone(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     }
 }
 
@@ -194,6 +196,8 @@ pub fn intent_record(request: &ProvisionRequest) -> Machine {
         provider_metadata: Default::default(),
         error: None,
         setup_progress: None,
+        pool_id: None,
+        usage: Default::default(),
     }
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use nimbus_forge::Forge;
 use nimbus_forge::demand::{DEFAULT_RECONCILE_PERIOD, reconcile_demand, requeue_after};
-use nimbus_forge::{DemandBook, Forge, MemoryDemandBook};
 use nimbus_types::{ForgeType, TenantId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -168,11 +168,7 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
     for chunk in work.chunks(CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
         for (tenant_id, forge) in chunk {
-            tasks.spawn(reconcile_one(
-                state.demand.clone(),
-                *tenant_id,
-                forge.clone(),
-            ));
+            tasks.spawn(reconcile_one(state.clone(), *tenant_id, forge.clone()));
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -195,12 +191,17 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
 
 /// Reconciles one tenant and says when to do it again.
 async fn reconcile_one(
-    book: Arc<MemoryDemandBook>,
+    state: AppState,
     tenant_id: TenantId,
     forge: Arc<dyn Forge>,
 ) -> (TenantId, Arc<dyn Forge>, Duration) {
-    let wait = match reconcile_demand(&*forge, &*book, tenant_id).await {
-        Ok(_) => DEFAULT_RECONCILE_PERIOD,
+    let wait = match reconcile_demand(&*forge, &*state.demand, tenant_id).await {
+        Ok(report) => {
+            if report != Default::default() {
+                state.fleet.demand_changed(tenant_id);
+            }
+            DEFAULT_RECONCILE_PERIOD
+        }
         Err(err) => {
             let wait = requeue_after(&err);
             tracing::warn!(

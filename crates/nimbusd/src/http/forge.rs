@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use nimbus_forge::webhook::{DeliveryDedup, WebhookError, http_response};
+use nimbus_forge::webhook::{Accepted, WebhookError, http_response};
 use nimbus_forge::{Forge, WebhookReceiver, WebhookVerifier};
 use nimbus_types::api::{ForgeView, SetForge};
 use nimbus_types::{ForgeConfig, ForgeType, Secret, TenantId};
@@ -192,6 +192,9 @@ pub async fn webhook(
             ))
         }
     };
+    if let (Ok(Accepted::Recorded { .. }), Ok(tenant_id)) = (&result, tenant.parse::<TenantId>()) {
+        state.fleet.demand_changed(tenant_id);
+    }
     let (status, body) = http_response(&result);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(body)).into_response()
@@ -200,8 +203,8 @@ pub async fn webhook(
 /// Each tenant's receiver and the forge client it was built from.
 type ReceiverMap = HashMap<TenantId, (Arc<dyn Forge>, Arc<WebhookReceiver>)>;
 
-/// One [`WebhookReceiver`] per tenant, kept while the tenant's forge client is the same one (the
-/// receiver remembers delivery ids, so building one per request would let replays through).
+/// One [`WebhookReceiver`] per tenant, kept while the tenant's forge client is the same one
+/// (building the verifier per request would be wasted work; delivery ids live in the store).
 pub struct WebhookReceivers {
     receivers: Mutex<ReceiverMap>,
     /// Verifies deliveries for tenants without a usable webhook secret, with a random secret
@@ -249,7 +252,6 @@ impl WebhookReceivers {
             tenant_id,
             verifier,
             state.demand.clone(),
-            DeliveryDedup::default(),
         ));
         receivers.insert(tenant_id, (forge, receiver.clone()));
         Ok(Some(receiver))

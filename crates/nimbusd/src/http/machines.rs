@@ -94,8 +94,8 @@ pub async fn list(
     let Query(query) = query.map_err(|err| ApiError::bad_request(err.body_text()))?;
     let mut filter = MachineFilter {
         tenant_id: caller.scope(),
-        provider_id: None,
         include_terminated: query.include_terminated.unwrap_or(false),
+        ..MachineFilter::default()
     };
     if let Some(tenant) = &query.tenant {
         filter.tenant_id = Some(caller.tenant(&state, tenant).await?.id);

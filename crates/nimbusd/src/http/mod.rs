@@ -10,6 +10,7 @@ pub mod json;
 pub mod machines;
 pub mod openapi;
 pub mod ops;
+pub mod pools;
 mod providers;
 mod tenants;
 
@@ -22,7 +23,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use nimbus_fleet::Fleet;
-use nimbus_forge::MemoryDemandBook;
+use nimbus_forge::DemandBook;
 use nimbus_store::{SqlStore, Storage};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -56,9 +57,10 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Serialized machine listings, valid until the store's machines change.
     pub machine_lists: Arc<machines::ListCache>,
-    /// Jobs waiting for runners, fed by forge webhooks and the demand reconcile.
-    pub demand: Arc<MemoryDemandBook>,
-    /// One webhook receiver per tenant (it remembers delivery ids).
+    /// Jobs waiting for runners, fed by forge webhooks and the demand reconcile; kept in the
+    /// store with the delivery ids it has counted.
+    pub demand: Arc<dyn DemandBook>,
+    /// One webhook receiver per tenant.
     pub webhooks: Arc<forge::WebhookReceivers>,
     pub forge_metrics: ops::ForgeMetrics,
 }
@@ -108,6 +110,7 @@ pub fn app(state: AppState) -> Router {
         .merge(demand::router())
         .merge(providers::router())
         .merge(machines::router())
+        .merge(pools::router())
         .merge(openapi::router())
         .merge(ops::router())
         .layer(TimeoutLayer::with_status_code(

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::AppState;
-use crate::http::{demand, events, forge, machines, ops, providers, tenants};
+use crate::http::{demand, events, forge, machines, ops, pools, providers, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,7 @@ use crate::http::{demand, events, forge, machines, ops, providers, tenants};
         providers::create, providers::list, providers::list_all, providers::show, providers::delete,
         machines::provision, machines::list, machines::show, machines::terminate,
         machines::can_terminate, machines::history,
+        pools::create, pools::list, pools::show, pools::update, pools::delete,
         events::stream,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -26,6 +27,7 @@ use crate::http::{demand, events, forge, machines, ops, providers, tenants};
         (name = "providers", description = "Where machines come from"),
         (name = "forge", description = "Where runners register and jobs wait"),
         (name = "machines", description = "Runner machines"),
+        (name = "pools", description = "Pools that scale runner machines with job demand"),
         (name = "events", description = "Telemetry events"),
         (name = "ops", description = "Health and metrics"),
     )

@@ -1,0 +1,479 @@
+//! The autoscaler's policy as a pure function: [`plan`] takes what one pool has right now
+//! ([`PoolView`]), the jobs waiting for it ([`Demand`]) and the time, and says what to do
+//! ([`Decision`]s) and why ([`PoolStatus`]).
+//!
+//! This crate must stay free of I/O: no clock of its own, no tokio, no store, no providers, no
+//! forge. The daemon's loop (`nimbus_fleet::autoscale`) builds the view from the store, the
+//! demand book and the forge's runner list and applies the decisions through the fleet; the
+//! simulator runs exactly the same function against simulated providers with a virtual clock.
+//!
+//! The rules, in the order [`plan`] applies them:
+//! 1. **Health**: a machine booting past [`Tuning::boot_deadline`] is failed (stuck), a ready
+//!    runner that the forge has shown offline or missing for [`Tuning::zombie_grace`] is failed
+//!    (zombie). Failed machines no longer count as capacity, so they are replaced.
+//! 2. **Recycling** of idle runners: ephemeral ones after their job, `max_jobs`, `max_age`, and
+//!    a changed runner version (one machine per pass, so a pool is replaced one by one). Busy
+//!    runners are never touched: they are recycled once their job ends and they are idle.
+//! 3. **Scale up**: desired = busy + queued + warm target (`min_idle`, or the schedule in force),
+//!    capped by `max` (booting, idle, busy and stopping machines all count) and by the monthly
+//!    budget, and held while the pool backs off after repeated provisioning failures.
+//! 4. **Scale down** what is beyond desired: first machines still booting that have not cost
+//!    anything yet (the job they were for went elsewhere or was cancelled), then idle runners
+//!    idle past `idle_timeout`, longest idle first. Over `max` (after `max` was lowered), idle
+//!    runners go without waiting for the timeout.
+
+pub mod matching;
+
+use std::fmt;
+use std::time::Duration;
+
+use nimbus_types::api::PoolStatus;
+use nimbus_types::{MachineId, Pool};
+use time::OffsetDateTime;
+
+pub use crate::matching::{Matcher, assign, best_pool};
+
+/// Knobs of the policy that are not pool settings. The defaults suit clouds; tests and the
+/// simulator set their own.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tuning {
+    /// A machine still booting (being created or set up) after this is failed and replaced.
+    pub boot_deadline: Duration,
+    /// A ready runner whose registration the forge has shown offline or missing for this long
+    /// is a zombie: failed and replaced.
+    pub zombie_grace: Duration,
+    /// The wait after two provisions in a row failed; it doubles with each further failure.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Failed provisions older than this are forgotten by the backoff.
+    pub failure_memory: Duration,
+    /// Scale-up stays within the monthly budget counting this long of the whole pool's cost
+    /// ahead (a new machine is never started on money the pool does not have).
+    pub budget_lookahead: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            boot_deadline: Duration::from_secs(40 * 60),
+            zombie_grace: Duration::from_secs(5 * 60),
+            backoff_base: Duration::from_secs(30),
+            backoff_max: Duration::from_secs(15 * 60),
+            failure_memory: Duration::from_secs(3600),
+            budget_lookahead: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Where a machine of the pool is, as far as scaling is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Being created at the provider or set up. `committed` once the provider accepted it: from
+    /// then on it costs money, and cancelling it saves nothing.
+    Booting { committed: bool },
+    /// Ready, waiting for a job.
+    Idle,
+    /// Running a job: never terminated by the policy.
+    Busy,
+    /// Being removed.
+    Stopping,
+    /// Failed; kept for the backoff's memory, not counted as capacity.
+    Failed,
+}
+
+/// One machine of the pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MachineView {
+    pub id: MachineId,
+    pub phase: Phase,
+    /// When Nimbus asked for the machine (the provider's creation time once known).
+    pub created_at: OffsetDateTime,
+    /// When the machine entered its phase: idle since, failed at, booting since.
+    pub since: OffsetDateTime,
+    /// Jobs the runner finished.
+    pub jobs_run: u32,
+    pub runner_version: Option<String>,
+    /// Since when the forge shows the machine's runner offline or not registered; `None` while
+    /// it is online or nobody looked.
+    pub runner_down_since: Option<OffsetDateTime>,
+    /// Whether the machine ever became ready; a failure before that is a failed provision.
+    pub ever_ready: bool,
+}
+
+/// Everything [`plan`] knows about one pool.
+#[derive(Clone, Debug)]
+pub struct PoolView<'a> {
+    pub pool: &'a Pool,
+    /// The pool's machines that are not terminated (recently failed ones included).
+    pub machines: &'a [MachineView],
+    /// What the pool spent so far this calendar month, in USD ([`month_spend`]).
+    pub spent_this_month: f64,
+    /// The runner version new machines get; idle runners with another one are replaced.
+    pub runner_version: Option<&'a str>,
+    pub tuning: &'a Tuning,
+}
+
+/// A job waiting for a runner of the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueuedJob {
+    pub job_id: u64,
+    /// When Nimbus first saw the job queued.
+    pub queued_at: OffsetDateTime,
+}
+
+/// The jobs waiting for one pool.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Demand {
+    pub queued: Vec<QueuedJob>,
+}
+
+/// Why a machine goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Why {
+    /// Idle past the idle timeout, beyond the warm target.
+    Idle,
+    /// The pool has more machines than its `max`.
+    OverMax,
+    /// Still booting and not yet paid for, but no longer needed.
+    Cancelled,
+    /// An ephemeral runner finished its job.
+    Ephemeral,
+    MaxJobs,
+    MaxAge,
+    /// The pinned runner version changed.
+    RunnerVersion,
+    /// Booting past the deadline.
+    Stuck,
+    /// The runner never came online, or went offline.
+    Zombie,
+}
+
+impl Why {
+    /// A stable code for events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::Idle => "idle",
+            Why::OverMax => "over_max",
+            Why::Cancelled => "cancelled",
+            Why::Ephemeral => "ephemeral",
+            Why::MaxJobs => "max_jobs",
+            Why::MaxAge => "max_age",
+            Why::RunnerVersion => "runner_version",
+            Why::Stuck => "stuck",
+            Why::Zombie => "zombie",
+        }
+    }
+}
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Why::Idle => "idle past the idle timeout, beyond the warm target",
+            Why::OverMax => "the pool has more machines than its max",
+            Why::Cancelled => "not needed any more and not yet paid for",
+            Why::Ephemeral => "an ephemeral runner finished its job",
+            Why::MaxJobs => "the runner ran max_jobs jobs",
+            Why::MaxAge => "the machine is older than max_age",
+            Why::RunnerVersion => "the pinned runner version changed",
+            Why::Stuck => "booting past the deadline",
+            Why::Zombie => "the runner is not online at the forge",
+        })
+    }
+}
+
+/// What the loop should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Create `count` machines with the pool's spec.
+    Provision { count: u32, reason: String },
+    /// Remove the machine through the fleet's deregister-then-check path (a runner that turned
+    /// busy meanwhile keeps its machine).
+    Terminate { machine: MachineId, why: Why },
+    /// Mark the machine failed (it is cleaned up and replaced).
+    Fail { machine: MachineId, why: Why },
+}
+
+/// [`plan`]'s answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub decisions: Vec<Decision>,
+    /// The pool as the policy sees it; `last_decisions` is left for the caller to fill.
+    pub status: PoolStatus,
+}
+
+/// The warm target at `now`: the last schedule whose window contains `now`, else `min_idle`.
+/// Returns the target and the index of the schedule in force.
+pub fn warm_target(pool: &Pool, now: OffsetDateTime) -> (u32, Option<usize>) {
+    let settings = &pool.settings;
+    let mut target = (settings.min_idle, None);
+    for (idx, schedule) in settings.schedules.iter().enumerate() {
+        if let Ok(compiled) = schedule.compile()
+            && compiled.matches(now)
+        {
+            target = (schedule.min_idle, Some(idx));
+        }
+    }
+    target
+}
+
+/// Midnight UTC on the first day of `now`'s month.
+pub fn month_start(now: OffsetDateTime) -> OffsetDateTime {
+    let now = now.to_offset(time::UtcOffset::UTC);
+    now.replace_day(1)
+        .map(|day| day.replace_time(time::Time::MIDNIGHT))
+        .unwrap_or(now)
+}
+
+/// What machines cost this month at `hourly_cost` each: every `(started, ended)` lifetime
+/// (`ended` `None` while it runs) is billed for the part inside the month up to `now`.
+pub fn month_spend(
+    lifetimes: impl IntoIterator<Item = (OffsetDateTime, Option<OffsetDateTime>)>,
+    hourly_cost: f64,
+    now: OffsetDateTime,
+) -> f64 {
+    let start = month_start(now);
+    let seconds: f64 = lifetimes
+        .into_iter()
+        .map(|(from, to)| {
+            let from = from.max(start);
+            let to = to.unwrap_or(now).min(now);
+            (to - from).as_seconds_f64().max(0.0)
+        })
+        .sum();
+    seconds / 3600.0 * hourly_cost
+}
+
+fn elapsed(since: OffsetDateTime, now: OffsetDateTime) -> Duration {
+    (now - since).try_into().unwrap_or(Duration::ZERO)
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// When the pool may provision again after repeated failures, and why it waits.
+fn backoff(view: &PoolView<'_>, now: OffsetDateTime) -> Option<(OffsetDateTime, String)> {
+    let tuning = view.tuning;
+    // Outcomes of finished provisions, newest first: true for a success.
+    let mut outcomes: Vec<(OffsetDateTime, bool, OffsetDateTime)> = view
+        .machines
+        .iter()
+        .filter_map(|m| {
+            if m.ever_ready {
+                Some((m.created_at, true, m.since))
+            } else if m.phase == Phase::Failed && elapsed(m.since, now) <= tuning.failure_memory {
+                Some((m.created_at, false, m.since))
+            } else {
+                None
+            }
+        })
+        .collect();
+    outcomes.sort_by(|a, b| b.0.cmp(&a.0));
+    let streak: Vec<OffsetDateTime> = outcomes
+        .iter()
+        .take_while(|(_, success, _)| !success)
+        .map(|(_, _, failed_at)| *failed_at)
+        .collect();
+    if streak.len() < 2 {
+        return None;
+    }
+    let doublings = u32::try_from(streak.len() - 2).unwrap_or(u32::MAX).min(20);
+    let delay = tuning
+        .backoff_base
+        .saturating_mul(1u32 << doublings)
+        .min(tuning.backoff_max);
+    let last_failure = streak.iter().max().copied()?;
+    let until = last_failure + delay;
+    (until > now).then(|| {
+        (
+            until,
+            format!(
+                "the last {} provisions failed; trying again in {}s",
+                streak.len(),
+                (until - now).whole_seconds().max(1)
+            ),
+        )
+    })
+}
+
+/// Decides what the pool should do now. Pure and deterministic: the same view, demand and
+/// time give the same plan.
+pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
+    let settings = &view.pool.settings;
+    let tuning = view.tuning;
+    let mut decisions = Vec::new();
+    let (min_idle, active_schedule) = warm_target(view.pool, now);
+
+    // 1. Health and 2. recycling: decide per machine, then count what is left as capacity.
+    let mut booting: Vec<&MachineView> = Vec::new();
+    let mut idle: Vec<&MachineView> = Vec::new();
+    let (mut busy, mut stopping, mut failed) = (0usize, 0usize, 0usize);
+    let mut version_recycled = false;
+    for machine in view.machines {
+        match machine.phase {
+            Phase::Booting { .. } if elapsed(machine.since, now) > tuning.boot_deadline => {
+                decisions.push(Decision::Fail {
+                    machine: machine.id,
+                    why: Why::Stuck,
+                });
+            }
+            Phase::Booting { .. } => booting.push(machine),
+            Phase::Idle => {
+                let zombie = machine
+                    .runner_down_since
+                    .is_some_and(|since| elapsed(since, now) >= tuning.zombie_grace);
+                let recycle = if zombie {
+                    None
+                } else if settings.ephemeral && machine.jobs_run >= 1 {
+                    Some(Why::Ephemeral)
+                } else if settings.max_jobs.is_some_and(|n| machine.jobs_run >= n) {
+                    Some(Why::MaxJobs)
+                } else if settings
+                    .max_age_secs
+                    .is_some_and(|age| elapsed(machine.created_at, now).as_secs() >= age)
+                {
+                    Some(Why::MaxAge)
+                } else if !version_recycled
+                    && matches!((view.runner_version, machine.runner_version.as_deref()),
+                        (Some(want), Some(has)) if want != has)
+                {
+                    version_recycled = true;
+                    Some(Why::RunnerVersion)
+                } else {
+                    None
+                };
+                if zombie {
+                    decisions.push(Decision::Fail {
+                        machine: machine.id,
+                        why: Why::Zombie,
+                    });
+                } else if let Some(why) = recycle {
+                    decisions.push(Decision::Terminate {
+                        machine: machine.id,
+                        why,
+                    });
+                    stopping += 1;
+                } else {
+                    idle.push(machine);
+                }
+            }
+            Phase::Busy => busy += 1,
+            Phase::Stopping => stopping += 1,
+            Phase::Failed => {
+                if elapsed(machine.since, now) <= tuning.failure_memory {
+                    failed += 1;
+                }
+            }
+        }
+    }
+
+    // 3. Scale up.
+    let queued = demand.queued.len();
+    let max = settings.max as usize;
+    let have = booting.len() + idle.len() + busy;
+    let want = busy + queued + min_idle as usize;
+    let need = want.saturating_sub(have);
+    let room = max.saturating_sub(have + stopping);
+    let budget_room = match (settings.monthly_budget, settings.hourly_cost) {
+        (Some(budget), Some(cost)) if cost > 0.0 => {
+            let ahead = cost * tuning.budget_lookahead.as_secs_f64() / 3600.0;
+            let left = budget - view.spent_this_month - ahead * (have + stopping) as f64;
+            if left <= 0.0 {
+                0
+            } else {
+                (left / ahead).floor() as usize
+            }
+        }
+        _ => usize::MAX,
+    };
+    let backoff = backoff(view, now);
+    let mut provision = need.min(room).min(budget_room);
+    let budget_exhausted = budget_room < need.min(room);
+    if backoff.is_some() {
+        provision = 0;
+    }
+    if provision > 0 {
+        decisions.push(Decision::Provision {
+            count: count(provision),
+            reason: format!(
+                "{queued} queued, {busy} busy, warm target {min_idle}: want {want}, have {have}"
+            ),
+        });
+    }
+
+    // 4. Scale down what is beyond desired.
+    let keep = want.min(max);
+    let mut surplus = have.saturating_sub(keep);
+    let over_max = have.saturating_sub(max);
+    let mut cancellable: Vec<&MachineView> = booting
+        .iter()
+        .copied()
+        .filter(|m| m.phase == Phase::Booting { committed: false })
+        .collect();
+    // Newest first: the most recent requests are the ones the vanished jobs caused.
+    cancellable.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    for machine in cancellable.into_iter().take(surplus) {
+        decisions.push(Decision::Terminate {
+            machine: machine.id,
+            why: Why::Cancelled,
+        });
+        surplus -= 1;
+    }
+    idle.sort_by(|a, b| a.since.cmp(&b.since).then(a.id.cmp(&b.id)));
+    let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+    let mut over_max_left = over_max.min(surplus);
+    for machine in idle {
+        if surplus == 0 {
+            break;
+        }
+        let why = if over_max_left > 0 {
+            over_max_left -= 1;
+            Why::OverMax
+        } else if elapsed(machine.since, now) >= idle_timeout {
+            Why::Idle
+        } else {
+            continue;
+        };
+        decisions.push(Decision::Terminate {
+            machine: machine.id,
+            why,
+        });
+        surplus -= 1;
+    }
+
+    let oldest = demand.queued.iter().map(|job| job.queued_at).min();
+    let desired = want.min(max).min(have.saturating_add(budget_room));
+    let status = PoolStatus {
+        desired: count(desired),
+        idle: count(
+            view.machines
+                .iter()
+                .filter(|m| m.phase == Phase::Idle)
+                .count(),
+        ),
+        busy: count(busy),
+        booting: count(
+            view.machines
+                .iter()
+                .filter(|m| matches!(m.phase, Phase::Booting { .. }))
+                .count(),
+        ),
+        stopping: count(
+            view.machines
+                .iter()
+                .filter(|m| m.phase == Phase::Stopping)
+                .count(),
+        ),
+        failed: count(failed),
+        queued_jobs: count(queued),
+        oldest_queued_secs: oldest.map(|at| elapsed(at, now).as_secs()),
+        min_idle,
+        active_schedule,
+        backoff_until: backoff.as_ref().map(|(until, _)| *until),
+        backoff_reason: backoff.map(|(_, reason)| reason),
+        spent_this_month: settings.hourly_cost.map(|_| view.spent_this_month),
+        budget_exhausted,
+        last_decisions: Vec::new(),
+    };
+    Plan { decisions, status }
+}

@@ -1,0 +1,713 @@
+//! The autoscaler loop: the thin, effectful shell around `nimbus_autoscale::plan`.
+//!
+//! Each pass, per tenant with pools, it reads what the policy needs — the pools, the demand
+//! book, the pool machines, the forge's runner list (at most every `runner_health_interval`) —
+//! brings machine usage up to date (a runner that started a job is `running`, one whose job
+//! ended is `ready` again with one more job run), asks `plan()` what to do, and does it through
+//! the fleet: provisions go through `provision_pool_machine`, removals through
+//! `terminate_machine` (deregister first, re-check busy: a runner that picked up a job
+//! meanwhile keeps its machine), health failures through `fail_machine`.
+//!
+//! It runs on a timer and whenever a webhook records new demand ([`Fleet::demand_changed`]).
+//! Everything it needs survives a restart: demand is in the store, machines carry their pool,
+//! and the backoff is derived from the machines' history. Only the last decisions shown in a
+//! pool's status and the runners' "down since" times live in memory.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub use nimbus_autoscale::Tuning;
+use nimbus_autoscale::{Decision, MachineView, Phase, PoolView};
+use nimbus_forge::RunnerStatus;
+use nimbus_store::MachineFilter;
+use nimbus_types::api::{DecisionRecord, PoolStatus};
+use nimbus_types::demand::{JobRecord, JobStatus};
+use nimbus_types::event::{self, Event};
+use nimbus_types::{Machine, MachineId, MachineState, Pool, PoolId, TenantId};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+use crate::lifecycle::Scope;
+use crate::{Fleet, Result, runners};
+
+/// How many decisions a pool's status shows.
+const LAST_DECISIONS: usize = 20;
+
+/// Timings of the autoscaler.
+#[derive(Clone, Debug)]
+pub struct AutoscaleConfig {
+    /// How often every pool is planned when nothing wakes the loop earlier.
+    pub interval: Duration,
+    /// How often each tenant's runner list is read from the forge for health checks.
+    pub runner_health_interval: Duration,
+    pub tuning: Tuning,
+}
+
+impl Default for AutoscaleConfig {
+    fn default() -> Self {
+        AutoscaleConfig {
+            interval: Duration::from_secs(10),
+            runner_health_interval: Duration::from_secs(60),
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// The loop's memory.
+#[derive(Default)]
+pub(crate) struct State {
+    wake: Notify,
+    /// Tenants whose demand changed since their last pass.
+    dirty: Mutex<HashSet<TenantId>>,
+    pools: Mutex<HashMap<PoolId, PoolMemory>>,
+    /// When each machine's runner was first seen offline or missing at the forge.
+    runner_down: Mutex<HashMap<MachineId, OffsetDateTime>>,
+    health_read: Mutex<HashMap<TenantId, Instant>>,
+}
+
+#[derive(Default)]
+struct PoolMemory {
+    decisions: VecDeque<DecisionRecord>,
+    backoff_until: Option<OffsetDateTime>,
+    budget_exhausted: bool,
+}
+
+/// What one pass did for one pool.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolOutcome {
+    pub pool_id: PoolId,
+    pub pool: String,
+    pub decisions: Vec<Decision>,
+    pub status: PoolStatus,
+}
+
+/// What the policy needs of one tenant, read once per pass.
+struct TenantView {
+    pools: Vec<Pool>,
+    /// Live and recently failed machines per pool.
+    machines: HashMap<PoolId, Vec<Machine>>,
+    spend: HashMap<PoolId, f64>,
+    jobs: Vec<JobRecord>,
+}
+
+impl Fleet {
+    /// Runs the autoscaler until shutdown: every pool every `interval`, and a tenant's pools
+    /// at once when its demand changes.
+    pub fn start_autoscaler(&self) {
+        let fleet = self.clone();
+        tokio::spawn(async move { fleet.autoscale_loop().await });
+    }
+
+    /// Tells the autoscaler that a tenant's demand changed (a webhook recorded a job), so its
+    /// pools are planned now rather than at the next tick.
+    pub fn demand_changed(&self, tenant_id: TenantId) {
+        let state = &self.inner.autoscale;
+        state.dirty.lock().expect("dirty lock").insert(tenant_id);
+        state.wake.notify_one();
+    }
+
+    async fn autoscale_loop(&self) {
+        let interval = self.inner.config.autoscale.interval;
+        let mut next_full = tokio::time::Instant::now();
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= next_full {
+                self.inner
+                    .autoscale
+                    .dirty
+                    .lock()
+                    .expect("dirty lock")
+                    .clear();
+                if let Err(err) = self.autoscale_once(nimbus_types::now()).await {
+                    tracing::warn!(error = %err, "autoscaler pass failed");
+                }
+                next_full = tokio::time::Instant::now() + interval;
+            } else {
+                let dirty: Vec<TenantId> = self
+                    .inner
+                    .autoscale
+                    .dirty
+                    .lock()
+                    .expect("dirty lock")
+                    .drain()
+                    .collect();
+                for tenant_id in dirty {
+                    if let Err(err) = self.autoscale_tenant(tenant_id, nimbus_types::now()).await {
+                        tracing::warn!(tenant.id = %tenant_id, error = %err, "autoscaler pass failed");
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.inner.autoscale.wake.notified() => {}
+                () = tokio::time::sleep_until(next_full) => {}
+                () = self.inner.shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One pass over every tenant's pools at `now` (the loop passes the wall clock; tests pass
+    /// their own to move through schedules).
+    pub async fn autoscale_once(&self, now: OffsetDateTime) -> Result<Vec<PoolOutcome>> {
+        let pools = self.inner.store.list_pools(None).await?;
+        let mut tenants: Vec<TenantId> = pools.iter().map(|pool| pool.tenant_id).collect();
+        tenants.dedup();
+        let mut outcomes = Vec::new();
+        for tenant_id in tenants {
+            match self.autoscale_tenant(tenant_id, now).await {
+                Ok(mut tenant_outcomes) => outcomes.append(&mut tenant_outcomes),
+                Err(err) => {
+                    tracing::warn!(tenant.id = %tenant_id, error = %err, "autoscaler pass failed")
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// One pass over one tenant's pools.
+    #[tracing::instrument(skip(self), fields(tenant.id = %tenant_id))]
+    pub async fn autoscale_tenant(
+        &self,
+        tenant_id: TenantId,
+        now: OffsetDateTime,
+    ) -> Result<Vec<PoolOutcome>> {
+        if self.inner.shutdown.is_cancelled() {
+            return Ok(Vec::new());
+        }
+        let mut view = self.tenant_view(tenant_id, now).await?;
+        if view.pools.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.sync_usage(&mut view, now).await;
+        self.check_runner_health(tenant_id, &view, now).await;
+        let tenant = self.inner.store.get_tenant(tenant_id).await?;
+        let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
+        let mut outcomes = Vec::with_capacity(view.pools.len());
+        for pool in &view.pools {
+            let views = self.machine_views(view.machines.get(&pool.id), now);
+            let runner_version = self
+                .runner_version(tenant_id, pool.settings.os, pool.settings.arch)
+                .await;
+            let plan = nimbus_autoscale::plan(
+                &PoolView {
+                    pool,
+                    machines: &views,
+                    spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
+                    runner_version: runner_version.as_deref(),
+                    tuning: &self.inner.config.autoscale.tuning,
+                },
+                demand
+                    .get(&pool.id)
+                    .unwrap_or(&nimbus_autoscale::Demand::default()),
+                now,
+            );
+            let mut status = plan.status;
+            self.apply(&tenant, pool, &plan.decisions, &status, now)
+                .await;
+            status.last_decisions = self.last_decisions(pool.id);
+            self.telemetry()
+                .set_pool_status(&tenant.name, &pool.name, &status);
+            outcomes.push(PoolOutcome {
+                pool_id: pool.id,
+                pool: pool.name.clone(),
+                decisions: plan.decisions,
+                status,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// The pool's status now: a dry run of the policy (nothing is applied), with the decisions
+    /// the loop took last.
+    pub async fn pool_status(&self, pool: &Pool) -> Result<PoolStatus> {
+        let now = nimbus_types::now();
+        let view = self.tenant_view(pool.tenant_id, now).await?;
+        let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
+        let views = self.machine_views(view.machines.get(&pool.id), now);
+        let runner_version = self
+            .runner_version(pool.tenant_id, pool.settings.os, pool.settings.arch)
+            .await;
+        let plan = nimbus_autoscale::plan(
+            &PoolView {
+                pool,
+                machines: &views,
+                spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
+                runner_version: runner_version.as_deref(),
+                tuning: &self.inner.config.autoscale.tuning,
+            },
+            demand
+                .get(&pool.id)
+                .unwrap_or(&nimbus_autoscale::Demand::default()),
+            now,
+        );
+        let mut status = plan.status;
+        status.last_decisions = self.last_decisions(pool.id);
+        Ok(status)
+    }
+
+    /// Forgets a deleted pool's memory and gauges.
+    pub fn forget_pool(&self, tenant_name: &str, pool: &Pool) {
+        self.inner
+            .autoscale
+            .pools
+            .lock()
+            .expect("pools lock")
+            .remove(&pool.id);
+        self.telemetry().remove_pool_status(tenant_name, &pool.name);
+    }
+
+    async fn tenant_view(&self, tenant_id: TenantId, now: OffsetDateTime) -> Result<TenantView> {
+        let pools = self.inner.store.list_pools(Some(tenant_id)).await?;
+        if pools.is_empty() {
+            return Ok(TenantView {
+                pools,
+                machines: HashMap::new(),
+                spend: HashMap::new(),
+                jobs: Vec::new(),
+            });
+        }
+        let month_start = nimbus_autoscale::month_start(now);
+        let records = self
+            .inner
+            .store
+            .list_machines(&MachineFilter {
+                tenant_id: Some(tenant_id),
+                terminated_since: Some(month_start),
+                ..MachineFilter::default()
+            })
+            .await?;
+        let memory = self.inner.config.autoscale.tuning.failure_memory;
+        let mut machines: HashMap<PoolId, Vec<Machine>> = HashMap::new();
+        let mut lifetimes: HashMap<PoolId, Vec<(OffsetDateTime, Option<OffsetDateTime>)>> =
+            HashMap::new();
+        for record in records {
+            let machine = record.machine;
+            let Some(pool_id) = machine.pool_id else {
+                continue;
+            };
+            let ended = match machine.state {
+                MachineState::Terminated | MachineState::Failed => Some(machine.updated_at),
+                _ => None,
+            };
+            lifetimes
+                .entry(pool_id)
+                .or_default()
+                .push((machine.created_at, ended));
+            let forgotten = machine.state == MachineState::Failed
+                && (now - machine.updated_at).unsigned_abs() > memory;
+            if machine.state != MachineState::Terminated && !forgotten {
+                machines.entry(pool_id).or_default().push(machine);
+            }
+        }
+        let spend = pools
+            .iter()
+            .map(|pool| {
+                let cost = pool.settings.hourly_cost.unwrap_or(0.0);
+                let spent = lifetimes
+                    .remove(&pool.id)
+                    .map(|lives| nimbus_autoscale::month_spend(lives, cost, now))
+                    .unwrap_or(0.0);
+                (pool.id, spent)
+            })
+            .collect();
+        let jobs = self.inner.store.list_jobs(tenant_id).await?;
+        Ok(TenantView {
+            pools,
+            machines,
+            spend,
+            jobs,
+        })
+    }
+
+    /// Brings machines' usage up to date from the demand book: a runner with a job in progress
+    /// is `running`; one whose job ended is `ready` again, idle since the job ended, with the
+    /// finished jobs counted.
+    async fn sync_usage(&self, view: &mut TenantView, now: OffsetDateTime) {
+        let mut busy: HashSet<&str> = HashSet::new();
+        let mut finished: HashMap<&str, (u32, OffsetDateTime)> = HashMap::new();
+        for record in &view.jobs {
+            let Some(runner) = record.runner_name.as_deref() else {
+                continue;
+            };
+            match record.job.status {
+                JobStatus::InProgress => {
+                    busy.insert(runner);
+                }
+                JobStatus::Completed => {
+                    let entry = finished.entry(runner).or_insert((0, record.updated_at));
+                    entry.0 += 1;
+                    entry.1 = entry.1.max(record.updated_at);
+                }
+                JobStatus::Queued | JobStatus::Waiting => {}
+            }
+        }
+        for machines in view.machines.values_mut() {
+            for machine in machines.iter_mut() {
+                if !matches!(machine.state, MachineState::Ready | MachineState::Running)
+                    || self.is_busy(machine.id)
+                {
+                    continue;
+                }
+                let name = runners::runner_name(machine.id);
+                let is_busy = busy.contains(name.as_str());
+                let (done, last_done) = finished
+                    .get(name.as_str())
+                    .copied()
+                    .map_or((0, None), |(n, at)| (n, Some(at)));
+                let mut updated = machine.clone();
+                let reason = match (machine.state, is_busy) {
+                    (MachineState::Ready, true) => {
+                        updated.state = MachineState::Running;
+                        updated.usage.idle_since = None;
+                        Some("the runner started a job")
+                    }
+                    (MachineState::Running, false) => {
+                        updated.state = MachineState::Ready;
+                        updated.usage.jobs_run = (machine.usage.jobs_run + 1).max(done);
+                        updated.usage.idle_since = Some(last_done.unwrap_or(now));
+                        Some("the runner finished its job")
+                    }
+                    (MachineState::Ready, false) if done > machine.usage.jobs_run => {
+                        // A job started and ended between two passes.
+                        updated.usage.jobs_run = done;
+                        updated.usage.idle_since = last_done.or(Some(now));
+                        None
+                    }
+                    _ => continue,
+                };
+                updated.updated_at = nimbus_types::now();
+                match self
+                    .inner
+                    .store
+                    .update_machine(&updated, machine.state, reason)
+                    .await
+                {
+                    Ok(()) => *machine = updated,
+                    Err(err) => {
+                        tracing::debug!(machine.id = %machine.id, error = %err, "usage not updated; the next pass looks again")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the forge's runner list when it is due and notes since when each ready pool
+    /// machine's runner is offline or missing. A failed read accuses nobody.
+    async fn check_runner_health(
+        &self,
+        tenant_id: TenantId,
+        view: &TenantView,
+        now: OffsetDateTime,
+    ) {
+        let state = &self.inner.autoscale;
+        let ready: Vec<MachineId> = view
+            .machines
+            .values()
+            .flatten()
+            .filter(|m| m.state == MachineState::Ready)
+            .map(|m| m.id)
+            .collect();
+        {
+            // Machines that are not ready (any more) carry no health record.
+            let mut down = state.runner_down.lock().expect("runner_down lock");
+            let all: HashSet<MachineId> = view.machines.values().flatten().map(|m| m.id).collect();
+            down.retain(|id, _| !all.contains(id) || ready.contains(id));
+        }
+        let due = {
+            let mut read = state.health_read.lock().expect("health lock");
+            let due = read.get(&tenant_id).is_none_or(|at| {
+                at.elapsed() >= self.inner.config.autoscale.runner_health_interval
+            });
+            if due && !ready.is_empty() {
+                read.insert(tenant_id, Instant::now());
+            }
+            due && !ready.is_empty()
+        };
+        if !due {
+            return;
+        }
+        let forge = match self.forges().get(tenant_id).await {
+            Ok(Some(forge)) => forge,
+            Ok(None) => {
+                let mut down = state.runner_down.lock().expect("runner_down lock");
+                for id in &ready {
+                    down.remove(id);
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "runner health not checked: no usable forge");
+                return;
+            }
+        };
+        let runners = match forge.list_runners().await {
+            Ok(runners) => runners,
+            Err(err) => {
+                tracing::debug!(error = %err, "runner health not checked: the forge's list failed");
+                return;
+            }
+        };
+        let online: HashMap<&str, RunnerStatus> = runners
+            .iter()
+            .map(|runner| (runner.name.as_str(), runner.status))
+            .collect();
+        let mut down = state.runner_down.lock().expect("runner_down lock");
+        for id in ready {
+            let name = runners::runner_name(id);
+            match online.get(name.as_str()) {
+                Some(RunnerStatus::Idle | RunnerStatus::Busy) => {
+                    down.remove(&id);
+                }
+                Some(RunnerStatus::Offline) | None => {
+                    down.entry(id).or_insert(now);
+                }
+            }
+        }
+    }
+
+    fn machine_views(
+        &self,
+        machines: Option<&Vec<Machine>>,
+        _now: OffsetDateTime,
+    ) -> Vec<MachineView> {
+        let down = self
+            .inner
+            .autoscale
+            .runner_down
+            .lock()
+            .expect("runner_down lock");
+        machines
+            .into_iter()
+            .flatten()
+            .map(|machine| {
+                let phase = match machine.state {
+                    MachineState::Provisioning => Phase::Booting { committed: false },
+                    MachineState::ImageInstalling => Phase::Booting { committed: true },
+                    MachineState::Ready => Phase::Idle,
+                    MachineState::Running => Phase::Busy,
+                    MachineState::Stopping | MachineState::Terminated => Phase::Stopping,
+                    MachineState::Failed => Phase::Failed,
+                };
+                let since = match phase {
+                    Phase::Booting { .. } => machine.created_at,
+                    Phase::Idle => machine.usage.idle_since.unwrap_or(machine.updated_at),
+                    _ => machine.updated_at,
+                };
+                MachineView {
+                    id: machine.id,
+                    phase,
+                    created_at: machine.created_at,
+                    since,
+                    jobs_run: machine.usage.jobs_run,
+                    runner_version: machine.usage.runner_version.clone(),
+                    runner_down_since: down.get(&machine.id).copied(),
+                    ever_ready: machine.usage.idle_since.is_some() || machine.usage.jobs_run > 0,
+                }
+            })
+            .collect()
+    }
+
+    /// Carries out one pool's decisions; each failure is logged and shown in the pool's status,
+    /// and the next pass plans again from what then exists.
+    async fn apply(
+        &self,
+        tenant: &nimbus_types::Tenant,
+        pool: &Pool,
+        decisions: &[Decision],
+        status: &PoolStatus,
+        now: OffsetDateTime,
+    ) {
+        let scope: Scope = Some(tenant.id);
+        let base = |name: &str| {
+            Event::new(name)
+                .tenant(tenant.id)
+                .meta("pool", pool.name.as_str())
+                .meta("pool_id", pool.id.to_string())
+        };
+        self.note_holds(pool, status, now, &base);
+        for decision in decisions {
+            match decision {
+                Decision::Provision { count, reason } => {
+                    let provider = match self
+                        .inner
+                        .store
+                        .get_provider(tenant.id, pool.provider_id)
+                        .await
+                    {
+                        Ok(provider) => provider,
+                        Err(err) => {
+                            self.remember(
+                                pool.id,
+                                record(
+                                    now,
+                                    "hold",
+                                    Some(*count),
+                                    None,
+                                    format!("the pool's provider cannot be used: {err}"),
+                                ),
+                            );
+                            continue;
+                        }
+                    };
+                    let mut started = 0;
+                    let mut error = None;
+                    for _ in 0..*count {
+                        match self.provision_pool_machine(tenant, &provider, pool).await {
+                            Ok(_) => started += 1,
+                            Err(err) => {
+                                error = Some(err);
+                                break;
+                            }
+                        }
+                    }
+                    if started > 0 {
+                        self.emit(
+                            base(event::POOL_SCALE_UP)
+                                .meta("count", started)
+                                .meta("reason", reason.as_str()),
+                        );
+                        self.remember(
+                            pool.id,
+                            record(now, "provision", Some(started), None, reason.clone()),
+                        );
+                    }
+                    if let Some(err) = error {
+                        tracing::warn!(pool = %pool.name, error = %err, "scale-up stopped");
+                        self.remember(
+                            pool.id,
+                            record(
+                                now,
+                                "hold",
+                                Some(count - started),
+                                None,
+                                format!("provisioning refused: {err}"),
+                            ),
+                        );
+                    }
+                }
+                Decision::Terminate { machine, why } => {
+                    match self.terminate_machine(scope, *machine).await {
+                        Ok(_) => {
+                            self.emit(
+                                base(event::POOL_SCALE_DOWN)
+                                    .machine(*machine)
+                                    .meta("reason", why.as_str())
+                                    .meta("message", why.to_string()),
+                            );
+                            self.remember(
+                                pool.id,
+                                record(
+                                    now,
+                                    if *why == nimbus_autoscale::Why::Cancelled {
+                                        "cancel"
+                                    } else {
+                                        "terminate"
+                                    },
+                                    None,
+                                    Some(*machine),
+                                    why.to_string(),
+                                ),
+                            );
+                        }
+                        Err(err) => {
+                            tracing::debug!(machine.id = %machine, error = %err, "scale-down skipped")
+                        }
+                    }
+                }
+                Decision::Fail { machine, why } => {
+                    let reason = format!("replaced by the autoscaler: {why}");
+                    match self.fail_machine(scope, *machine, &reason).await {
+                        Ok(_) => {
+                            self.emit(
+                                base(event::POOL_SCALE_DOWN)
+                                    .machine(*machine)
+                                    .meta("reason", why.as_str())
+                                    .meta("message", why.to_string()),
+                            );
+                            self.remember(
+                                pool.id,
+                                record(now, "fail", None, Some(*machine), why.to_string()),
+                            );
+                        }
+                        Err(err) => {
+                            tracing::debug!(machine.id = %machine, error = %err, "health replacement skipped")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Emits `backoff` and `budget_exhausted` when a pool starts holding back.
+    fn note_holds(
+        &self,
+        pool: &Pool,
+        status: &PoolStatus,
+        now: OffsetDateTime,
+        base: &dyn Fn(&str) -> Event,
+    ) {
+        let (backoff_started, budget_started) = {
+            let mut pools = self.inner.autoscale.pools.lock().expect("pools lock");
+            let memory = pools.entry(pool.id).or_default();
+            let backoff_started = status.backoff_until.is_some()
+                && status.backoff_until != memory.backoff_until
+                && memory.backoff_until.is_none_or(|until| until <= now);
+            memory.backoff_until = status.backoff_until;
+            let budget_started = status.budget_exhausted && !memory.budget_exhausted;
+            memory.budget_exhausted = status.budget_exhausted;
+            (backoff_started, budget_started)
+        };
+        if backoff_started {
+            let reason = status.backoff_reason.clone().unwrap_or_default();
+            let mut event = base(event::POOL_BACKOFF).meta("reason", reason.as_str());
+            if let Some(until) = status.backoff_until {
+                event = event.meta("until", until.unix_timestamp());
+            }
+            self.emit(event);
+            self.remember(pool.id, record(now, "hold", None, None, reason));
+        }
+        if budget_started {
+            let reason = format!(
+                "the monthly budget of ${:.2} is reached (spent ${:.2} this month)",
+                pool.settings.monthly_budget.unwrap_or(0.0),
+                status.spent_this_month.unwrap_or(0.0)
+            );
+            self.emit(base(event::POOL_BUDGET_EXHAUSTED).meta("reason", reason.as_str()));
+            self.remember(pool.id, record(now, "hold", None, None, reason));
+        }
+    }
+
+    fn remember(&self, pool_id: PoolId, decision: DecisionRecord) {
+        let mut pools = self.inner.autoscale.pools.lock().expect("pools lock");
+        let decisions = &mut pools.entry(pool_id).or_default().decisions;
+        decisions.push_front(decision);
+        decisions.truncate(LAST_DECISIONS);
+    }
+
+    fn last_decisions(&self, pool_id: PoolId) -> Vec<DecisionRecord> {
+        self.inner
+            .autoscale
+            .pools
+            .lock()
+            .expect("pools lock")
+            .get(&pool_id)
+            .map(|memory| memory.decisions.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn record(
+    at: OffsetDateTime,
+    action: &str,
+    count: Option<u32>,
+    machine_id: Option<MachineId>,
+    reason: String,
+) -> DecisionRecord {
+    DecisionRecord {
+        at,
+        action: action.to_owned(),
+        count,
+        machine_id,
+        reason,
+    }
+}
