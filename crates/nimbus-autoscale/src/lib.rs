@@ -268,7 +268,7 @@ fn backoff(view: &PoolView<'_>, now: OffsetDateTime) -> Option<(OffsetDateTime, 
             }
         })
         .collect();
-    outcomes.sort_by(|a, b| b.0.cmp(&a.0));
+    outcomes.sort_by_key(|outcome| std::cmp::Reverse(outcome.0));
     let streak: Vec<OffsetDateTime> = outcomes
         .iter()
         .take_while(|(_, success, _)| !success)

@@ -245,7 +245,7 @@ fn a_warm_pool_without_demand_provisions_exactly_min_idle() {
 fn a_burst_provisions_up_to_max_and_no_further() {
     let pool = linux(10, |_| {});
     // (booting, idle, busy, stopping, queued) -> provisioned
-    let cases: [((usize, usize, usize, usize, usize), u32); 9] = [
+    let cases = [
         ((0, 0, 0, 0, 4), 4),
         ((0, 0, 0, 0, 25), 10),
         // The first pass's machines are booting: nothing more.
@@ -295,7 +295,8 @@ fn a_burst_provisions_up_to_max_and_no_further() {
 
 #[test]
 fn busy_machines_are_never_terminated_or_failed() {
-    let variants: [(&str, fn(&mut PoolSettings)); 3] = [
+    type Configure = fn(&mut PoolSettings);
+    let variants: [(&str, Configure); 3] = [
         ("ephemeral", |s| {
             s.idle_timeout_secs = 0;
             s.max_age_secs = Some(60);

@@ -185,10 +185,11 @@ impl PoolSettings {
         // The machine fields share the machine spec's rules and field names.
         self.machine_spec().validate()?;
 
-        if self.max == 0 || self.max > MAX_POOL_SIZE {
+        // 0 is allowed: it drains a pool (its idle runners go, busy ones when their job ends).
+        if self.max > MAX_POOL_SIZE {
             return Err(SpecError::new(
                 "max",
-                format!("must be between 1 and {MAX_POOL_SIZE}"),
+                format!("must be between 0 and {MAX_POOL_SIZE}"),
             ));
         }
         if self.min_idle > self.max {
@@ -386,7 +387,7 @@ mod tests {
         check(|p| p.labels.clear(), "labels");
         check(|p| p.labels.push("linux".into()), "labels");
         check(|p| p.labels.push("a b".into()), "labels[2]");
-        check(|p| p.max = 0, "max");
+        check(|p| p.max = MAX_POOL_SIZE + 1, "max");
         check(|p| p.min_idle = 11, "min_idle");
         check(
             |p| p.idle_timeout_secs = MAX_DURATION_SECS + 1,

@@ -76,6 +76,15 @@ impl Client {
             .await
     }
 
+    pub async fn patch<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        self.send(self.request(&self.http, Method::PATCH, path).json(body))
+            .await
+    }
+
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.request(&self.http, Method::DELETE, path))
             .await

@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    CreateProvider, CreateTenant, MachineList, ProviderView, ProvisionMachine, SetForge,
-    StateChange, TenantToken,
+    CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolView, ProviderView,
+    ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
 };
 use nimbus_types::{
-    Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Tenant,
+    Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Schedule,
+    Tenant,
 };
 
 use crate::client::Client;
@@ -61,6 +62,9 @@ pub enum Noun {
     /// Runner machines.
     #[command(subcommand)]
     Machine(MachineCmd),
+    /// Pools: runner machines that come and go with job demand.
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Follow telemetry events as they happen.
     Events(EventsArgs),
     /// Print shell completions.
@@ -217,6 +221,134 @@ pub enum MachineCmd {
     CanTerminate { id: String },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum PoolCmd {
+    /// Create a pool: Nimbus keeps its warm runners and scales it with queued jobs.
+    Create(Box<PoolCreateArgs>),
+    /// List a tenant's pools.
+    List {
+        #[arg(long)]
+        tenant: String,
+    },
+    /// Show a pool and its status: desired, idle, busy and booting machines, queued jobs, the
+    /// warm target in force and the autoscaler's last decisions.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// Change a pool's settings; flags not given stay as they are.
+    Update(Box<PoolUpdateArgs>),
+    /// Delete a pool without live machines (`pool update --max 0` drains it first).
+    Delete {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PoolCreateArgs {
+    #[arg(long)]
+    tenant: String,
+    /// Provider name or id.
+    #[arg(long)]
+    provider: String,
+    /// Pool name [default: the provider's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Runner label the pool serves; repeat for several. A job goes to the pool with the
+    /// fewest labels beyond the job's own.
+    #[arg(long = "label", required = true)]
+    labels: Vec<String>,
+    /// Operating system [default: this host's].
+    #[arg(long, value_parser = parse_os)]
+    os: Option<Os>,
+    /// CPU architecture [default: this host's].
+    #[arg(long, value_parser = parse_arch)]
+    arch: Option<Arch>,
+    #[arg(long)]
+    instance_type: Option<String>,
+    #[arg(long = "image")]
+    image_id: Option<String>,
+    #[arg(long, value_parser = parse_image_type)]
+    image_type: Option<ImageType>,
+    /// A shell script file run on each machine as the last setup step.
+    #[arg(long)]
+    setup_script: Option<PathBuf>,
+    /// Idle runners kept warm.
+    #[arg(long, default_value_t = 0)]
+    min_idle: u32,
+    /// Most machines the pool may have.
+    #[arg(long)]
+    max: u32,
+    /// An idle runner beyond the warm target goes after this long, e.g. `10m`.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// Replace machines older than this, e.g. `24h`.
+    #[arg(long, value_parser = parse_duration)]
+    max_age: Option<Duration>,
+    /// Replace a runner after this many jobs (non-ephemeral pools).
+    #[arg(long)]
+    max_jobs: Option<u32>,
+    /// Keep runners for more than one job (the default is one job per runner).
+    #[arg(long)]
+    no_ephemeral: bool,
+    /// A warm target for a time window: `CRON[@ZONE]=MIN_IDLE`, e.g.
+    /// `'* 8-18 * * mon-fri@Europe/Berlin=5'`; repeat for several (the last match wins).
+    #[arg(long = "schedule", value_parser = parse_schedule)]
+    schedules: Vec<Schedule>,
+    /// What one machine costs per hour, in USD (for the budget and the status).
+    #[arg(long)]
+    hourly_cost: Option<f64>,
+    /// Stop scaling up when this month's spend would pass this, in USD.
+    #[arg(long)]
+    monthly_budget: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolUpdateArgs {
+    #[arg(long)]
+    tenant: String,
+    name: String,
+    /// Replace the labels; repeat for several.
+    #[arg(long = "label")]
+    labels: Vec<String>,
+    #[arg(long)]
+    instance_type: Option<String>,
+    #[arg(long = "image")]
+    image_id: Option<String>,
+    #[arg(long)]
+    setup_script: Option<PathBuf>,
+    #[arg(long)]
+    min_idle: Option<u32>,
+    #[arg(long)]
+    max: Option<u32>,
+    #[arg(long, value_parser = parse_duration)]
+    idle_timeout: Option<Duration>,
+    #[arg(long, value_parser = parse_duration)]
+    max_age: Option<Duration>,
+    #[arg(long)]
+    max_jobs: Option<u32>,
+    #[arg(long, overrides_with = "no_ephemeral")]
+    ephemeral: bool,
+    #[arg(long, overrides_with = "ephemeral")]
+    no_ephemeral: bool,
+    /// Replace the schedules; repeat for several.
+    #[arg(long = "schedule", value_parser = parse_schedule)]
+    schedules: Vec<Schedule>,
+    /// Remove every schedule.
+    #[arg(long, conflicts_with = "schedules")]
+    no_schedules: bool,
+    #[arg(long)]
+    hourly_cost: Option<f64>,
+    #[arg(long)]
+    monthly_budget: Option<f64>,
+    /// Remove the monthly budget.
+    #[arg(long, conflicts_with = "monthly_budget")]
+    no_budget: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct ProvisionArgs {
     #[arg(long)]
@@ -279,6 +411,10 @@ fn parse_provider_type(s: &str) -> Result<ProviderType, String> {
 }
 fn parse_forge_type(s: &str) -> Result<ForgeType, String> {
     s.parse()
+}
+fn parse_schedule(s: &str) -> Result<Schedule, String> {
+    s.parse()
+        .map_err(|err: nimbus_types::SpecError| err.message)
 }
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -360,6 +496,7 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
         Noun::Forge(cmd) => forge(client, printer, cmd).await,
         Noun::Demand(cmd) => demand(client, printer, cmd).await,
         Noun::Machine(cmd) => machine(client, printer, cmd).await,
+        Noun::Pool(cmd) => pool(client, printer, cmd).await,
         Noun::Events(args) => events(client, printer, args).await,
         Noun::Completions { .. } | Noun::Manpages { .. } => {
             unreachable!("handled before the runtime starts")
@@ -456,6 +593,128 @@ async fn provider(client: &Client, printer: &Printer, cmd: ProviderCmd) -> anyho
             printer.done(&format!("removed provider {name}"))
         }
     }
+}
+
+async fn pool(client: &Client, printer: &Printer, cmd: PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Create(args) => {
+            let tenant = args.tenant.clone();
+            let body = pool_create_body(*args)?;
+            let view: PoolView = client
+                .post(&format!("/v1/tenants/{}/pools", seg(&tenant)), &body)
+                .await?;
+            printer.pools(&[view])
+        }
+        PoolCmd::List { tenant } => {
+            let list: PoolList = client
+                .get(&format!("/v1/tenants/{}/pools", seg(&tenant)))
+                .await?;
+            printer.pools(&list.pools)
+        }
+        PoolCmd::Show { tenant, name } => {
+            let view: PoolView = client
+                .get(&format!(
+                    "/v1/tenants/{}/pools/{}",
+                    seg(&tenant),
+                    seg(&name)
+                ))
+                .await?;
+            printer.pool_detail(&view)
+        }
+        PoolCmd::Update(args) => {
+            let body = pool_update_body(&args)?;
+            let view: PoolView = client
+                .patch(
+                    &format!(
+                        "/v1/tenants/{}/pools/{}",
+                        seg(&args.tenant),
+                        seg(&args.name)
+                    ),
+                    &body,
+                )
+                .await?;
+            printer.pools(&[view])
+        }
+        PoolCmd::Delete { tenant, name } => {
+            client
+                .delete_empty(&format!(
+                    "/v1/tenants/{}/pools/{}",
+                    seg(&tenant),
+                    seg(&name)
+                ))
+                .await?;
+            printer.done(&format!("deleted pool {name}"))
+        }
+    }
+}
+
+fn read_script(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the setup script {}", path.display()))
+}
+
+fn pool_create_body(args: PoolCreateArgs) -> anyhow::Result<CreatePool> {
+    let host = |what: &str| anyhow::anyhow!("cannot tell this host's {what}; pass --{what}");
+    Ok(CreatePool {
+        name: args.name.unwrap_or_else(|| args.provider.clone()),
+        provider: args.provider,
+        labels: args.labels,
+        os: match args.os {
+            Some(os) => os,
+            None => Os::host().ok_or_else(|| host("os"))?,
+        },
+        arch: match args.arch {
+            Some(arch) => arch,
+            None => Arch::host().ok_or_else(|| host("arch"))?,
+        },
+        instance_type: args.instance_type,
+        image_id: args.image_id,
+        image_type: args.image_type.unwrap_or_default(),
+        setup_script: args.setup_script.as_deref().map(read_script).transpose()?,
+        min_idle: args.min_idle,
+        max: args.max,
+        idle_timeout_secs: args.idle_timeout.as_secs(),
+        max_age_secs: args.max_age.map(|age| age.as_secs()),
+        max_jobs: args.max_jobs,
+        ephemeral: !args.no_ephemeral,
+        schedules: args.schedules,
+        hourly_cost: args.hourly_cost,
+        monthly_budget: args.monthly_budget,
+    })
+}
+
+fn pool_update_body(args: &PoolUpdateArgs) -> anyhow::Result<UpdatePool> {
+    Ok(UpdatePool {
+        labels: (!args.labels.is_empty()).then(|| args.labels.clone()),
+        instance_type: args.instance_type.clone().map(Some),
+        image_id: args.image_id.clone().map(Some),
+        setup_script: match &args.setup_script {
+            Some(path) => Some(Some(read_script(path)?)),
+            None => None,
+        },
+        min_idle: args.min_idle,
+        max: args.max,
+        idle_timeout_secs: args.idle_timeout.map(|t| t.as_secs()),
+        max_age_secs: args.max_age.map(|age| Some(age.as_secs())),
+        max_jobs: args.max_jobs.map(Some),
+        ephemeral: match (args.ephemeral, args.no_ephemeral) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
+        schedules: if args.no_schedules {
+            Some(Vec::new())
+        } else {
+            (!args.schedules.is_empty()).then(|| args.schedules.clone())
+        },
+        hourly_cost: args.hourly_cost.map(Some),
+        monthly_budget: if args.no_budget {
+            Some(None)
+        } else {
+            args.monthly_budget.map(Some)
+        },
+        ..UpdatePool::default()
+    })
 }
 
 async fn forge(client: &Client, printer: &Printer, cmd: ForgeCmd) -> anyhow::Result<()> {

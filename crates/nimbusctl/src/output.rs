@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::TenantId;
-use nimbus_types::api::{ForgeView, ProviderView, StateChange, TenantToken};
+use nimbus_types::api::{ForgeView, PoolView, ProviderView, StateChange, TenantToken};
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,22 @@ fn ts(at: time::OffsetDateTime) -> String {
         .unwrap_or(at)
         .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+/// Seconds as people write durations: `90s`, `10m`, `2h`, `1h30m`.
+fn secs(total: u64) -> String {
+    let (h, m, s) = (total / 3600, total % 3600 / 60, total % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
 }
 
 fn print_table(table: Table) -> anyhow::Result<()> {
@@ -107,6 +123,147 @@ impl Printer {
                 if p.has_credentials { "sealed" } else { "none" }.to_owned(),
             ]);
         }
+        print_table(t)
+    }
+
+    pub fn pools(&self, pools: &[PoolView]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(pools);
+        }
+        let mut t = table(&[
+            "NAME",
+            "PROVIDER",
+            "LABELS",
+            "OS/ARCH",
+            "MIN IDLE",
+            "MAX",
+            "IDLE TIMEOUT",
+            "ID",
+        ]);
+        for view in pools {
+            let pool = &view.pool;
+            let s = &pool.settings;
+            t.add_row(vec![
+                pool.name.clone(),
+                view.provider.clone(),
+                s.labels.join(","),
+                format!("{}/{}", s.os, s.arch),
+                s.min_idle.to_string(),
+                s.max.to_string(),
+                secs(s.idle_timeout_secs),
+                pool.id.to_string(),
+            ]);
+        }
+        print_table(t)
+    }
+
+    /// One pool with its settings, status and the autoscaler's last decisions.
+    pub fn pool_detail(&self, view: &PoolView) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(view);
+        }
+        let pool = &view.pool;
+        let s = &pool.settings;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "pool          {} ({})", pool.name, pool.id)?;
+        writeln!(out, "provider      {}", view.provider)?;
+        writeln!(out, "labels        {}", s.labels.join(","))?;
+        writeln!(out, "platform      {}/{}", s.os, s.arch)?;
+        if let Some(instance_type) = &s.instance_type {
+            writeln!(out, "instance type {instance_type}")?;
+        }
+        if let Some(image) = &s.image_id {
+            writeln!(out, "image         {image}")?;
+        }
+        writeln!(
+            out,
+            "size          min_idle {} · max {} · idle timeout {}",
+            s.min_idle,
+            s.max,
+            secs(s.idle_timeout_secs)
+        )?;
+        let mut recycle = vec![if s.ephemeral {
+            "ephemeral (one job per runner)".to_owned()
+        } else {
+            "reused".to_owned()
+        }];
+        if let Some(age) = s.max_age_secs {
+            recycle.push(format!("max age {}", secs(age)));
+        }
+        if let Some(jobs) = s.max_jobs {
+            recycle.push(format!("max {jobs} jobs"));
+        }
+        writeln!(out, "runners       {}", recycle.join(" · "))?;
+        for (idx, schedule) in s.schedules.iter().enumerate() {
+            writeln!(
+                out,
+                "schedule {idx}    {} ({}) → min_idle {}",
+                schedule.cron, schedule.timezone, schedule.min_idle
+            )?;
+        }
+        if let Some(cost) = s.hourly_cost {
+            let budget = s.monthly_budget.map_or_else(
+                || "no budget".to_owned(),
+                |b| format!("budget ${b:.2}/month"),
+            );
+            writeln!(out, "cost          ${cost:.4}/hour · {budget}")?;
+        }
+        let Some(status) = &view.status else {
+            return Ok(());
+        };
+        writeln!(out)?;
+        writeln!(
+            out,
+            "desired {} · idle {} · busy {} · booting {} · stopping {} · failed {}",
+            status.desired,
+            status.idle,
+            status.busy,
+            status.booting,
+            status.stopping,
+            status.failed
+        )?;
+        let oldest = status
+            .oldest_queued_secs
+            .map(|s| format!(" (oldest waiting {})", secs(s)))
+            .unwrap_or_default();
+        writeln!(out, "queued jobs {}{oldest}", status.queued_jobs)?;
+        let schedule = status
+            .active_schedule
+            .map(|idx| format!(" (schedule {idx})"))
+            .unwrap_or_default();
+        writeln!(out, "warm target {}{schedule}", status.min_idle)?;
+        if let Some(spent) = status.spent_this_month {
+            writeln!(out, "spent this month ${spent:.2}")?;
+        }
+        if status.budget_exhausted {
+            writeln!(out, "scale-up held: the monthly budget is reached")?;
+        }
+        if let Some(until) = status.backoff_until {
+            writeln!(
+                out,
+                "backing off until {}: {}",
+                ts(until),
+                status.backoff_reason.as_deref().unwrap_or("")
+            )?;
+        }
+        if status.last_decisions.is_empty() {
+            return Ok(());
+        }
+        writeln!(out)?;
+        let mut t = table(&["AT", "ACTION", "COUNT", "MACHINE", "REASON"]);
+        for decision in &status.last_decisions {
+            t.add_row(vec![
+                ts(decision.at),
+                decision.action.clone(),
+                decision.count.map(|c| c.to_string()).unwrap_or_default(),
+                decision
+                    .machine_id
+                    .map(|id| id.to_string())
+                    .unwrap_or_default(),
+                decision.reason.clone(),
+            ]);
+        }
+        drop(out);
         print_table(t)
     }
 
