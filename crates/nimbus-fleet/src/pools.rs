@@ -23,6 +23,16 @@ impl Fleet {
             return Err(SpecError::new("provider", "no such provider in this tenant").into());
         }
         settings.validate()?;
+        // A name taken is the first thing to say (a repeated request), before label clashes.
+        match self.inner.store.get_pool_by_name(tenant_id, name).await {
+            Ok(_) => {
+                return Err(Error::Conflict(format!(
+                    "the tenant already has a pool named {name:?}"
+                )));
+            }
+            Err(nimbus_store::Error::NotFound { .. }) => {}
+            Err(err) => return Err(err.into()),
+        }
         self.check_labels(tenant_id, None, &settings).await?;
         let now = nimbus_types::now();
         let pool = Pool {

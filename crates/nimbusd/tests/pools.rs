@@ -1,0 +1,323 @@
+//! Pools through the API: every bad input is a 422 naming its field and stores nothing; pools
+//! are per tenant; a signed `workflow_job` delivery wakes the autoscaler, which starts a machine
+//! for the job at once; a redelivery starts none.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::common::{Api, Reply, api, assert_error, host_platform};
+
+const SECRET: &str = "hook-s3cr3t-value";
+
+fn pool_body(name: &str, labels: &[&str]) -> Value {
+    let (os, arch) = host_platform();
+    json!({"name": name, "provider": "local", "labels": labels, "os": os, "arch": arch, "max": 3})
+}
+
+fn with(mut body: Value, field: &str, value: Value) -> Value {
+    body[field] = value;
+    body
+}
+
+async fn create(api: &Api, token: &str, body: Value) -> Reply {
+    api.call("POST", "/v1/tenants/acme/pools", Some(token), Some(body))
+        .await
+}
+
+fn assert_field(reply: &Reply, field: &str) {
+    assert_error(reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_field");
+    assert_eq!(reply.body["error"]["field"], field, "{}", reply.text);
+}
+
+#[tokio::test]
+async fn every_bad_pool_setting_is_a_422_naming_the_field_and_stores_nothing() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let base = pool_body("linux", &["self-hosted", "linux"]);
+    let schedule =
+        |cron: &str, zone: &str, n: u32| json!([{"cron": cron, "timezone": zone, "min_idle": n}]);
+    let cases: Vec<(Value, &str)> = vec![
+        (with(base.clone(), "min_idle", json!(5)), "min_idle"),
+        (with(base.clone(), "max", json!(-1)), "max"),
+        (with(base.clone(), "max", json!(1_000_000)), "max"),
+        (with(base.clone(), "provider", json!("nope")), "provider"),
+        (with(base.clone(), "name", json!("Not A Name")), "name"),
+        (with(base.clone(), "labels", json!([])), "labels"),
+        (
+            with(base.clone(), "labels", json!(["ok", "bad label"])),
+            "labels[1]",
+        ),
+        (with(base.clone(), "os", json!("plan9")), "os"),
+        (with(base.clone(), "max_jobs", json!(0)), "max_jobs"),
+        (
+            with(base.clone(), "schedules", schedule("61 * * * *", "UTC", 1)),
+            "schedules[0].cron",
+        ),
+        (
+            with(
+                base.clone(),
+                "schedules",
+                schedule("* 8-18 * * mon-fri", "Mars/Olympus", 1),
+            ),
+            "schedules[0].timezone",
+        ),
+        (
+            with(base.clone(), "schedules", schedule("* * * * *", "UTC", 9)),
+            "schedules[0].min_idle",
+        ),
+        (
+            with(base.clone(), "monthly_budget", json!(100.0)),
+            "monthly_budget",
+        ),
+        (
+            with(base.clone(), "hourly_cost", json!(-0.5)),
+            "hourly_cost",
+        ),
+        (with(base.clone(), "colour", json!("blue")), "colour"),
+    ];
+    for (body, field) in cases {
+        let reply = create(&api, &token, body.clone()).await;
+        assert_field(&reply, field);
+        let message = reply.body["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("panick"), "{message}");
+    }
+    let list = api
+        .call("GET", "/v1/tenants/acme/pools", Some(&token), None)
+        .await;
+    assert_eq!(list.body["pools"], json!([]), "nothing was stored");
+
+    // The first good pool; then the same labels (another order and case) are refused.
+    let reply = create(&api, &token, base.clone()).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let reply = create(
+        &api,
+        &token,
+        pool_body("linux-2", &["LINUX", "self-hosted"]),
+    )
+    .await;
+    assert_field(&reply, "labels");
+    let reply = create(&api, &token, base.clone()).await;
+    assert_error(&reply, StatusCode::CONFLICT, "conflict");
+
+    // PATCH is validated as a whole, and a failed one changes nothing.
+    let path = "/v1/tenants/acme/pools/linux";
+    let reply = api
+        .call("PATCH", path, Some(&token), Some(json!({"min_idle": 4})))
+        .await;
+    assert_field(&reply, "min_idle");
+    let reply = api
+        .call(
+            "PATCH",
+            path,
+            Some(&token),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_field(&reply, "name");
+    let reply = api
+        .call(
+            "PATCH",
+            path,
+            Some(&token),
+            Some(json!({"schedules": [{"cron": "* * * *", "min_idle": 1}]})),
+        )
+        .await;
+    assert_field(&reply, "schedules[0].cron");
+    let reply = api.call("GET", path, Some(&token), None).await;
+    assert_eq!(reply.body["min_idle"], 0, "{}", reply.text);
+    assert!(reply.body.get("schedules").is_none(), "{}", reply.text);
+}
+
+#[tokio::test]
+async fn pools_crud_with_status_and_tenant_isolation() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let (_, other) = api.tenant("globex").await;
+    let mut body = pool_body("linux", &["Self-Hosted", "linux"]);
+    body["schedules"] =
+        json!([{"cron": "* 8-18 * * mon-fri", "timezone": "Europe/Berlin", "min_idle": 2}]);
+    body["hourly_cost"] = json!(0.25);
+    body["monthly_budget"] = json!(500);
+    let reply = create(&api, &token, body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(reply.body["labels"], json!(["linux", "self-hosted"]));
+    assert_eq!(reply.body["provider"], "local");
+    assert_eq!(reply.body["idle_timeout_secs"], 600);
+    assert_eq!(reply.body["ephemeral"], true);
+
+    // By name or id; the status shows what the autoscaler sees.
+    for key in ["linux", id.as_str()] {
+        let reply = api
+            .call(
+                "GET",
+                &format!("/v1/tenants/acme/pools/{key}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let status = &reply.body["status"];
+        assert_eq!(status["queued_jobs"], 0, "{}", reply.text);
+        assert_eq!(status["busy"], 0);
+        assert_eq!(status["spent_this_month"], 0.0);
+        assert!(status["last_decisions"].is_array());
+    }
+    // Another tenant sees nothing of it.
+    let reply = api
+        .call("GET", "/v1/tenants/acme/pools/linux", Some(&other), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    let reply = api
+        .call("GET", "/v1/tenants/globex/pools", Some(&other), None)
+        .await;
+    assert_eq!(reply.body["pools"], json!([]));
+
+    // PATCH changes only what it names; null clears an optional setting.
+    let reply = api
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/pools/linux",
+            Some(&token),
+            Some(json!({"max": 10, "monthly_budget": null, "max_age_secs": 86400})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["max"], 10);
+    assert_eq!(reply.body["max_age_secs"], 86400);
+    assert!(reply.body.get("monthly_budget").is_none(), "{}", reply.text);
+    assert_eq!(reply.body["hourly_cost"], 0.25);
+    assert_eq!(reply.body["schedules"].as_array().unwrap().len(), 1);
+
+    // A provider a pool uses cannot go; the pool can.
+    let reply = api
+        .call(
+            "DELETE",
+            "/v1/tenants/acme/providers/local",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "conflict");
+    let reply = api
+        .call("DELETE", "/v1/tenants/acme/pools/linux", Some(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+    let reply = api
+        .call("GET", "/v1/tenants/acme/pools/linux", Some(&token), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    let doc = api.call("GET", "/v1/openapi.json", None, None).await;
+    assert!(doc.body["paths"]["/v1/tenants/{tenant}/pools/{pool}"]["patch"].is_object());
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(api: &Api, tenant_id: &str, delivery: &str, job_id: u64) -> Reply {
+    let body = json!({
+        "action": "queued",
+        "workflow_job": {"id": job_id, "run_id": 77, "labels": ["self-hosted", "linux"],
+                         "runner_name": null, "status": "queued"},
+        "repository": {"full_name": "acme-corp/app"},
+    })
+    .to_string()
+    .into_bytes();
+    let request = Request::builder()
+        .method("POST")
+        .uri(format!("/v1/tenants/{tenant_id}/forge/webhook"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("x-github-event", "workflow_job")
+        .header("x-github-delivery", delivery)
+        .header("x-hub-signature-256", sign(&body))
+        .body(Body::from(body))
+        .unwrap();
+    api.send(request).await
+}
+
+async fn pool_machines(api: &Api, pool_id: &str) -> Vec<Value> {
+    let reply = api.admin("GET", "/v1/machines?tenant=acme", None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    reply.body["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["pool_id"] == pool_id)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_signed_webhook_wakes_the_autoscaler_and_a_redelivery_does_not_count_twice() {
+    let api = api().await;
+    let (tenant_id, token) = api.tenant("acme").await;
+    // The forge's API is unreachable: the machines' runner registration will fail, which is
+    // not what this test looks at. The webhook secret is what matters.
+    let reply = api
+        .admin(
+            "PUT",
+            "/v1/tenants/acme/forge",
+            Some(json!({"type": "github", "org": "acme-corp",
+                        "config": {"repo": "app", "api_url": "http://127.0.0.1:9"},
+                        "credentials": {"token": "ghp_t0ken", "webhook_secret": SECRET}})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let reply = create(&api, &token, pool_body("linux", &["self-hosted", "linux"])).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let pool_id = reply.body["id"].as_str().unwrap().to_owned();
+    api.state.fleet.start_autoscaler();
+
+    let reply = deliver(&api, &tenant_id, "d-1", 41).await;
+    assert_eq!(reply.body["result"], "recorded", "{}", reply.text);
+    // The default interval is 10 s; the delivery wakes the loop well before that.
+    let mut machines = Vec::new();
+    for _ in 0..100 {
+        machines = pool_machines(&api, &pool_id).await;
+        if !machines.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(machines.len(), 1, "one machine for the queued job");
+
+    let reply = deliver(&api, &tenant_id, "d-1", 41).await;
+    assert_eq!(reply.body["result"], "replay", "{}", reply.text);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool_machines(&api, &pool_id).await.len(), 1);
+
+    let reply = api
+        .call("GET", "/v1/tenants/acme/pools/linux", Some(&token), None)
+        .await;
+    let status = &reply.body["status"];
+    assert_eq!(status["queued_jobs"], 1, "{}", reply.text);
+    let decisions = status["last_decisions"].as_array().unwrap();
+    let provision = decisions
+        .iter()
+        .find(|d| d["action"] == "provision")
+        .unwrap_or_else(|| panic!("no provision decision: {}", reply.text));
+    assert_eq!(provision["count"], 1);
+    assert!(
+        provision["reason"].as_str().unwrap().contains("1 queued"),
+        "{provision}"
+    );
+    let metrics = api.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .text
+            .contains("nimbus_pool_queued_jobs{tenant=\"acme\",pool=\"linux\"} 1"),
+        "{}",
+        metrics.text
+    );
+}
