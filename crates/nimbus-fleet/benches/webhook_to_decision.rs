@@ -184,10 +184,7 @@ async fn run(name: &'static str, rate: u32, seconds: u32, wake: bool, interval: 
     // Where a pass's time goes once the backlog is at its largest.
     let t = Instant::now();
     let machines = store
-        .list_machines(&nimbus_store::MachineFilter {
-            tenant_id: Some(tenant.id),
-            ..Default::default()
-        })
+        .list_pool_machines(tenant.id, nimbus_types::now() - time::Duration::days(31))
         .await
         .unwrap();
     let list_machines = t.elapsed();

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 pub use nimbus_autoscale::Tuning;
 use nimbus_autoscale::{Decision, MachineView, Phase, PoolView};
 use nimbus_forge::RunnerStatus;
-use nimbus_store::MachineFilter;
+use nimbus_store::PoolMachine;
 use nimbus_types::api::{DecisionRecord, PoolStatus};
 use nimbus_types::demand::{JobRecord, JobStatus};
 use nimbus_types::event::{self, Event};
-use nimbus_types::{Machine, MachineId, MachineState, Pool, PoolId, TenantId};
+use nimbus_types::{MachineId, MachineState, Pool, PoolId, TenantId};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 
@@ -86,7 +86,7 @@ pub struct PoolOutcome {
 struct TenantView {
     pools: Vec<Pool>,
     /// Live and recently failed machines per pool.
-    machines: HashMap<PoolId, Vec<Machine>>,
+    machines: HashMap<PoolId, Vec<PoolMachine>>,
     spend: HashMap<PoolId, f64>,
     jobs: Vec<JobRecord>,
 }
@@ -270,21 +270,14 @@ impl Fleet {
         let records = self
             .inner
             .store
-            .list_machines(&MachineFilter {
-                tenant_id: Some(tenant_id),
-                terminated_since: Some(month_start),
-                ..MachineFilter::default()
-            })
+            .list_pool_machines(tenant_id, month_start)
             .await?;
         let memory = self.inner.config.autoscale.tuning.failure_memory;
-        let mut machines: HashMap<PoolId, Vec<Machine>> = HashMap::new();
+        let mut machines: HashMap<PoolId, Vec<PoolMachine>> = HashMap::new();
         let mut lifetimes: HashMap<PoolId, Vec<(OffsetDateTime, Option<OffsetDateTime>)>> =
             HashMap::new();
-        for record in records {
-            let machine = record.machine;
-            let Some(pool_id) = machine.pool_id else {
-                continue;
-            };
+        for machine in records {
+            let pool_id = machine.pool_id;
             let ended = match machine.state {
                 MachineState::Terminated | MachineState::Failed => Some(machine.updated_at),
                 _ => None,
@@ -376,12 +369,23 @@ impl Fleet {
                     _ => continue,
                 };
                 updated.updated_at = nimbus_types::now();
-                match self
-                    .inner
-                    .store
-                    .update_machine(&updated, machine.state, reason)
-                    .await
-                {
+                // The narrow row says what changes; the write needs the whole machine.
+                let write = async {
+                    let mut full = self
+                        .inner
+                        .store
+                        .get_machine(None, machine.id)
+                        .await?
+                        .machine;
+                    full.state = updated.state;
+                    full.usage = updated.usage.clone();
+                    full.updated_at = updated.updated_at;
+                    self.inner
+                        .store
+                        .update_machine(&full, machine.state, reason)
+                        .await
+                };
+                match write.await {
                     Ok(()) => *machine = updated,
                     Err(err) => {
                         tracing::debug!(machine.id = %machine.id, error = %err, "usage not updated; the next pass looks again")
@@ -467,7 +471,7 @@ impl Fleet {
 
     fn machine_views(
         &self,
-        machines: Option<&Vec<Machine>>,
+        machines: Option<&Vec<PoolMachine>>,
         _now: OffsetDateTime,
     ) -> Vec<MachineView> {
         let down = self

@@ -73,6 +73,18 @@ pub struct MachineFilter {
     pub terminated_since: Option<OffsetDateTime>,
 }
 
+/// What the autoscaler reads of each pool machine: a narrow row, so a pass over thousands of
+/// machines does not decode their specs and provider metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolMachine {
+    pub id: MachineId,
+    pub pool_id: PoolId,
+    pub state: MachineState,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+    pub usage: nimbus_types::RunnerUsage,
+}
+
 /// Which events to list.
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
@@ -165,6 +177,14 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a pool; `Conflict` while machines of the pool are live (not `terminated` or
     /// `failed`). Its terminated machines keep the pool id as history.
     async fn delete_pool(&self, tenant_id: TenantId, id: PoolId) -> Result<()>;
+
+    /// The tenant's machines that belong to a pool: live ones, and terminated ones last updated
+    /// at or after `terminated_since` (what the pools spent this month). Ordered by creation.
+    async fn list_pool_machines(
+        &self,
+        tenant_id: TenantId,
+        terminated_since: OffsetDateTime,
+    ) -> Result<Vec<PoolMachine>>;
 
     /// Records one webhook delivery's news about a job, in one transaction with the delivery
     /// id: an id recorded before is `Replay` and changes nothing; a job the store knows further

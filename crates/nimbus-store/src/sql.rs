@@ -29,7 +29,9 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{Error, EventFilter, MachineFilter, MachineRecord, Result, Sealer, Storage};
+use crate::{
+    Error, EventFilter, MachineFilter, MachineRecord, PoolMachine, Result, Sealer, Storage,
+};
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -894,6 +896,34 @@ impl Storage for SqlStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn list_pool_machines(
+        &self,
+        tenant_id: TenantId,
+        terminated_since: OffsetDateTime,
+    ) -> Result<Vec<PoolMachine>> {
+        let rows = sqlx::query(
+            "SELECT id, pool_id, state, created_at, updated_at, usage FROM machines \
+             WHERE tenant_id = $1 AND pool_id IS NOT NULL \
+             AND (state <> 'terminated' OR updated_at >= $2) ORDER BY created_at, id",
+        )
+        .bind(tenant_id.to_string())
+        .bind(micros(terminated_since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(PoolMachine {
+                    id: parse(row, "id")?,
+                    pool_id: parse(row, "pool_id")?,
+                    state: parse(row, "state")?,
+                    created_at: timestamp(row, "created_at")?,
+                    updated_at: timestamp(row, "updated_at")?,
+                    usage: json(row, "usage")?,
+                })
+            })
+            .collect()
     }
 
     async fn record_job(

@@ -1413,6 +1413,13 @@ async fn machines_carry_pool_and_usage(db: &TestDb) {
         ..Default::default()
     };
     assert_eq!(store.list_machines(&since(before)).await.unwrap().len(), 1);
+    let narrow = store.list_pool_machines(tenant, before).await.unwrap();
+    assert_eq!(narrow.len(), 1, "pooled machines only: {narrow:?}");
+    assert_eq!(
+        (narrow[0].id, narrow[0].pool_id, narrow[0].state),
+        (pooled.id, linux.id, MachineState::Terminated)
+    );
+    assert_eq!(narrow[0].usage, pooled.usage);
     let later = nimbus_types::now() + time::Duration::minutes(1);
     assert!(store.list_machines(&since(later)).await.unwrap().is_empty());
     let all = store
