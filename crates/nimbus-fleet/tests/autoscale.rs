@@ -705,3 +705,40 @@ async fn pools_refuse_bad_settings_naming_the_field_and_guard_their_machines() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn tenants_pools_scale_independently() {
+    let h = harness().await;
+    let acme = h.pool(settings(0, 4)).await;
+    let globex = h.store.create_tenant("globex").await.unwrap();
+    let provider = h
+        .fleet
+        .create_provider(globex.id, "local", ProviderType::Local, None, None)
+        .await
+        .unwrap();
+    // The same labels and name in another tenant are no conflict.
+    let other = h
+        .fleet
+        .create_pool(globex.id, "linux", &provider, settings(1, 4))
+        .await
+        .unwrap();
+    // acme's job is acme's demand only; globex only keeps its warm runner.
+    h.job(1, JobStatus::Queued, None).await;
+    h.job(2, JobStatus::Queued, None).await;
+    let outcomes = h.fleet.autoscale_once(nimbus_types::now()).await.unwrap();
+    let by_pool = |id| {
+        outcomes
+            .iter()
+            .find(|o: &&PoolOutcome| o.pool_id == id)
+            .map(provisions)
+            .unwrap()
+    };
+    assert_eq!(by_pool(acme.id), 2, "{outcomes:?}");
+    assert_eq!(by_pool(other.id), 1, "{outcomes:?}");
+    h.settle(&acme).await;
+    h.settle(&other).await;
+    let globex_machines = h.machines(&other).await;
+    assert_eq!(globex_machines.len(), 1);
+    assert_eq!(globex_machines[0].tenant_id, globex.id);
+    assert_eq!(h.machines(&acme).await.len(), 2);
+}

@@ -90,3 +90,71 @@ async fn a_bring_your_own_host_is_set_up_and_its_host_key_is_pinned() {
     let error = failed["error"].as_str().unwrap();
     assert!(error.contains("key"), "{error}");
 }
+
+#[tokio::test]
+async fn a_pool_on_bring_your_own_hosts_keeps_one_warm_and_drains() {
+    let sshd = Sshd::start().unwrap_or_else(|err| panic!("{err:#}"));
+    let api = api().await;
+    api.admin("POST", "/v1/tenants", Some(json!({"name": "acme"})))
+        .await;
+    let host_id = format!("{}:{}", sshd.address(), sshd.port());
+    let arch = nimbus_types::Arch::host().unwrap().as_str();
+    let reply = api
+        .admin(
+            "POST",
+            "/v1/tenants/acme/providers",
+            Some(json!({
+                "name": "byo",
+                "type": "ssh",
+                "config": {"hosts": [{
+                    "address": sshd.address(), "port": sshd.port(), "user": sshd.user(),
+                    "os": "linux", "arch": arch, "labels": ["self-hosted", "byo"],
+                    "state_dir": sshd.scratch_dir().join("state").display().to_string(),
+                }], "connect_timeout_secs": 5},
+                "credentials": {"keys": {host_id: sshd.client_private_key()}},
+            })),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let reply = api
+        .admin(
+            "POST",
+            "/v1/tenants/acme/pools",
+            Some(json!({"name": "byo", "provider": "byo", "labels": ["self-hosted", "byo"],
+                        "os": "linux", "arch": arch, "min_idle": 1, "max": 1})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let pool_id = reply.body["id"].as_str().unwrap().to_owned();
+    let fleet = &api.state.fleet;
+
+    // The warm target claims the one host and sets it up.
+    fleet.autoscale_once(nimbus_types::now()).await.unwrap();
+    let machines = |body: &serde_json::Value| -> Vec<serde_json::Value> {
+        body["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["pool_id"] == pool_id.as_str())
+            .cloned()
+            .collect()
+    };
+    let reply = api.admin("GET", "/v1/machines?tenant=acme", None).await;
+    let listed = machines(&reply.body);
+    assert_eq!(listed.len(), 1, "{}", reply.text);
+    let id = listed[0]["id"].as_str().unwrap().to_owned();
+    api.wait_for_state(&id, "ready").await;
+    // At the target: further passes start nothing (the host is the pool's only capacity).
+    let outcomes = fleet.autoscale_once(nimbus_types::now()).await.unwrap();
+    assert!(outcomes[0].decisions.is_empty(), "{outcomes:?}");
+
+    // Draining releases the host.
+    let reply = api
+        .admin("PATCH", "/v1/tenants/acme/pools/byo", Some(json!({"min_idle": 0, "max": 0})))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    fleet.autoscale_once(nimbus_types::now()).await.unwrap();
+    api.wait_for_state(&id, "terminated").await;
+    let reply = api.admin("DELETE", "/v1/tenants/acme/pools/byo", None).await;
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
+}
