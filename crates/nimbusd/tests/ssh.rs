@@ -120,8 +120,10 @@ async fn a_pool_on_bring_your_own_hosts_keeps_one_warm_and_drains() {
         .admin(
             "POST",
             "/v1/tenants/acme/pools",
-            Some(json!({"name": "byo", "provider": "byo", "labels": ["self-hosted", "byo"],
-                        "os": "linux", "arch": arch, "min_idle": 1, "max": 1})),
+            Some(
+                json!({"name": "byo", "provider": "byo", "labels": ["self-hosted", "byo"],
+                        "os": "linux", "arch": arch, "min_idle": 1, "max": 1}),
+            ),
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
@@ -150,11 +152,17 @@ async fn a_pool_on_bring_your_own_hosts_keeps_one_warm_and_drains() {
 
     // Draining releases the host.
     let reply = api
-        .admin("PATCH", "/v1/tenants/acme/pools/byo", Some(json!({"min_idle": 0, "max": 0})))
+        .admin(
+            "PATCH",
+            "/v1/tenants/acme/pools/byo",
+            Some(json!({"min_idle": 0, "max": 0})),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     fleet.autoscale_once(nimbus_types::now()).await.unwrap();
     api.wait_for_state(&id, "terminated").await;
-    let reply = api.admin("DELETE", "/v1/tenants/acme/pools/byo", None).await;
+    let reply = api
+        .admin("DELETE", "/v1/tenants/acme/pools/byo", None)
+        .await;
     assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.text);
 }
