@@ -64,7 +64,30 @@ pub(crate) struct State {
     /// When each machine's runner was first seen offline or missing at the forge.
     runner_down: Mutex<HashMap<MachineId, OffsetDateTime>>,
     health_read: Mutex<HashMap<TenantId, Instant>>,
+    /// Each tenant's pool machines and jobs as last read, so a pass woken by a webhook reads
+    /// only what changed since (the timer's passes read everything again).
+    rows: Mutex<HashMap<TenantId, Rows>>,
 }
+
+/// Rows read from the store for one tenant.
+struct Rows {
+    machines: HashMap<MachineId, PoolMachine>,
+    jobs: HashMap<u64, JobRecord>,
+    /// The wall-clock time the last read started.
+    read_at: OffsetDateTime,
+}
+
+/// The loop's timer passes read every row again once in this many ticks (30 s with the
+/// default interval), and only what changed in between.
+const FULL_READ_EVERY: u32 = 3;
+
+/// How far before the last read a delta read starts: covers writes that were stamped before
+/// the read but committed after it (a job is stamped when its delivery arrives, a machine when
+/// it changes state; both commit within milliseconds on a healthy store). A write that took
+/// longer is still seen by the next full read, `FULL_READ_EVERY` intervals later at most.
+/// Wider overlaps re-read more rows on every wake-up: at 200 deliveries/s, 1 s of overlap
+/// costs about 4 ms per pass.
+const DELTA_OVERLAP: time::Duration = time::Duration::milliseconds(300);
 
 #[derive(Default)]
 struct PoolMemory {
@@ -110,6 +133,7 @@ impl Fleet {
     async fn autoscale_loop(&self) {
         let interval = self.inner.config.autoscale.interval;
         let mut next_full = tokio::time::Instant::now();
+        let mut ticks = 0u32;
         loop {
             let now = tokio::time::Instant::now();
             if now >= next_full {
@@ -119,7 +143,11 @@ impl Fleet {
                     .lock()
                     .expect("dirty lock")
                     .clear();
-                if let Err(err) = self.autoscale_once(nimbus_types::now()).await {
+                // Every pool every tick; the rows are read whole every FULL_READ_EVERY ticks
+                // and as a delta in between.
+                let incremental = ticks % FULL_READ_EVERY != 0;
+                ticks = ticks.wrapping_add(1);
+                if let Err(err) = self.autoscale_all(nimbus_types::now(), incremental).await {
                     tracing::warn!(error = %err, "autoscaler pass failed");
                 }
                 next_full = tokio::time::Instant::now() + interval;
@@ -133,7 +161,8 @@ impl Fleet {
                     .drain()
                     .collect();
                 for tenant_id in dirty {
-                    if let Err(err) = self.autoscale_tenant(tenant_id, nimbus_types::now()).await {
+                    let pass = self.autoscale_pass(tenant_id, nimbus_types::now(), true);
+                    if let Err(err) = pass.await {
                         tracing::warn!(tenant.id = %tenant_id, error = %err, "autoscaler pass failed");
                     }
                 }
@@ -149,12 +178,20 @@ impl Fleet {
     /// One pass over every tenant's pools at `now` (the loop passes the wall clock; tests pass
     /// their own to move through schedules).
     pub async fn autoscale_once(&self, now: OffsetDateTime) -> Result<Vec<PoolOutcome>> {
+        self.autoscale_all(now, false).await
+    }
+
+    async fn autoscale_all(
+        &self,
+        now: OffsetDateTime,
+        incremental: bool,
+    ) -> Result<Vec<PoolOutcome>> {
         let pools = self.inner.store.list_pools(None).await?;
         let mut tenants: Vec<TenantId> = pools.iter().map(|pool| pool.tenant_id).collect();
         tenants.dedup();
         let mut outcomes = Vec::new();
         for tenant_id in tenants {
-            match self.autoscale_tenant(tenant_id, now).await {
+            match self.autoscale_pass(tenant_id, now, incremental).await {
                 Ok(mut tenant_outcomes) => outcomes.append(&mut tenant_outcomes),
                 Err(err) => {
                     tracing::warn!(tenant.id = %tenant_id, error = %err, "autoscaler pass failed")
@@ -171,10 +208,20 @@ impl Fleet {
         tenant_id: TenantId,
         now: OffsetDateTime,
     ) -> Result<Vec<PoolOutcome>> {
+        self.autoscale_pass(tenant_id, now, false).await
+    }
+
+    /// A pass; `incremental` reads only the rows that changed since the last one.
+    async fn autoscale_pass(
+        &self,
+        tenant_id: TenantId,
+        now: OffsetDateTime,
+        incremental: bool,
+    ) -> Result<Vec<PoolOutcome>> {
         if self.inner.shutdown.is_cancelled() {
             return Ok(Vec::new());
         }
-        let mut view = self.tenant_view(tenant_id, now).await?;
+        let mut view = self.tenant_view(tenant_id, now, incremental).await?;
         if view.pools.is_empty() {
             return Ok(Vec::new());
         }
@@ -221,7 +268,7 @@ impl Fleet {
     /// the loop took last.
     pub async fn pool_status(&self, pool: &Pool) -> Result<PoolStatus> {
         let now = nimbus_types::now();
-        let view = self.tenant_view(pool.tenant_id, now).await?;
+        let view = self.tenant_view(pool.tenant_id, now, false).await?;
         let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
         let views = self.machine_views(view.machines.get(&pool.id), now);
         let runner_version = self
@@ -256,9 +303,88 @@ impl Fleet {
         self.telemetry().remove_pool_status(tenant_name, &pool.name);
     }
 
-    async fn tenant_view(&self, tenant_id: TenantId, now: OffsetDateTime) -> Result<TenantView> {
+    /// Reads what the policy needs of a tenant. With `incremental`, machines and jobs are read
+    /// as a delta on the rows cached by the last read (a pass woken by a webhook); otherwise
+    /// everything is read again and the cache replaced (the timer's passes, so nothing a delta
+    /// could miss — a pruned job, a machine of a deleted pool — lingers past one interval).
+    async fn read_rows(
+        &self,
+        tenant_id: TenantId,
+        now: OffsetDateTime,
+        incremental: bool,
+    ) -> Result<(Vec<PoolMachine>, Vec<JobRecord>)> {
+        let store = &self.inner.store;
+        let read_at = nimbus_types::now();
+        let since = if incremental {
+            self.inner
+                .autoscale
+                .rows
+                .lock()
+                .expect("rows lock")
+                .get(&tenant_id)
+                .map(|rows| rows.read_at - DELTA_OVERLAP)
+        } else {
+            None
+        };
+        let month_start = nimbus_autoscale::month_start(now);
+        let rows = match since {
+            Some(since) => {
+                let machines = store.list_pool_machines_changed(tenant_id, since).await?;
+                let jobs = store.list_jobs_changed(tenant_id, since).await?;
+                let mut cache = self.inner.autoscale.rows.lock().expect("rows lock");
+                let rows = cache.entry(tenant_id).or_insert_with(|| Rows {
+                    machines: HashMap::new(),
+                    jobs: HashMap::new(),
+                    read_at,
+                });
+                for machine in machines {
+                    rows.machines.insert(machine.id, machine);
+                }
+                for job in jobs {
+                    rows.jobs.insert(job.job.job_id, job);
+                }
+                rows.read_at = read_at;
+                (
+                    rows.machines.values().cloned().collect::<Vec<_>>(),
+                    rows.jobs.values().cloned().collect::<Vec<_>>(),
+                )
+            }
+            None => {
+                let machines = store.list_pool_machines(tenant_id, month_start).await?;
+                let jobs = store.list_jobs(tenant_id).await?;
+                self.inner.autoscale.rows.lock().expect("rows lock").insert(
+                    tenant_id,
+                    Rows {
+                        machines: machines.iter().map(|m| (m.id, m.clone())).collect(),
+                        jobs: jobs.iter().map(|j| (j.job.job_id, j.clone())).collect(),
+                        read_at,
+                    },
+                );
+                (machines, jobs)
+            }
+        };
+        let (mut machines, mut jobs) = rows;
+        // The same order a full read gives, so plans do not depend on how rows were read.
+        machines.retain(|m| m.state != MachineState::Terminated || m.updated_at >= month_start);
+        machines.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        jobs.sort_by_key(|job| job.job.job_id);
+        Ok((machines, jobs))
+    }
+
+    async fn tenant_view(
+        &self,
+        tenant_id: TenantId,
+        now: OffsetDateTime,
+        incremental: bool,
+    ) -> Result<TenantView> {
         let pools = self.inner.store.list_pools(Some(tenant_id)).await?;
         if pools.is_empty() {
+            self.inner
+                .autoscale
+                .rows
+                .lock()
+                .expect("rows lock")
+                .remove(&tenant_id);
             return Ok(TenantView {
                 pools,
                 machines: HashMap::new(),
@@ -266,12 +392,7 @@ impl Fleet {
                 jobs: Vec::new(),
             });
         }
-        let month_start = nimbus_autoscale::month_start(now);
-        let records = self
-            .inner
-            .store
-            .list_pool_machines(tenant_id, month_start)
-            .await?;
+        let (records, jobs) = self.read_rows(tenant_id, now, incremental).await?;
         let memory = self.inner.config.autoscale.tuning.failure_memory;
         let mut machines: HashMap<PoolId, Vec<PoolMachine>> = HashMap::new();
         let mut lifetimes: HashMap<PoolId, Vec<(OffsetDateTime, Option<OffsetDateTime>)>> =
@@ -303,7 +424,6 @@ impl Fleet {
                 (pool.id, spent)
             })
             .collect();
-        let jobs = self.inner.store.list_jobs(tenant_id).await?;
         Ok(TenantView {
             pools,
             machines,

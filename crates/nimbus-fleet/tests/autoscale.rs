@@ -742,3 +742,51 @@ async fn tenants_pools_scale_independently() {
     assert_eq!(globex_machines[0].tenant_id, globex.id);
     assert_eq!(h.machines(&acme).await.len(), 2);
 }
+
+#[tokio::test]
+async fn the_running_loop_reacts_to_each_recorded_job() {
+    let h = harness().await;
+    let pool = h.pool(settings(0, 10)).await;
+    h.fleet.start_autoscaler();
+    let wait_for_count = |n: usize| {
+        let h = &h;
+        let pool = &pool;
+        async move {
+            for _ in 0..400 {
+                if h.machines(pool).await.len() >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the pool never reached {n} machines");
+        }
+    };
+    // Each wake-up reads only what changed since the last pass; the result must be the same
+    // as a full read: one machine per queued job, none twice.
+    for id in 1..=3 {
+        h.job(id, JobStatus::Queued, None).await;
+        h.fleet.demand_changed(h.tenant.id);
+        wait_for_count(id as usize).await;
+    }
+    let machines = h.settle(&pool).await;
+    assert_eq!(machines.len(), 3);
+    // Job 1 starts on a machine, jobs 2 and 3 are cancelled: nothing new is started.
+    h.job(1, JobStatus::InProgress, Some(machines[0].id)).await;
+    h.job(2, JobStatus::Completed, None).await;
+    h.job(3, JobStatus::Completed, None).await;
+    h.fleet.demand_changed(h.tenant.id);
+    for _ in 0..100 {
+        let busy = h.in_state(&pool, MachineState::Running).await;
+        if busy.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(h.in_state(&pool, MachineState::Running).await.len(), 1);
+    h.job(4, JobStatus::Queued, None).await;
+    h.fleet.demand_changed(h.tenant.id);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Two idle runners wait for job 4: still nothing new.
+    assert_eq!(h.machines(&pool).await.len(), 3);
+    h.fleet.shutdown().await;
+}

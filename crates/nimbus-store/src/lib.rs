@@ -185,6 +185,13 @@ pub trait Storage: Send + Sync + 'static {
         tenant_id: TenantId,
         terminated_since: OffsetDateTime,
     ) -> Result<Vec<PoolMachine>>;
+    /// The tenant's pool machines last updated at or after `since`, whatever their state: what
+    /// changed since an earlier [`list_pool_machines`](Self::list_pool_machines).
+    async fn list_pool_machines_changed(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<PoolMachine>>;
 
     /// Records one webhook delivery's news about a job, in one transaction with the delivery
     /// id: an id recorded before is `Replay` and changes nothing; a job the store knows further
@@ -208,6 +215,12 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<bool>;
     /// The tenant's jobs (open ones and finished ones not yet pruned), ordered by job id.
     async fn list_jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>>;
+    /// The tenant's jobs last updated at or after `since`, ordered by job id.
+    async fn list_jobs_changed(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<JobRecord>>;
     /// Forgets finished jobs last updated before `finished_before` and delivery ids recorded
     /// before `deliveries_before`, for every tenant.
     async fn prune_demand(

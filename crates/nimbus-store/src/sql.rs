@@ -912,18 +912,41 @@ impl Storage for SqlStore {
         .bind(micros(terminated_since))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(PoolMachine {
-                    id: parse(row, "id")?,
-                    pool_id: parse(row, "pool_id")?,
-                    state: parse(row, "state")?,
-                    created_at: timestamp(row, "created_at")?,
-                    updated_at: timestamp(row, "updated_at")?,
-                    usage: json(row, "usage")?,
-                })
-            })
-            .collect()
+        rows.iter().map(pool_machine_from_row).collect()
+    }
+
+    async fn list_pool_machines_changed(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<PoolMachine>> {
+        let rows = sqlx::query(
+            "SELECT id, pool_id, state, created_at, updated_at, usage FROM machines \
+             WHERE tenant_id = $1 AND pool_id IS NOT NULL AND updated_at >= $2 \
+             ORDER BY created_at, id",
+        )
+        .bind(tenant_id.to_string())
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pool_machine_from_row).collect()
+    }
+
+    async fn list_jobs_changed(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<JobRecord>> {
+        let sql = format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE tenant_id = $1 AND updated_at >= $2 \
+             ORDER BY job_id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(tenant_id.to_string())
+            .bind(micros(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(job_from_row).collect()
     }
 
     async fn record_job(
@@ -1191,6 +1214,17 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
     Ok(MachineRecord {
         machine,
         spec: json(row, "spec")?,
+    })
+}
+
+fn pool_machine_from_row(row: &AnyRow) -> Result<PoolMachine> {
+    Ok(PoolMachine {
+        id: parse(row, "id")?,
+        pool_id: parse(row, "pool_id")?,
+        state: parse(row, "state")?,
+        created_at: timestamp(row, "created_at")?,
+        updated_at: timestamp(row, "updated_at")?,
+        usage: json(row, "usage")?,
     })
 }
 

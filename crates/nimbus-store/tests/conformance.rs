@@ -1420,6 +1420,21 @@ async fn machines_carry_pool_and_usage(db: &TestDb) {
         (pooled.id, linux.id, MachineState::Terminated)
     );
     assert_eq!(narrow[0].usage, pooled.usage);
+    // What changed since an instant: the terminated machine (its last update), nothing later.
+    let changed = store
+        .list_pool_machines_changed(tenant, before)
+        .await
+        .unwrap();
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0].state, MachineState::Terminated);
+    let later_change = nimbus_types::now() + time::Duration::minutes(1);
+    assert!(
+        store
+            .list_pool_machines_changed(tenant, later_change)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let later = nimbus_types::now() + time::Duration::minutes(1);
     assert!(store.list_machines(&since(later)).await.unwrap().is_empty());
     let all = store
@@ -1589,6 +1604,18 @@ async fn demand_prunes_finished_jobs_and_old_deliveries(db: &TestDb) {
             .await
             .unwrap();
     }
+    let changed: Vec<u64> = store
+        .list_jobs_changed(tenant, at(50))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.job.job_id)
+        .collect();
+    assert_eq!(
+        changed,
+        [2],
+        "only job 2 was updated at or after the instant"
+    );
     store.prune_demand(at(50), at(50)).await.unwrap();
     let ids: Vec<u64> = store
         .list_jobs(tenant)

@@ -7,6 +7,8 @@ ALTER TABLE machines ADD COLUMN pool_id TEXT;
 -- RunnerUsage as JSON.
 ALTER TABLE machines ADD COLUMN usage TEXT NOT NULL DEFAULT '{}';
 CREATE INDEX machines_pool ON machines (pool_id, state);
+-- What changed since the autoscaler's last pass.
+CREATE INDEX machines_changed ON machines (tenant_id, updated_at);
 
 -- A pool's settings (PoolSettings) are one JSON document: they are validated as a whole and
 -- never queried by field.
@@ -39,6 +41,7 @@ CREATE TABLE jobs (
     PRIMARY KEY (tenant_id, job_id)
 );
 CREATE INDEX jobs_finished ON jobs (status_rank, updated_at);
+CREATE INDEX jobs_changed ON jobs (tenant_id, updated_at);
 
 -- Webhook delivery ids already counted, per tenant, so a redelivery is not counted twice.
 CREATE TABLE webhook_deliveries (
