@@ -145,7 +145,7 @@ impl Fleet {
                     .clear();
                 // Every pool every tick; the rows are read whole every FULL_READ_EVERY ticks
                 // and as a delta in between.
-                let incremental = ticks % FULL_READ_EVERY != 0;
+                let incremental = !ticks.is_multiple_of(FULL_READ_EVERY);
                 ticks = ticks.wrapping_add(1);
                 if let Err(err) = self.autoscale_all(nimbus_types::now(), incremental).await {
                     tracing::warn!(error = %err, "autoscaler pass failed");
