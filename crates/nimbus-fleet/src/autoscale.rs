@@ -21,7 +21,7 @@ pub use nimbus_autoscale::Tuning;
 use nimbus_autoscale::{Decision, MachineView, Phase, PoolView};
 use nimbus_forge::RunnerStatus;
 use nimbus_store::PoolMachine;
-use nimbus_types::api::{DecisionRecord, PoolStatus};
+use nimbus_types::api::{DecisionRecord, PoolPlan, PoolStatus};
 use nimbus_types::demand::{JobRecord, JobStatus};
 use nimbus_types::event::{self, Event};
 use nimbus_types::{MachineId, MachineState, Pool, PoolId, TenantId};
@@ -267,6 +267,12 @@ impl Fleet {
     /// The pool's status now: a dry run of the policy (nothing is applied), with the decisions
     /// the loop took last.
     pub async fn pool_status(&self, pool: &Pool) -> Result<PoolStatus> {
+        Ok(self.pool_plan(pool).await?.status)
+    }
+
+    /// What the autoscaler would do for the pool now, and why, without doing it: the policy's
+    /// decisions on the pool as it is (a dry run; nothing changes, not even usage records).
+    pub async fn pool_plan(&self, pool: &Pool) -> Result<PoolPlan> {
         let now = nimbus_types::now();
         let view = self.tenant_view(pool.tenant_id, now, false).await?;
         let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
@@ -289,7 +295,16 @@ impl Fleet {
         );
         let mut status = plan.status;
         status.last_decisions = self.last_decisions(pool.id);
-        Ok(status)
+        let decisions = plan
+            .decisions
+            .iter()
+            .map(|decision| describe(decision, now))
+            .collect();
+        Ok(PoolPlan {
+            at: now,
+            decisions,
+            status,
+        })
     }
 
     /// Forgets a deleted pool's memory and gauges.
@@ -817,6 +832,29 @@ impl Fleet {
             .get(&pool_id)
             .map(|memory| memory.decisions.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// A decision as people read it.
+fn describe(decision: &Decision, at: OffsetDateTime) -> DecisionRecord {
+    match decision {
+        Decision::Provision { count, reason } => {
+            record(at, "provision", Some(*count), None, reason.clone())
+        }
+        Decision::Terminate { machine, why } => record(
+            at,
+            if *why == nimbus_autoscale::Why::Cancelled {
+                "cancel"
+            } else {
+                "terminate"
+            },
+            None,
+            Some(*machine),
+            why.to_string(),
+        ),
+        Decision::Fail { machine, why } => {
+            record(at, "fail", None, Some(*machine), why.to_string())
+        }
     }
 }
 

@@ -409,6 +409,18 @@ pub struct DecisionRecord {
     pub reason: String,
 }
 
+/// `GET /v1/tenants/{tenant}/pools/{pool}/plan`: what the autoscaler would do now, and why
+/// (a dry run: nothing was done).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolPlan {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub at: OffsetDateTime,
+    /// Empty when the pool is where the policy wants it.
+    pub decisions: Vec<DecisionRecord>,
+    pub status: PoolStatus,
+}
+
 /// A pool and, when asked for one pool, its live status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PoolView {

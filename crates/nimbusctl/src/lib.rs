@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolView, ProviderView,
-    ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
+    CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolPlan, PoolView,
+    ProviderView, ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
 };
 use nimbus_types::{
     Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Schedule,
@@ -233,6 +233,12 @@ pub enum PoolCmd {
     /// Show a pool and its status: desired, idle, busy and booting machines, queued jobs, the
     /// warm target in force and the autoscaler's last decisions.
     Show {
+        #[arg(long)]
+        tenant: String,
+        name: String,
+    },
+    /// What the autoscaler would do for the pool now, and why (a dry run: changes nothing).
+    Plan {
         #[arg(long)]
         tenant: String,
         name: String,
@@ -620,6 +626,16 @@ async fn pool(client: &Client, printer: &Printer, cmd: PoolCmd) -> anyhow::Resul
                 ))
                 .await?;
             printer.pool_detail(&view)
+        }
+        PoolCmd::Plan { tenant, name } => {
+            let plan: PoolPlan = client
+                .get(&format!(
+                    "/v1/tenants/{}/pools/{}/plan",
+                    seg(&tenant),
+                    seg(&name)
+                ))
+                .await?;
+            printer.pool_plan(&plan)
         }
         PoolCmd::Update(args) => {
             let body = pool_update_body(&args)?;

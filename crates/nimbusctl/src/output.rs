@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::TenantId;
-use nimbus_types::api::{ForgeView, PoolView, ProviderView, StateChange, TenantToken};
+use nimbus_types::api::{
+    DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView, StateChange, TenantToken,
+};
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,23 @@ fn ts(at: time::OffsetDateTime) -> String {
         .unwrap_or(at)
         .format(&Rfc3339)
         .unwrap_or_default()
+}
+
+fn decision_table(decisions: &[DecisionRecord]) -> Table {
+    let mut t = table(&["AT", "ACTION", "COUNT", "MACHINE", "REASON"]);
+    for decision in decisions {
+        t.add_row(vec![
+            ts(decision.at),
+            decision.action.clone(),
+            decision.count.map(|c| c.to_string()).unwrap_or_default(),
+            decision
+                .machine_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+            decision.reason.clone(),
+        ]);
+    }
+    t
 }
 
 /// Seconds as people write durations: `90s`, `10m`, `2h`, `1h30m`.
@@ -157,6 +176,37 @@ impl Printer {
         print_table(t)
     }
 
+    /// A dry run: what the autoscaler would do now and why.
+    pub fn pool_plan(&self, plan: &PoolPlan) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(plan);
+        }
+        let status = &plan.status;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "desired {} · idle {} · busy {} · booting {} · queued jobs {} · warm target {}",
+            status.desired,
+            status.idle,
+            status.busy,
+            status.booting,
+            status.queued_jobs,
+            status.min_idle
+        )?;
+        if let Some(reason) = &status.backoff_reason {
+            writeln!(out, "backing off: {reason}")?;
+        }
+        if status.budget_exhausted {
+            writeln!(out, "scale-up held: the monthly budget is reached")?;
+        }
+        if plan.decisions.is_empty() {
+            writeln!(out, "nothing to do: the pool is where the policy wants it")?;
+            return Ok(());
+        }
+        drop(out);
+        print_table(decision_table(&plan.decisions))
+    }
+
     /// One pool with its settings, status and the autoscaler's last decisions.
     pub fn pool_detail(&self, view: &PoolView) -> anyhow::Result<()> {
         if self.json {
@@ -250,21 +300,8 @@ impl Printer {
             return Ok(());
         }
         writeln!(out)?;
-        let mut t = table(&["AT", "ACTION", "COUNT", "MACHINE", "REASON"]);
-        for decision in &status.last_decisions {
-            t.add_row(vec![
-                ts(decision.at),
-                decision.action.clone(),
-                decision.count.map(|c| c.to_string()).unwrap_or_default(),
-                decision
-                    .machine_id
-                    .map(|id| id.to_string())
-                    .unwrap_or_default(),
-                decision.reason.clone(),
-            ]);
-        }
         drop(out);
-        print_table(t)
+        print_table(decision_table(&status.last_decisions))
     }
 
     /// The forge, and the full webhook URL (`base` is the daemon's URL as nimbusctl reaches it).

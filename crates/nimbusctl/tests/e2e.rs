@@ -1135,3 +1135,132 @@ fn completions_bash_prints_a_script() {
         run.stderr
     );
 }
+
+#[test]
+fn pool_commands_create_show_plan_update_and_delete() {
+    let w = World::start();
+    w.tenant_with_local_provider("acme", "local");
+    let rows = w
+        .ctl(&[
+            "pool",
+            "create",
+            "--tenant",
+            "acme",
+            "--provider",
+            "local",
+            "--name",
+            "linux",
+            "--label",
+            "self-hosted",
+            "--label",
+            "Linux",
+            "--max",
+            "3",
+            "--idle-timeout",
+            "5m",
+            "--schedule",
+            "* 8-18 * * mon-fri@Europe/Berlin=2",
+        ])
+        .ok()
+        .table();
+    assert_eq!(
+        rows[0],
+        [
+            "NAME",
+            "PROVIDER",
+            "LABELS",
+            "OS/ARCH",
+            "MIN IDLE",
+            "MAX",
+            "IDLE TIMEOUT",
+            "ID"
+        ]
+    );
+    let pool = row(&rows, "linux");
+    assert_eq!(pool[2], "linux,self-hosted");
+    assert_eq!(pool[6], "5m");
+
+    let list = w
+        .ctl(&["--json", "pool", "list", "--tenant", "acme"])
+        .ok()
+        .json();
+    assert_eq!(list[0]["name"], "linux", "{list:#}");
+    assert_eq!(list[0]["schedules"][0]["timezone"], "Europe/Berlin");
+
+    // A dry run: with no demand and the schedule maybe in force, the plan says why either way.
+    let plan = w
+        .ctl(&["--json", "pool", "plan", "--tenant", "acme", "linux"])
+        .ok()
+        .json();
+    assert!(plan["decisions"].is_array(), "{plan:#}");
+    assert_eq!(plan["status"]["queued_jobs"], 0);
+
+    let show = w.ctl(&["pool", "show", "--tenant", "acme", "linux"]).ok();
+    assert!(
+        show.stdout.contains("min_idle 0 · max 3 · idle timeout 5m"),
+        "{}",
+        show.stdout
+    );
+    assert!(show.stdout.contains("Europe/Berlin"), "{}", show.stdout);
+
+    let updated = w
+        .ctl(&[
+            "--json",
+            "pool",
+            "update",
+            "--tenant",
+            "acme",
+            "linux",
+            "--max",
+            "0",
+            "--no-schedules",
+        ])
+        .ok()
+        .json();
+    assert_eq!(updated[0]["max"], 0, "{updated:#}");
+    assert!(updated[0].get("schedules").is_none(), "{updated:#}");
+
+    // Bad input: one line naming the field.
+    w.ctl(&[
+        "pool",
+        "update",
+        "--tenant",
+        "acme",
+        "linux",
+        "--min-idle",
+        "4",
+    ])
+    .fails_with("min_idle");
+    w.ctl(&[
+        "pool",
+        "create",
+        "--tenant",
+        "acme",
+        "--provider",
+        "nope",
+        "--label",
+        "x",
+        "--max",
+        "1",
+    ])
+    .fails_with("provider");
+    w.ctl(&[
+        "pool",
+        "create",
+        "--tenant",
+        "acme",
+        "--provider",
+        "local",
+        "--label",
+        "x",
+        "--max",
+        "1",
+        "--schedule",
+        "* * * *=1",
+    ])
+    .fails_with("schedules[0].cron");
+
+    w.ctl(&["pool", "delete", "--tenant", "acme", "linux"]).ok();
+    w.ctl(&["pool", "show", "--tenant", "acme", "linux"])
+        .fails_with("pool not found");
+}

@@ -321,3 +321,58 @@ async fn a_signed_webhook_wakes_the_autoscaler_and_a_redelivery_does_not_count_t
         metrics.text
     );
 }
+
+#[tokio::test]
+async fn a_pool_plan_is_a_dry_run_that_says_why() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let body = with(
+        pool_body("linux", &["self-hosted", "linux"]),
+        "min_idle",
+        json!(2),
+    );
+    let reply = create(&api, &token, body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let pool_id = reply.body["id"].as_str().unwrap().to_owned();
+    for _ in 0..2 {
+        let reply = api
+            .call(
+                "GET",
+                "/v1/tenants/acme/pools/linux/plan",
+                Some(&token),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+        let decisions = reply.body["decisions"].as_array().unwrap();
+        assert_eq!(decisions.len(), 1, "{}", reply.text);
+        assert_eq!(decisions[0]["action"], "provision");
+        assert_eq!(decisions[0]["count"], 2);
+        assert!(
+            decisions[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("warm target 2"),
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.body["status"]["desired"], 2);
+    }
+    // Nothing was done.
+    let reply = api.admin("GET", "/v1/machines?tenant=acme", None).await;
+    let machines = reply.body["machines"].as_array().unwrap();
+    assert!(
+        machines.iter().all(|m| m["pool_id"] != pool_id.as_str()),
+        "{}",
+        reply.text
+    );
+    let reply = api
+        .call(
+            "GET",
+            "/v1/tenants/acme/pools/nope/plan",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+}

@@ -17,7 +17,7 @@ use crate::http::{demand, events, forge, machines, ops, pools, providers, tenant
         providers::create, providers::list, providers::list_all, providers::show, providers::delete,
         machines::provision, machines::list, machines::show, machines::terminate,
         machines::can_terminate, machines::history,
-        pools::create, pools::list, pools::show, pools::update, pools::delete,
+        pools::create, pools::list, pools::show, pools::update, pools::delete, pools::plan,
         events::stream,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
-use nimbus_types::api::{CreatePool, PoolList, PoolView, UpdatePool};
+use nimbus_types::api::{CreatePool, PoolList, PoolPlan, PoolView, UpdatePool};
 use nimbus_types::{Pool, PoolId, Tenant};
 
 use crate::http::AppState;
@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
             "/v1/tenants/{tenant}/pools/{pool}",
             get(show).patch(update).delete(delete),
         )
+        .route("/v1/tenants/{tenant}/pools/{pool}/plan", get(plan))
 }
 
 /// Resolves a pool of `tenant` by name or id.
@@ -133,6 +134,22 @@ pub async fn show(
     let tenant = caller.tenant(&state, &tenant).await?;
     let pool = find(&state, &tenant, &pool).await?;
     Ok(Json(view(&state, pool, true).await?))
+}
+
+/// What the autoscaler would do for the pool now, and why — a dry run that changes nothing.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/pools/{pool}/plan", tag = "pools",
+    security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant name or id"),
+           ("pool" = String, Path, description = "pool name or id")),
+    responses((status = 200, body = PoolPlan), (status = 404, body = nimbus_types::api::ErrorBody)))]
+pub async fn plan(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((tenant, pool)): Path<(String, String)>,
+) -> Result<Json<PoolPlan>, ApiError> {
+    let tenant = caller.tenant(&state, &tenant).await?;
+    let pool = find(&state, &tenant, &pool).await?;
+    Ok(Json(state.fleet.pool_plan(&pool).await?))
 }
 
 /// Change a pool's settings: fields present change (`null` clears an optional one), the rest
