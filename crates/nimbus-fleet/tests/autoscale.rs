@@ -790,3 +790,81 @@ async fn the_running_loop_reacts_to_each_recorded_job() {
     assert_eq!(h.machines(&pool).await.len(), 3);
     h.fleet.shutdown().await;
 }
+
+/// GitHub's runner list with one runner, online; a stand-in because "this runner never came
+/// online" is a state no real peer produces on demand.
+async fn github_listing(runner: &str) -> wiremock::MockServer {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let github = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/orgs/acme/actions/runners"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "total_count": 1,
+            "runners": [{"id": 1, "name": runner, "os": "linux", "status": "online", "busy": false,
+                         "labels": [{"id": 1, "name": "self-hosted", "type": "read-only"}]}],
+        })))
+        .mount(&github)
+        .await;
+    github
+}
+
+#[tokio::test]
+async fn a_runner_the_forge_does_not_show_online_is_replaced_as_a_zombie() {
+    let h = harness().await;
+    let pool = h.pool(settings(2, 2)).await;
+    let t0 = nimbus_types::now();
+    h.pass(t0).await;
+    let machines = h.settle(&pool).await;
+    let (online, zombie) = (machines[0].id, machines[1].id);
+    // The forge lists the first machine's runner only.
+    let github = github_listing(&nimbus_fleet::runners::runner_name(online)).await;
+    h.store
+        .set_tenant_forge_config(&nimbus_types::ForgeConfig {
+            tenant_id: h.tenant.id,
+            forge_type: nimbus_types::ForgeType::Github,
+            org: "acme".into(),
+            credentials: Some(nimbus_types::Secret::new(
+                serde_json::json!({"token": "ghp_test"}).to_string(),
+            )),
+            config: serde_json::json!({"api_url": github.uri()}),
+            updated_at: nimbus_types::now(),
+        })
+        .await
+        .unwrap();
+
+    // First seen missing now: not yet a zombie.
+    let outcome = h.pass(t0).await;
+    assert!(
+        !outcome
+            .decisions
+            .iter()
+            .any(|d| matches!(d, Decision::Fail { .. })),
+        "{outcome:?}"
+    );
+    // Still missing past the grace period: failed and replaced; the online one stays.
+    let outcome = h.pass(t0 + minutes(6)).await;
+    let failed: Vec<(MachineId, Why)> = outcome
+        .decisions
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Fail { machine, why } => Some((*machine, *why)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, [(zombie, Why::Zombie)], "{outcome:?}");
+    assert_eq!(provisions(&outcome), 1, "a replacement: {outcome:?}");
+    let machine = h.store.get_machine(None, zombie).await.unwrap().machine;
+    assert_eq!(machine.state, MachineState::Failed);
+    assert!(machine.error.unwrap().contains("not online"));
+    assert_eq!(
+        h.store
+            .get_machine(None, online)
+            .await
+            .unwrap()
+            .machine
+            .state,
+        MachineState::Ready
+    );
+    h.settle(&pool).await;
+}
