@@ -12,6 +12,7 @@
 //! This crate does not know about HTTP; `nimbusd` maps [`Error`] to status codes.
 
 pub mod autoscale;
+pub mod costs;
 pub mod demand;
 pub mod forges;
 pub mod host_keys;
@@ -82,6 +83,8 @@ pub struct FleetConfig {
     pub installers: nimbus_setup::installers::Installers,
     /// The autoscaler's timings and policy knobs.
     pub autoscale: autoscale::AutoscaleConfig,
+    /// What machines cost, by provider type and instance type.
+    pub prices: nimbus_types::cost::PriceTable,
 }
 
 impl Default for FleetConfig {
@@ -93,6 +96,7 @@ impl Default for FleetConfig {
             shutdown_timeout: Duration::from_secs(30),
             installers: nimbus_setup::installers::Installers::default(),
             autoscale: autoscale::AutoscaleConfig::default(),
+            prices: nimbus_types::cost::PriceTable::default(),
         }
     }
 }

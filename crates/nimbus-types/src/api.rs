@@ -409,6 +409,42 @@ pub struct DecisionRecord {
     pub reason: String,
 }
 
+/// One line of `GET /v1/costs`: a tenant's machines of one pool (or provisioned by hand).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CostRow {
+    pub tenant: String,
+    pub tenant_id: TenantId,
+    /// `None` for machines provisioned by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Machines that ran in the window.
+    pub machines: u32,
+    /// Billed machine-hours in the window (minimums included).
+    pub machine_hours: f64,
+    pub cost_usd: f64,
+    /// What the machines running now cost per hour.
+    pub usd_per_hour_now: f64,
+    /// Machines in the window without a known price (their cost counts as 0).
+    pub unpriced_machines: u32,
+}
+
+/// `GET /v1/costs`: costs since `since`, per tenant and pool, and a month-end forecast.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CostReport {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: OffsetDateTime,
+    pub rows: Vec<CostRow>,
+    pub total_usd: f64,
+    /// This calendar month (UTC) so far, for the same tenants and pools.
+    pub month_to_date_usd: f64,
+    /// Month to date plus what is running now, kept running to the end of the month.
+    pub forecast_month_end_usd: f64,
+}
+
 /// `GET /v1/tenants/{tenant}/pools/{pool}/plan`: what the autoscaler would do now, and why
 /// (a dry run: nothing was done).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -5,6 +5,7 @@
 //! HTTP, SQL or any provider SDK: the daemon, the CLI and the Git server all depend on it.
 
 pub mod api;
+pub mod cost;
 pub mod demand;
 pub mod event;
 mod ids;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolPlan, PoolView,
-    ProviderView, ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
+    CostReport, CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolPlan,
+    PoolView, ProviderView, ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
 };
 use nimbus_types::{
     Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Schedule,
@@ -65,6 +65,17 @@ pub enum Noun {
     /// Pools: runner machines that come and go with job demand.
     #[command(subcommand)]
     Pool(PoolCmd),
+    /// What the fleet cost, per tenant and pool, with a month-end forecast.
+    Cost {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this pool (needs --tenant).
+        #[arg(long, requires = "tenant")]
+        pool: Option<String>,
+        /// From this date (2026-12-01) or RFC 3339 time [default: the start of this month, UTC].
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Follow telemetry events as they happen.
     Events(EventsArgs),
     /// Print shell completions.
@@ -503,6 +514,25 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
         Noun::Demand(cmd) => demand(client, printer, cmd).await,
         Noun::Machine(cmd) => machine(client, printer, cmd).await,
         Noun::Pool(cmd) => pool(client, printer, cmd).await,
+        Noun::Cost {
+            tenant,
+            pool,
+            since,
+        } => {
+            let mut query = Vec::new();
+            for (key, value) in [("tenant", tenant), ("pool", pool), ("since", since)] {
+                if let Some(value) = value {
+                    query.push(format!("{key}={}", seg(&value)));
+                }
+            }
+            let path = if query.is_empty() {
+                "/v1/costs".to_owned()
+            } else {
+                format!("/v1/costs?{}", query.join("&"))
+            };
+            let report: CostReport = client.get(&path).await?;
+            printer.costs(&report)
+        }
         Noun::Events(args) => events(client, printer, args).await,
         Noun::Completions { .. } | Noun::Manpages { .. } => {
             unreachable!("handled before the runtime starts")

@@ -6,7 +6,8 @@ use std::time::Duration;
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::TenantId;
 use nimbus_types::api::{
-    DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView, StateChange, TenantToken,
+    CostReport, DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView, StateChange,
+    TenantToken,
 };
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
@@ -174,6 +175,46 @@ impl Printer {
             ]);
         }
         print_table(t)
+    }
+
+    pub fn costs(&self, report: &CostReport) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(report);
+        }
+        let mut t = table(&[
+            "TENANT",
+            "POOL",
+            "MACHINES",
+            "MACHINE-HOURS",
+            "COST $",
+            "$/H NOW",
+        ]);
+        for row in &report.rows {
+            let unpriced = if row.unpriced_machines > 0 {
+                format!(" ({} unpriced)", row.unpriced_machines)
+            } else {
+                String::new()
+            };
+            t.add_row(vec![
+                row.tenant.clone(),
+                row.pool.clone().unwrap_or_else(|| "-".to_owned()),
+                format!("{}{unpriced}", row.machines),
+                format!("{:.2}", row.machine_hours),
+                format!("{:.2}", row.cost_usd),
+                format!("{:.4}", row.usd_per_hour_now),
+            ]);
+        }
+        print_table(t)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "\nsince {}: ${:.2} · this month so far ${:.2} · month-end forecast ${:.2}",
+            ts(report.since),
+            report.total_usd,
+            report.month_to_date_usd,
+            report.forecast_month_end_usd
+        )?;
+        Ok(())
     }
 
     /// A dry run: what the autoscaler would do now and why.

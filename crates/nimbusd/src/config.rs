@@ -95,6 +95,9 @@ struct FileConfig {
     setup_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     autoscale_interval: Option<Duration>,
+    /// Prices replacing or adding to the built-in table.
+    #[serde(default)]
+    prices: Vec<nimbus_types::cost::Price>,
     #[serde(default, with = "humantime_serde_opt")]
     request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -126,6 +129,8 @@ pub struct Settings {
     pub orphan_grace: Duration,
     pub setup_timeout: Duration,
     pub autoscale_interval: Duration,
+    /// The built-in prices with the configuration file's `[[prices]]` over them.
+    pub prices: nimbus_types::cost::PriceTable,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
 }
@@ -195,6 +200,7 @@ impl Settings {
                 .setup_timeout
                 .or(file.setup_timeout)
                 .unwrap_or(Duration::from_secs(30 * 60)),
+            prices: nimbus_types::cost::PriceTable::with_overrides(file.prices),
             autoscale_interval: args
                 .autoscale_interval
                 .or(file.autoscale_interval)
@@ -260,6 +266,62 @@ mod tests {
             format!("{:?}", settings.database_url),
             "sqlite://[redacted]"
         );
+    }
+
+    #[test]
+    fn prices_in_the_file_override_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("nimbusd.toml");
+        std::fs::write(
+            &file,
+            r#"
+[[prices]]
+provider_type = "aws"
+instance_type = "c5.xlarge"
+usd_per_hour = 0.12
+billing = { kind = "per_second", minimum_secs = 60 }
+
+[[prices]]
+provider_type = "ssh"
+instance_type = "rack-a"
+usd_per_hour = 0.05
+billing = { kind = "hourly" }
+"#,
+        )
+        .unwrap();
+        let args = ServerArgs {
+            config: Some(file.clone()),
+            data_dir: Some(dir.path().join("data")),
+            config_dir: Some(dir.path().join("config")),
+            state_dir: Some(dir.path().join("state")),
+            ..ServerArgs::default()
+        };
+        let settings = Settings::resolve(&args).unwrap();
+        let aws = nimbus_types::ProviderType::Aws;
+        let ssh = nimbus_types::ProviderType::Ssh;
+        assert_eq!(
+            settings
+                .prices
+                .lookup(aws, Some("c5.xlarge"))
+                .unwrap()
+                .usd_per_hour,
+            0.12
+        );
+        assert_eq!(
+            settings
+                .prices
+                .lookup(ssh, Some("rack-a"))
+                .unwrap()
+                .usd_per_hour,
+            0.05
+        );
+        assert!(
+            settings.prices.lookup(aws, Some("mac2.metal")).is_some(),
+            "defaults stay"
+        );
+        std::fs::write(&file, "[[prices]]\nprovider_type = \"aws\"\n").unwrap();
+        let err = Settings::resolve(&args).unwrap_err();
+        assert!(format!("{err:#}").contains("instance_type"), "{err:#}");
     }
 
     #[test]

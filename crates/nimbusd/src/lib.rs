@@ -128,6 +128,7 @@ impl Server {
         let telemetry = Telemetry::start(dyn_store.clone(), &mut registry);
         let http_metrics = http::HttpMetrics::register(&mut registry);
         let forge_metrics = http::ops::ForgeMetrics::register(&mut registry);
+        let cost_metrics = http::ops::CostMetrics::register(&mut registry);
         let events: Arc<dyn EventSink> = Arc::new(telemetry.clone());
         let key_store = dyn_store.clone();
         let providers = provider_registry(
@@ -152,6 +153,7 @@ impl Server {
                 reconcile_interval: settings.reconcile_interval,
                 orphan_grace: settings.orphan_grace,
                 shutdown_timeout: settings.shutdown_timeout,
+                prices: settings.prices.clone(),
                 autoscale: AutoscaleConfig {
                     interval: settings.autoscale_interval,
                     tuning: Tuning {
@@ -181,6 +183,7 @@ impl Server {
             )),
             webhooks: Arc::new(http::forge::WebhookReceivers::default()),
             forge_metrics,
+            cost_metrics,
         };
         Ok(Server { state, store })
     }

@@ -376,3 +376,82 @@ async fn a_pool_plan_is_a_dry_run_that_says_why() {
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn costs_per_tenant_and_pool_with_a_forecast() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let (_, other) = api.tenant("globex").await;
+    // $3.60 an hour is a tenth of a cent a second.
+    let body = with(
+        with(
+            pool_body("linux", &["self-hosted", "linux"]),
+            "min_idle",
+            json!(2),
+        ),
+        "hourly_cost",
+        json!(3.6),
+    );
+    let reply = create(&api, &token, body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    api.state
+        .fleet
+        .autoscale_once(nimbus_types::now())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let reply = api.call("GET", "/v1/costs", Some(&token), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let rows = reply.body["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "only the caller's tenant: {}", reply.text);
+    let row = &rows[0];
+    assert_eq!(row["tenant"], "acme");
+    assert_eq!(row["pool"], "linux");
+    assert_eq!(row["machines"], 2);
+    assert_eq!(row["usd_per_hour_now"], 7.2);
+    let cost = row["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0 && cost < 0.1, "{cost}");
+    let month = reply.body["month_to_date_usd"].as_f64().unwrap();
+    let forecast = reply.body["forecast_month_end_usd"].as_f64().unwrap();
+    // Two machines at $3.60 an hour kept running to the end of the month.
+    assert!(forecast > month, "{}", reply.text);
+
+    // Another tenant sees only its own (nothing), and not acme's by name.
+    let reply = api.call("GET", "/v1/costs", Some(&other), None).await;
+    assert_eq!(reply.body["rows"], json!([]), "{}", reply.text);
+    let reply = api
+        .call("GET", "/v1/costs?tenant=acme", Some(&other), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    // The admin sees every tenant; a pool narrows it; bad parameters name themselves.
+    let reply = api
+        .admin(
+            "GET",
+            "/v1/costs?tenant=acme&pool=linux&since=2020-01-01",
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["rows"][0]["machines"], 2);
+    assert_eq!(reply.body["since"], "2020-01-01T00:00:00Z");
+    for (query, field) in [
+        ("pool=linux", "pool"),
+        ("since=yesterday", "since"),
+        ("since=2999-01-01", "since"),
+    ] {
+        let reply = api.admin("GET", &format!("/v1/costs?{query}"), None).await;
+        assert_field(&reply, field);
+    }
+    let reply = api.admin("GET", "/v1/costs?colour=blue", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+
+    let metrics = api.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .text
+            .contains("nimbus_cost_dollars_total{tenant=\"acme\",pool=\"linux\"}"),
+        "{}",
+        metrics.text
+    );
+}

@@ -2,6 +2,7 @@
 //! `tower::ServiceExt::oneshot`. One module per resource; the middleware stack is here.
 
 pub mod auth;
+pub mod costs;
 pub mod demand;
 pub mod error;
 mod events;
@@ -63,6 +64,7 @@ pub struct AppState {
     /// One webhook receiver per tenant.
     pub webhooks: Arc<forge::WebhookReceivers>,
     pub forge_metrics: ops::ForgeMetrics,
+    pub cost_metrics: ops::CostMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -111,6 +113,7 @@ pub fn app(state: AppState) -> Router {
         .merge(providers::router())
         .merge(machines::router())
         .merge(pools::router())
+        .merge(costs::router())
         .merge(openapi::router())
         .merge(ops::router())
         .layer(TimeoutLayer::with_status_code(

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::AppState;
-use crate::http::{demand, events, forge, machines, ops, pools, providers, tenants};
+use crate::http::{costs, demand, events, forge, machines, ops, pools, providers, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -18,6 +18,7 @@ use crate::http::{demand, events, forge, machines, ops, pools, providers, tenant
         machines::provision, machines::list, machines::show, machines::terminate,
         machines::can_terminate, machines::history,
         pools::create, pools::list, pools::show, pools::update, pools::delete, pools::plan,
+        costs::costs,
         events::stream,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -55,6 +55,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, description = "Prometheus metrics")))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     state.forge_metrics.refresh(&state.fleet.forges().cached());
+    state.cost_metrics.refresh(&state.fleet).await;
     let mut body = String::new();
     if let Err(err) = prometheus_client::encoding::text::encode(&mut body, &state.metrics) {
         tracing::error!(error = %err, "cannot encode metrics");
@@ -72,6 +73,51 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         body,
     )
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CostLabels {
+    tenant: String,
+    /// Empty for machines provisioned by hand.
+    pool: String,
+}
+
+/// `nimbus_cost_dollars_total`: this calendar month's spend per tenant and pool, recomputed
+/// from the store at each scrape.
+#[derive(Clone, Default)]
+pub struct CostMetrics {
+    dollars: Family<CostLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+impl CostMetrics {
+    pub fn register(registry: &mut Registry) -> CostMetrics {
+        let metrics = CostMetrics::default();
+        registry.register(
+            "nimbus_cost_dollars_total",
+            "Dollars spent this calendar month (UTC), by tenant and pool, from the price table",
+            metrics.dollars.clone(),
+        );
+        metrics
+    }
+
+    async fn refresh(&self, fleet: &nimbus_fleet::Fleet) {
+        match fleet
+            .costs(&nimbus_fleet::costs::CostQuery::default())
+            .await
+        {
+            Ok(report) => {
+                self.dollars.clear();
+                for row in report.rows {
+                    let labels = CostLabels {
+                        tenant: row.tenant,
+                        pool: row.pool.unwrap_or_default(),
+                    };
+                    self.dollars.get_or_create(&labels).set(row.cost_usd);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot compute costs for the metrics"),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -1,0 +1,168 @@
+//! What the fleet costs: every machine's billed lifetime priced by the pool's own
+//! `hourly_cost` (per second) or the price table (provider type and instance type), summed
+//! per tenant and pool, with a month-end forecast.
+
+use std::collections::{BTreeMap, HashMap};
+
+use nimbus_store::MachineFilter;
+use nimbus_types::api::{CostReport, CostRow};
+use nimbus_types::cost::{Billing, Price};
+use nimbus_types::{Machine, MachineState, PoolId, ProviderId, Tenant, TenantId};
+use time::OffsetDateTime;
+
+use crate::{Fleet, Result};
+
+/// Which costs to report.
+#[derive(Clone, Debug, Default)]
+pub struct CostQuery {
+    pub tenant_id: Option<TenantId>,
+    /// Only this pool's machines.
+    pub pool_id: Option<PoolId>,
+    /// Start of the window [default: the start of this calendar month, UTC].
+    pub since: Option<OffsetDateTime>,
+}
+
+impl Fleet {
+    /// Costs since `query.since` until now, per tenant and pool.
+    pub async fn costs(&self, query: &CostQuery) -> Result<CostReport> {
+        let now = nimbus_types::now();
+        let month_start = nimbus_autoscale::month_start(now);
+        let since = query.since.unwrap_or(month_start).min(now);
+        let tenants: Vec<Tenant> = match query.tenant_id {
+            Some(id) => vec![self.inner.store.get_tenant(id).await?],
+            None => self.inner.store.list_tenants().await?,
+        };
+        let mut rows = Vec::new();
+        let (mut month_to_date, mut burn) = (0.0, 0.0);
+        for tenant in tenants {
+            let providers: HashMap<ProviderId, nimbus_types::ProviderType> = self
+                .inner
+                .store
+                .list_tenant_providers(tenant.id)
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.provider_type))
+                .collect();
+            let pools: HashMap<PoolId, nimbus_types::Pool> = self
+                .inner
+                .store
+                .list_pools(Some(tenant.id))
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p))
+                .collect();
+            let machines = self
+                .inner
+                .store
+                .list_machines(&MachineFilter {
+                    tenant_id: Some(tenant.id),
+                    pool_id: query.pool_id,
+                    terminated_since: Some(since.min(month_start)),
+                    ..MachineFilter::default()
+                })
+                .await?;
+            let mut groups: BTreeMap<Option<String>, CostRow> = BTreeMap::new();
+            for record in machines {
+                let machine = record.machine;
+                let pool = machine.pool_id.and_then(|id| pools.get(&id));
+                let price = self.price_of(&machine, pool, &providers);
+                let ended = ended_at(&machine);
+                if let Some(price) = &price {
+                    month_to_date += price.cost(machine.created_at, ended, month_start, now);
+                    if ended.is_none() {
+                        burn += price.usd_per_hour;
+                    }
+                }
+                if ended.is_some_and(|end| end < since) {
+                    continue;
+                }
+                let name = pool.map(|pool| pool.name.clone());
+                let row = groups.entry(name.clone()).or_insert_with(|| CostRow {
+                    tenant: tenant.name.clone(),
+                    tenant_id: tenant.id,
+                    pool: name,
+                    machines: 0,
+                    machine_hours: 0.0,
+                    cost_usd: 0.0,
+                    usd_per_hour_now: 0.0,
+                    unpriced_machines: 0,
+                });
+                row.machines += 1;
+                match &price {
+                    Some(price) => {
+                        row.cost_usd += price.cost(machine.created_at, ended, since, now);
+                        row.machine_hours += price.hours(machine.created_at, ended, since, now);
+                        if ended.is_none() {
+                            row.usd_per_hour_now += price.usd_per_hour;
+                        }
+                    }
+                    None => {
+                        row.unpriced_machines += 1;
+                        let end = ended.unwrap_or(now);
+                        row.machine_hours += (end - machine.created_at.max(since))
+                            .as_seconds_f64()
+                            .max(0.0)
+                            / 3600.0;
+                    }
+                }
+            }
+            rows.extend(groups.into_values());
+        }
+        let total = rows.iter().map(|row| row.cost_usd).sum();
+        let month_end = next_month(month_start);
+        let left_hours = (month_end - now).as_seconds_f64().max(0.0) / 3600.0;
+        Ok(CostReport {
+            since,
+            until: now,
+            rows,
+            total_usd: total,
+            month_to_date_usd: month_to_date,
+            forecast_month_end_usd: month_to_date + burn * left_hours,
+        })
+    }
+
+    /// The price of a machine: its pool's `hourly_cost` when set (per second), else the price
+    /// table's entry for its provider type and instance type.
+    fn price_of(
+        &self,
+        machine: &Machine,
+        pool: Option<&nimbus_types::Pool>,
+        providers: &HashMap<ProviderId, nimbus_types::ProviderType>,
+    ) -> Option<Price> {
+        if let Some(cost) = pool.and_then(|pool| pool.settings.hourly_cost) {
+            return Some(Price {
+                provider_type: *providers.get(&machine.provider_id)?,
+                instance_type: machine.instance_type.clone().unwrap_or_default(),
+                usd_per_hour: cost,
+                billing: Billing::PerSecond { minimum_secs: 0 },
+            });
+        }
+        let provider_type = providers.get(&machine.provider_id)?;
+        self.inner
+            .config
+            .prices
+            .lookup(*provider_type, machine.instance_type.as_deref())
+            .cloned()
+    }
+}
+
+/// When a machine stopped costing: terminated or failed, at its last update.
+fn ended_at(machine: &Machine) -> Option<OffsetDateTime> {
+    matches!(
+        machine.state,
+        MachineState::Terminated | MachineState::Failed
+    )
+    .then_some(machine.updated_at)
+}
+
+fn next_month(month_start: OffsetDateTime) -> OffsetDateTime {
+    let (year, month) = (month_start.year(), month_start.month());
+    let (year, month) = if month == time::Month::December {
+        (year + 1, time::Month::January)
+    } else {
+        (year, month.next())
+    };
+    time::Date::from_calendar_date(year, month, 1)
+        .map(|date| date.midnight().assume_utc())
+        .unwrap_or(month_start)
+}
