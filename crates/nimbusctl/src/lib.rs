@@ -78,6 +78,9 @@ pub enum Noun {
     },
     /// Follow telemetry events as they happen.
     Events(EventsArgs),
+    /// Replay a CI job trace against simulated providers: what a pool configuration costs and
+    /// how long jobs wait, under Nimbus's policy and the peers' (runs offline, no daemon).
+    Sim(Box<nimbus_sim::cli::SimArgs>),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -478,6 +481,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         clap_complete::generate(*shell, &mut cmd, "nimbusctl", &mut std::io::stdout());
         return Ok(());
     }
+    if let Noun::Sim(args) = &cli.command {
+        let mut args = (**args).clone();
+        args.json = cli.json;
+        let mut out = std::io::stdout().lock();
+        return nimbus_sim::cli::run(&args, &mut out);
+    }
     if let Noun::Manpages { dir } = &cli.command {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         clap_mangen::generate_to(Cli::command(), dir)
@@ -534,7 +543,7 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
             printer.costs(&report)
         }
         Noun::Events(args) => events(client, printer, args).await,
-        Noun::Completions { .. } | Noun::Manpages { .. } => {
+        Noun::Sim(_) | Noun::Completions { .. } | Noun::Manpages { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
