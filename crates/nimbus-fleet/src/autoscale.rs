@@ -67,6 +67,8 @@ pub(crate) struct State {
     /// Each tenant's pool machines and jobs as last read, so a pass woken by a webhook reads
     /// only what changed since (the timer's passes read everything again).
     rows: Mutex<HashMap<TenantId, Rows>>,
+    /// Tenants whose budget held back scale-up in their last pass (for a single event).
+    budget_held: Mutex<HashSet<TenantId>>,
 }
 
 /// Rows read from the store for one tenant.
@@ -110,6 +112,10 @@ struct TenantView {
     pools: Vec<Pool>,
     /// Live and recently failed machines per pool.
     machines: HashMap<PoolId, Vec<PoolMachine>>,
+    /// What one machine of each pool costs per hour (its `hourly_cost`, else the price table).
+    rates: HashMap<PoolId, f64>,
+    /// The tenant's monthly budget in USD.
+    budget: Option<f64>,
     spend: HashMap<PoolId, f64>,
     jobs: Vec<JobRecord>,
 }
@@ -230,6 +236,32 @@ impl Fleet {
         let tenant = self.inner.store.get_tenant(tenant_id).await?;
         let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
         let mut outcomes = Vec::with_capacity(view.pools.len());
+        let lookahead_hours = self
+            .inner
+            .config
+            .autoscale
+            .tuning
+            .budget_lookahead
+            .as_secs_f64()
+            / 3600.0;
+        // What the tenant's budget leaves after this month's spend and an hour ahead of every
+        // machine it has; pools take from it in order.
+        let mut tenant_room = view.budget.map(|budget| {
+            let spent: f64 = view.spend.values().sum();
+            let committed: f64 = view
+                .machines
+                .iter()
+                .map(|(pool_id, machines)| {
+                    let live = machines
+                        .iter()
+                        .filter(|m| m.state != MachineState::Failed)
+                        .count();
+                    view.rates.get(pool_id).copied().unwrap_or(0.0) * lookahead_hours * live as f64
+                })
+                .sum();
+            budget - spent - committed
+        });
+        let mut tenant_held = false;
         for pool in &view.pools {
             let views = self.machine_views(view.machines.get(&pool.id), now);
             let runner_version = self
@@ -249,18 +281,37 @@ impl Fleet {
                 now,
             );
             let mut status = plan.status;
-            self.apply(&tenant, pool, &plan.decisions, &status, now)
-                .await;
+            let mut decisions = plan.decisions;
+            if let Some(room) = tenant_room.as_mut() {
+                let per_machine =
+                    view.rates.get(&pool.id).copied().unwrap_or(0.0) * lookahead_hours;
+                if clamp_to_budget(&mut decisions, room, per_machine) {
+                    status.budget_exhausted = true;
+                    tenant_held = true;
+                    self.remember(
+                        pool.id,
+                        record(
+                            now,
+                            "hold",
+                            None,
+                            None,
+                            "the tenant's monthly budget is reached".to_owned(),
+                        ),
+                    );
+                }
+            }
+            self.apply(&tenant, pool, &decisions, &status, now).await;
             status.last_decisions = self.last_decisions(pool.id);
             self.telemetry()
                 .set_pool_status(&tenant.name, &pool.name, &status);
             outcomes.push(PoolOutcome {
                 pool_id: pool.id,
                 pool: pool.name.clone(),
-                decisions: plan.decisions,
+                decisions,
                 status,
             });
         }
+        self.note_tenant_budget(&tenant, view.budget, tenant_held);
         Ok(outcomes)
     }
 
@@ -403,6 +454,8 @@ impl Fleet {
             return Ok(TenantView {
                 pools,
                 machines: HashMap::new(),
+                rates: HashMap::new(),
+                budget: None,
                 spend: HashMap::new(),
                 jobs: Vec::new(),
             });
@@ -428,10 +481,36 @@ impl Fleet {
                 machines.entry(pool_id).or_default().push(machine);
             }
         }
+        let provider_types: HashMap<nimbus_types::ProviderId, nimbus_types::ProviderType> = self
+            .inner
+            .store
+            .list_tenant_providers(tenant_id)
+            .await?
+            .into_iter()
+            .map(|provider| (provider.id, provider.provider_type))
+            .collect();
+        let rates: HashMap<PoolId, f64> = pools
+            .iter()
+            .map(|pool| {
+                let listed = provider_types.get(&pool.provider_id).and_then(|kind| {
+                    self.inner
+                        .config
+                        .prices
+                        .lookup(*kind, pool.settings.instance_type.as_deref())
+                });
+                let rate = pool
+                    .settings
+                    .hourly_cost
+                    .or(listed.map(|price| price.usd_per_hour))
+                    .unwrap_or(0.0);
+                (pool.id, rate)
+            })
+            .collect();
+        let budget = self.inner.store.get_tenant_budget(tenant_id).await?;
         let spend = pools
             .iter()
             .map(|pool| {
-                let cost = pool.settings.hourly_cost.unwrap_or(0.0);
+                let cost = rates.get(&pool.id).copied().unwrap_or(0.0);
                 let spent = lifetimes
                     .remove(&pool.id)
                     .map(|lives| nimbus_autoscale::month_spend(lives, cost, now))
@@ -442,6 +521,8 @@ impl Fleet {
         Ok(TenantView {
             pools,
             machines,
+            rates,
+            budget,
             spend,
             jobs,
         })
@@ -777,6 +858,36 @@ impl Fleet {
         }
     }
 
+    /// Emits `nimbus.tenant.budget_exhausted` when the tenant's budget starts holding back.
+    fn note_tenant_budget(&self, tenant: &nimbus_types::Tenant, budget: Option<f64>, held: bool) {
+        let started = {
+            let mut flags = self
+                .inner
+                .autoscale
+                .budget_held
+                .lock()
+                .expect("budget lock");
+            if held {
+                flags.insert(tenant.id)
+            } else {
+                flags.remove(&tenant.id);
+                false
+            }
+        };
+        if started {
+            let budget = budget.unwrap_or(0.0);
+            self.emit(
+                Event::new(event::TENANT_BUDGET_EXHAUSTED)
+                    .tenant(tenant.id)
+                    .meta("budget_usd", budget)
+                    .meta(
+                        "reason",
+                        format!("the tenant's monthly budget of ${budget:.2} is reached"),
+                    ),
+            );
+        }
+    }
+
     /// Emits `backoff` and `budget_exhausted` when a pool starts holding back.
     fn note_holds(
         &self,
@@ -833,6 +944,32 @@ impl Fleet {
             .map(|memory| memory.decisions.iter().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// Cuts provisions to what `room` dollars pay for at `per_machine` each (an hour ahead of a
+/// machine), taking it from `room`; true when something was cut.
+fn clamp_to_budget(decisions: &mut Vec<Decision>, room: &mut f64, per_machine: f64) -> bool {
+    let mut cut = false;
+    decisions.retain_mut(|decision| {
+        let Decision::Provision { count, reason } = decision else {
+            return true;
+        };
+        if per_machine <= 0.0 {
+            return true;
+        }
+        let affordable = (room.max(0.0) / per_machine).floor();
+        let allowed = u32::try_from(affordable as u64)
+            .unwrap_or(u32::MAX)
+            .min(*count);
+        if allowed < *count {
+            cut = true;
+            *reason = format!("{reason}; held to {allowed} by the tenant's monthly budget");
+            *count = allowed;
+        }
+        *room -= f64::from(allowed) * per_machine;
+        allowed > 0
+    });
+    cut
 }
 
 /// A decision as people read it.

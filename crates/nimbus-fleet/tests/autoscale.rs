@@ -868,3 +868,40 @@ async fn a_runner_the_forge_does_not_show_online_is_replaced_as_a_zombie() {
     );
     h.settle(&pool).await;
 }
+
+#[tokio::test]
+async fn the_tenants_budget_holds_back_every_pool_with_one_event() {
+    let h = harness().await;
+    let mut s = settings(0, 10);
+    // No pool budget; the tenant's $2.50 pays for two machine-hours ahead.
+    s.hourly_cost = Some(1.0);
+    let pool = h.pool(s).await;
+    h.store
+        .set_tenant_budget(h.tenant.id, Some(2.5))
+        .await
+        .unwrap();
+    for id in 1..=5 {
+        h.job(id, JobStatus::Queued, None).await;
+    }
+    let outcome = h.pass(nimbus_types::now()).await;
+    assert_eq!(provisions(&outcome), 2, "{outcome:?}");
+    assert!(outcome.status.budget_exhausted);
+    assert!(
+        outcome
+            .status
+            .last_decisions
+            .iter()
+            .any(|d| d.action == "hold" && d.reason.contains("tenant's monthly budget")),
+        "{outcome:?}"
+    );
+    // Held again on the next pass: still one event.
+    let outcome = h.pass(nimbus_types::now()).await;
+    assert_eq!(provisions(&outcome), 0, "{outcome:?}");
+    let events = h.events(event::TENANT_BUDGET_EXHAUSTED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    // Without the budget the pool grows to its demand.
+    h.store.set_tenant_budget(h.tenant.id, None).await.unwrap();
+    let outcome = h.pass(nimbus_types::now()).await;
+    assert_eq!(provisions(&outcome), 3, "{outcome:?}");
+    h.settle(&pool).await;
+}

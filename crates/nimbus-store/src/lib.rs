@@ -164,6 +164,11 @@ pub trait Storage: Send + Sync + 'static {
         public_key: &str,
     ) -> Result<String>;
 
+    /// Sets (or with `None` removes) a tenant's monthly budget in USD.
+    async fn set_tenant_budget(&self, tenant_id: TenantId, monthly_usd: Option<f64>) -> Result<()>;
+    /// A tenant's monthly budget in USD, if it has one.
+    async fn get_tenant_budget(&self, tenant_id: TenantId) -> Result<Option<f64>>;
+
     /// Creates a pool; `Conflict` when the tenant already has a pool with that name.
     async fn create_pool(&self, pool: &Pool) -> Result<()>;
     /// A pool of the given tenant; another tenant's pool is `NotFound`.

@@ -770,6 +770,28 @@ impl Storage for SqlStore {
             .collect()
     }
 
+    async fn set_tenant_budget(&self, tenant_id: TenantId, monthly_usd: Option<f64>) -> Result<()> {
+        let _guard = self.write_guard().await;
+        let result = sqlx::query("UPDATE tenants SET monthly_budget = $2 WHERE id = $1")
+            .bind(tenant_id.to_string())
+            .bind(monthly_usd)
+            .execute(&self.pool)
+            .await?;
+        if result.rows_affected() == 0 {
+            return Err(Error::NotFound { entity: "tenant" });
+        }
+        Ok(())
+    }
+
+    async fn get_tenant_budget(&self, tenant_id: TenantId) -> Result<Option<f64>> {
+        let row = sqlx::query("SELECT monthly_budget FROM tenants WHERE id = $1")
+            .bind(tenant_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or(Error::NotFound { entity: "tenant" })?;
+        Ok(row.try_get("monthly_budget")?)
+    }
+
     async fn create_pool(&self, pool: &Pool) -> Result<()> {
         let _guard = self.write_guard().await;
         let mut tx = self.begin_write().await?;

@@ -123,6 +123,7 @@ conformance!(
     reopening_keeps_data,
     wrong_seal_key_cannot_open_credentials,
     pools_crud_and_names_unique_per_tenant,
+    tenant_budgets,
     pools_guard_their_machines_and_provider,
     machines_carry_pool_and_usage,
     demand_records_forward_only_and_counts_deliveries_once,
@@ -1642,5 +1643,25 @@ async fn demand_prunes_finished_jobs_and_old_deliveries(db: &TestDb) {
             .await
             .unwrap(),
         Applied::Recorded
+    );
+}
+
+async fn tenant_budgets(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap().id;
+    assert_eq!(store.get_tenant_budget(tenant).await.unwrap(), None);
+    store.set_tenant_budget(tenant, Some(1250.5)).await.unwrap();
+    assert_eq!(store.get_tenant_budget(tenant).await.unwrap(), Some(1250.5));
+    store.set_tenant_budget(tenant, None).await.unwrap();
+    assert_eq!(store.get_tenant_budget(tenant).await.unwrap(), None);
+    assert_not_found(
+        store.set_tenant_budget(TenantId::new(), Some(1.0)).await,
+        "tenant",
+        "unknown tenant",
+    );
+    assert_not_found(
+        store.get_tenant_budget(TenantId::new()).await,
+        "tenant",
+        "unknown tenant",
     );
 }

@@ -409,6 +409,22 @@ pub struct DecisionRecord {
     pub reason: String,
 }
 
+/// `PUT /v1/tenants/{tenant}/budget`: `null` removes the budget.
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudget {
+    pub monthly_usd: Option<f64>,
+}
+
+/// A tenant's monthly budget and where the month stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BudgetView {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monthly_usd: Option<f64>,
+    pub spent_this_month_usd: f64,
+    pub forecast_month_end_usd: f64,
+}
+
 /// One line of `GET /v1/costs`: a tenant's machines of one pool (or provisioned by hand).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CostRow {

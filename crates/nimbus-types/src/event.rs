@@ -50,6 +50,8 @@ pub const POOL_SCALE_DOWN: &str = "nimbus.pool.scale_down";
 pub const POOL_BACKOFF: &str = "nimbus.pool.backoff";
 /// Scale-up stopped at the pool's monthly budget.
 pub const POOL_BUDGET_EXHAUSTED: &str = "nimbus.pool.budget_exhausted";
+/// The tenant's monthly budget holds back the scale-up of its pools.
+pub const TENANT_BUDGET_EXHAUSTED: &str = "nimbus.tenant.budget_exhausted";
 
 /// Every event name Nimbus emits.
 pub const ALL: &[&str] = &[
@@ -84,6 +86,7 @@ pub const ALL: &[&str] = &[
     POOL_SCALE_DOWN,
     POOL_BACKOFF,
     POOL_BUDGET_EXHAUSTED,
+    TENANT_BUDGET_EXHAUSTED,
 ];
 
 /// Receives telemetry events: the one sink trait every crate reports through. The daemon's

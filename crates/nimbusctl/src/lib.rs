@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    CostReport, CreatePool, CreateProvider, CreateTenant, MachineList, PoolList, PoolPlan,
-    PoolView, ProviderView, ProvisionMachine, SetForge, StateChange, TenantToken, UpdatePool,
+    BudgetView, CostReport, CreatePool, CreateProvider, CreateTenant, MachineList, PoolList,
+    PoolPlan, PoolView, ProviderView, ProvisionMachine, SetBudget, SetForge, StateChange,
+    TenantToken, UpdatePool,
 };
 use nimbus_types::{
     Arch, CanTerminate, ForgeType, ImageType, Machine, MachineState, Os, ProviderType, Schedule,
@@ -100,6 +101,16 @@ pub enum TenantCmd {
     Show { name: String },
     /// Issue a new token for a tenant (admin); it is shown once.
     Token { name: String },
+    /// Show a tenant's monthly budget and this month's spend; set or clear it (admin).
+    Budget {
+        name: String,
+        /// A monthly budget in USD: no pool of the tenant scales up past it.
+        #[arg(long, conflicts_with = "clear")]
+        set: Option<f64>,
+        /// Remove the budget.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -562,6 +573,15 @@ async fn tenant(client: &Client, printer: &Printer, cmd: TenantCmd) -> anyhow::R
         TenantCmd::Show { name } => {
             let tenant: Tenant = client.get(&format!("/v1/tenants/{}", seg(&name))).await?;
             printer.tenants(&[tenant])
+        }
+        TenantCmd::Budget { name, set, clear } => {
+            let path = format!("/v1/tenants/{}/budget", seg(&name));
+            let view: BudgetView = if set.is_some() || clear {
+                client.put(&path, &SetBudget { monthly_usd: set }).await?
+            } else {
+                client.get(&path).await?
+            };
+            printer.budget(&view)
         }
         TenantCmd::Token { name } => {
             let token: TenantToken = client

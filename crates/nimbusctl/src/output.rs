@@ -6,8 +6,8 @@ use std::time::Duration;
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::TenantId;
 use nimbus_types::api::{
-    CostReport, DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView, StateChange,
-    TenantToken,
+    BudgetView, CostReport, DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView,
+    StateChange, TenantToken,
 };
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
@@ -175,6 +175,23 @@ impl Printer {
             ]);
         }
         print_table(t)
+    }
+
+    pub fn budget(&self, view: &BudgetView) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(view);
+        }
+        let mut out = std::io::stdout().lock();
+        match view.monthly_usd {
+            Some(budget) => writeln!(out, "monthly budget ${budget:.2}")?,
+            None => writeln!(out, "no monthly budget")?,
+        }
+        writeln!(
+            out,
+            "spent this month ${:.2} · month-end forecast ${:.2}",
+            view.spent_this_month_usd, view.forecast_month_end_usd
+        )?;
+        Ok(())
     }
 
     pub fn costs(&self, report: &CostReport) -> anyhow::Result<()> {

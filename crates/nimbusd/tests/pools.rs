@@ -455,3 +455,44 @@ async fn costs_per_tenant_and_pool_with_a_forecast() {
         metrics.text
     );
 }
+
+#[tokio::test]
+async fn a_tenant_budget_is_set_by_the_admin_and_read_by_the_tenant() {
+    let api = api().await;
+    let (_, token) = api.tenant("acme").await;
+    let path = "/v1/tenants/acme/budget";
+    let reply = api.call("GET", path, Some(&token), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert!(reply.body.get("monthly_usd").is_none(), "{}", reply.text);
+    assert_eq!(reply.body["spent_this_month_usd"], 0.0);
+
+    let reply = api
+        .call("PUT", path, Some(&token), Some(json!({"monthly_usd": 100})))
+        .await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
+    for bad in [json!(-5), json!(0), json!("lots")] {
+        let reply = api
+            .admin("PUT", path, Some(json!({"monthly_usd": bad})))
+            .await;
+        assert_field(&reply, "monthly_usd");
+    }
+    let reply = api
+        .admin("PUT", path, Some(json!({"monthly_usd": 100})))
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    assert_eq!(reply.body["monthly_usd"], 100.0);
+    let reply = api.call("GET", path, Some(&token), None).await;
+    assert_eq!(reply.body["monthly_usd"], 100.0, "{}", reply.text);
+    let reply = api
+        .admin("PUT", path, Some(json!({"monthly_usd": null})))
+        .await;
+    assert!(reply.body.get("monthly_usd").is_none(), "{}", reply.text);
+    let reply = api
+        .admin(
+            "PUT",
+            "/v1/tenants/nobody/budget",
+            Some(json!({"monthly_usd": 1})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+}

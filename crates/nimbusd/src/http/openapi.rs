@@ -13,6 +13,7 @@ use crate::http::{costs, demand, events, forge, machines, ops, pools, providers,
     info(title = "Nimbus API", description = "Elastic CI runner machines on demand"),
     paths(
         tenants::create, tenants::list, tenants::show, tenants::create_token,
+        tenants::budget, tenants::set_budget,
         forge::show, forge::set, forge::webhook, demand::list,
         providers::create, providers::list, providers::list_all, providers::show, providers::delete,
         machines::provision, machines::list, machines::show, machines::terminate,

@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use nimbus_types::api::{CreateTenant, TenantToken};
+use nimbus_types::api::{BudgetView, CreateTenant, SetBudget, TenantToken};
 use nimbus_types::{Tenant, validate_name};
 
 use crate::http::AppState;
@@ -18,6 +18,67 @@ pub fn router() -> Router<AppState> {
         .route("/v1/tenants", post(create).get(list))
         .route("/v1/tenants/{tenant}", get(show))
         .route("/v1/tenants/{tenant}/tokens", post(create_token))
+        .route("/v1/tenants/{tenant}/budget", get(budget).put(set_budget))
+}
+
+async fn budget_view(state: &AppState, tenant: &Tenant) -> Result<BudgetView, ApiError> {
+    let report = state
+        .fleet
+        .costs(&nimbus_fleet::costs::CostQuery {
+            tenant_id: Some(tenant.id),
+            ..Default::default()
+        })
+        .await?;
+    Ok(BudgetView {
+        monthly_usd: state.store.get_tenant_budget(tenant.id).await?,
+        spent_this_month_usd: report.month_to_date_usd,
+        forecast_month_end_usd: report.forecast_month_end_usd,
+    })
+}
+
+/// A tenant's monthly budget, this month's spend and the month-end forecast.
+#[utoipa::path(get, path = "/v1/tenants/{tenant}/budget", tag = "tenants", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant name or id")),
+    responses((status = 200, body = BudgetView), (status = 404, body = nimbus_types::api::ErrorBody)))]
+pub async fn budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+) -> Result<Json<BudgetView>, ApiError> {
+    let tenant = caller.tenant(&state, &tenant).await?;
+    Ok(Json(budget_view(&state, &tenant).await?))
+}
+
+/// Set or remove a tenant's monthly budget (admin only): the autoscaler scales none of the
+/// tenant's pools past it, counting this month's spend and an hour ahead of every machine.
+#[utoipa::path(put, path = "/v1/tenants/{tenant}/budget", tag = "tenants", security(("bearer" = [])),
+    params(("tenant" = String, Path, description = "tenant name or id")),
+    request_body = SetBudget,
+    responses((status = 200, body = BudgetView),
+              (status = 403, description = "needs the admin token", body = nimbus_types::api::ErrorBody),
+              (status = 422, description = "not a positive amount", body = nimbus_types::api::ErrorBody)))]
+pub async fn set_budget(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(tenant): Path<String>,
+    ApiJson(body): ApiJson<SetBudget>,
+) -> Result<Json<BudgetView>, ApiError> {
+    caller.require_admin()?;
+    let tenant = caller.tenant(&state, &tenant).await?;
+    if let Some(usd) = body.monthly_usd
+        && !(usd.is_finite() && usd > 0.0)
+    {
+        return Err(ApiError::invalid_field(
+            "monthly_usd",
+            "must be a positive number of dollars, or null to remove the budget",
+        ));
+    }
+    state
+        .store
+        .set_tenant_budget(tenant.id, body.monthly_usd)
+        .await?;
+    state.fleet.demand_changed(tenant.id);
+    Ok(Json(budget_view(&state, &tenant).await?))
 }
 
 /// Create a tenant (admin only).
