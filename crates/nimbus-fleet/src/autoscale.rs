@@ -263,23 +263,7 @@ impl Fleet {
         });
         let mut tenant_held = false;
         for pool in &view.pools {
-            let views = self.machine_views(view.machines.get(&pool.id), now);
-            let runner_version = self
-                .runner_version(tenant_id, pool.settings.os, pool.settings.arch)
-                .await;
-            let plan = nimbus_autoscale::plan(
-                &PoolView {
-                    pool,
-                    machines: &views,
-                    spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
-                    runner_version: runner_version.as_deref(),
-                    tuning: &self.inner.config.autoscale.tuning,
-                },
-                demand
-                    .get(&pool.id)
-                    .unwrap_or(&nimbus_autoscale::Demand::default()),
-                now,
-            );
+            let plan = self.plan_pool(&view, &demand, pool, now).await;
             let mut status = plan.status;
             let mut decisions = plan.decisions;
             if let Some(room) = tenant_room.as_mut() {
@@ -327,23 +311,7 @@ impl Fleet {
         let now = nimbus_types::now();
         let view = self.tenant_view(pool.tenant_id, now, false).await?;
         let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
-        let views = self.machine_views(view.machines.get(&pool.id), now);
-        let runner_version = self
-            .runner_version(pool.tenant_id, pool.settings.os, pool.settings.arch)
-            .await;
-        let plan = nimbus_autoscale::plan(
-            &PoolView {
-                pool,
-                machines: &views,
-                spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
-                runner_version: runner_version.as_deref(),
-                tuning: &self.inner.config.autoscale.tuning,
-            },
-            demand
-                .get(&pool.id)
-                .unwrap_or(&nimbus_autoscale::Demand::default()),
-            now,
-        );
+        let plan = self.plan_pool(&view, &demand, pool, now).await;
         let mut status = plan.status;
         status.last_decisions = self.last_decisions(pool.id);
         let decisions = plan
@@ -356,6 +324,33 @@ impl Fleet {
             decisions,
             status,
         })
+    }
+
+    /// Asks the policy about one pool of `view`.
+    async fn plan_pool(
+        &self,
+        view: &TenantView,
+        demand: &HashMap<PoolId, nimbus_autoscale::Demand>,
+        pool: &Pool,
+        now: OffsetDateTime,
+    ) -> nimbus_autoscale::Plan {
+        let views = self.machine_views(view.machines.get(&pool.id), now);
+        let runner_version = self
+            .runner_version(pool.tenant_id, pool.settings.os, pool.settings.arch)
+            .await;
+        nimbus_autoscale::plan(
+            &PoolView {
+                pool,
+                machines: &views,
+                spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
+                runner_version: runner_version.as_deref(),
+                tuning: &self.inner.config.autoscale.tuning,
+            },
+            demand
+                .get(&pool.id)
+                .unwrap_or(&nimbus_autoscale::Demand::default()),
+            now,
+        )
     }
 
     /// Forgets a deleted pool's memory and gauges.
