@@ -22,6 +22,7 @@
 //!    idle past `idle_timeout`, longest idle first. Over `max` (after `max` was lowered), idle
 //!    runners go without waiting for the timeout.
 
+pub mod forecast;
 pub mod matching;
 
 use std::fmt;
@@ -31,6 +32,7 @@ use nimbus_types::api::PoolStatus;
 use nimbus_types::{MachineId, Pool};
 use time::OffsetDateTime;
 
+pub use crate::forecast::{DemandForecast, ForecastConfig, HourSample, Observation};
 pub use crate::matching::{Matcher, assign, best_pool};
 
 /// Knobs of the policy that are not pool settings. The defaults suit clouds; tests and the
@@ -50,6 +52,30 @@ pub struct Tuning {
     /// Scale-up stays within the monthly budget counting this long of the whole pool's cost
     /// ahead (a new machine is never started on money the pool does not have).
     pub budget_lookahead: Duration,
+    /// With a forecast ([`Outlook::forecast`]): how far ahead the warm target looks, so
+    /// capacity is ready when the forecast rise comes (more than a boot, host allocation
+    /// included).
+    pub prewarm: Duration,
+    /// [`Tuning::prewarm`] for a pool on dedicated hosts ([`Outlook::hosts`]). Longer: a host
+    /// costs its whole minimum allocation however late in it the peak comes, so hosts are
+    /// allocated ahead for the highest demand forecast in this long.
+    pub host_prewarm: Duration,
+    /// With hosts and a forecast: spare hosts kept on top of a forecast of `n` concurrent
+    /// jobs, `ceil(host_spare × √n)`. Arrivals are bursty and a job that finds no instance
+    /// waits a host allocation and a boot (10 minutes); the relative spare shrinks as the
+    /// pool grows, as the spread of a sum of independent arrivals does.
+    pub host_spare: f64,
+    /// With hosts ([`Outlook::hosts`]): a host past its minimum allocation is kept while the
+    /// forecast needs it within this long. A new host commits to its whole minimum, so a host
+    /// not needed for most of a day is cheaper released and allocated again.
+    pub host_hold: Duration,
+    /// With hosts: a queued job waits for a host whose scrubbing ends within this rather than
+    /// allocating a new one.
+    pub scrub_wait: Duration,
+    /// With hosts: how long a host scrubs after its instance ends (it can be released only
+    /// then); an instance whose host is to go is terminated this long before the host's
+    /// minimum allocation ends.
+    pub host_scrub: Duration,
 }
 
 impl Default for Tuning {
@@ -61,6 +87,12 @@ impl Default for Tuning {
             backoff_max: Duration::from_secs(15 * 60),
             failure_memory: Duration::from_secs(3600),
             budget_lookahead: Duration::from_secs(3600),
+            prewarm: Duration::from_secs(15 * 60),
+            host_prewarm: Duration::from_secs(2 * 3600),
+            host_spare: 1.0,
+            host_hold: Duration::from_secs(12 * 3600),
+            scrub_wait: Duration::from_secs(10 * 60),
+            host_scrub: Duration::from_secs(3000),
         }
     }
 }
@@ -111,6 +143,34 @@ pub struct PoolView<'a> {
     /// The runner version new machines get; idle runners with another one are replaced.
     pub runner_version: Option<&'a str>,
     pub tuning: &'a Tuning,
+}
+
+/// A dedicated host of the pool (EC2 Mac): billed from allocation for at least its minimum
+/// allocation, one instance at a time, scrubbed after each instance before it takes another.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostView {
+    pub allocated_at: OffsetDateTime,
+    /// When the minimum allocation ends: the host cannot be released before.
+    pub min_until: OffsetDateTime,
+    /// The machine on the host, if any.
+    pub instance: Option<MachineId>,
+    /// Until when the host is scrubbing (`None` or past: it is free for an instance).
+    pub scrubbing_until: Option<OffsetDateTime>,
+}
+
+/// What [`plan_with`] knows beyond the pool's machines; [`Outlook::default`] knows nothing
+/// and makes it [`plan`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Outlook<'a> {
+    /// `Some` for a pool on dedicated hosts: its hosts not released. The policy then keeps
+    /// an idle instance on a host inside its minimum allocation (it costs nothing more),
+    /// releases a host past it (by terminating its instance ahead of the scrub) when the
+    /// forecast does not need it within [`Tuning::host_hold`], and lets queued jobs wait for
+    /// a host about to finish scrubbing.
+    pub hosts: Option<&'a [HostView]>,
+    /// Demand learned from the pool's past ([`DemandForecast::learn`]): the pool keeps at least
+    /// the forecast concurrency of the coming [`Tuning::prewarm`] as capacity.
+    pub forecast: Option<&'a DemandForecast>,
 }
 
 /// A job waiting for a runner of the pool.
@@ -297,8 +357,29 @@ fn backoff(view: &PoolView<'_>, now: OffsetDateTime) -> Option<(OffsetDateTime, 
 }
 
 /// Decides what the pool should do now. Pure and deterministic: the same view, demand and
-/// time give the same plan.
+/// time give the same plan. [`plan_with`] knowing no hosts and no forecast.
 pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
+    plan_with(view, &Outlook::default(), demand, now)
+}
+
+/// Whether the forecast needs the pool's `firm` capacity plus more within `[from, to]`, and
+/// how many more at most.
+fn forecast_need(
+    forecast: Option<&DemandForecast>,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> usize {
+    forecast.map_or(0, |f| (f.peak(from, to) - 1e-9).ceil().max(0.0) as usize)
+}
+
+/// [`plan`], also using what `outlook` knows: the pool's dedicated hosts and its learned
+/// demand. Pure and deterministic.
+pub fn plan_with(
+    view: &PoolView<'_>,
+    outlook: &Outlook<'_>,
+    demand: &Demand,
+    now: OffsetDateTime,
+) -> Plan {
     let settings = &view.pool.settings;
     let tuning = view.tuning;
     let mut decisions = Vec::new();
@@ -371,7 +452,15 @@ pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
     let queued = demand.queued.len();
     let max = settings.max as usize;
     let have = booting.len() + idle.len() + busy;
-    let want = busy + queued + min_idle as usize;
+    let prewarm = match outlook.hosts {
+        Some(_) => tuning.host_prewarm,
+        None => tuning.prewarm,
+    };
+    let mut forecast_floor = forecast_need(outlook.forecast, now, now + prewarm);
+    if outlook.hosts.is_some() && forecast_floor > 0 {
+        forecast_floor += (tuning.host_spare * (forecast_floor as f64).sqrt()).ceil() as usize;
+    }
+    let want = (busy + queued + min_idle as usize).max(forecast_floor);
     let need = want.saturating_sub(have);
     let room = max.saturating_sub(have + stopping);
     let budget_room = match (settings.monthly_budget, settings.hourly_cost) {
@@ -389,6 +478,23 @@ pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
     let backoff = backoff(view, now);
     let mut provision = need.min(room).min(budget_room);
     let budget_exhausted = budget_room < need.min(room);
+    if let Some(hosts) = outlook.hosts {
+        // Beyond the hosts free now, wait for those about to finish scrubbing: a new host
+        // commits to its whole minimum allocation.
+        let free = hosts
+            .iter()
+            .filter(|h| h.instance.is_none() && h.scrubbing_until.is_none_or(|t| t <= now))
+            .count();
+        let soon = hosts
+            .iter()
+            .filter(|h| {
+                h.instance.is_none()
+                    && h.scrubbing_until
+                        .is_some_and(|t| t > now && t <= now + tuning.scrub_wait)
+            })
+            .count();
+        provision = provision.min(free) + provision.saturating_sub(free).saturating_sub(soon);
+    }
     if backoff.is_some() {
         provision = 0;
     }
@@ -420,6 +526,28 @@ pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
         surplus -= 1;
     }
     idle.sort_by(|a, b| a.since.cmp(&b.since).then(a.id.cmp(&b.id)));
+    if let Some(hosts) = outlook.hosts {
+        scale_down_hosts(view, outlook, hosts, idle, have, want, now, &mut decisions);
+        return finish(
+            view,
+            demand,
+            now,
+            decisions,
+            Summary {
+                want,
+                max,
+                have,
+                budget_room,
+                busy,
+                failed,
+                queued,
+                min_idle,
+                active_schedule,
+                backoff,
+                budget_exhausted,
+            },
+        );
+    }
     let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
     let mut over_max_left = over_max.min(surplus);
     for machine in idle {
@@ -441,6 +569,111 @@ pub fn plan(view: &PoolView<'_>, demand: &Demand, now: OffsetDateTime) -> Plan {
         surplus -= 1;
     }
 
+    finish(
+        view,
+        demand,
+        now,
+        decisions,
+        Summary {
+            want,
+            max,
+            have,
+            budget_room,
+            busy,
+            failed,
+            queued,
+            min_idle,
+            active_schedule,
+            backoff,
+            budget_exhausted,
+        },
+    )
+}
+
+/// Step 4 for a pool on dedicated hosts: an idle instance is the cheapest capacity there is
+/// while its host is inside its minimum allocation, so it stays; past it, the instance goes
+/// (and its host with it once scrubbed) unless the forecast needs the host within
+/// [`Tuning::host_hold`]. Instances go [`Tuning::host_scrub`] before the minimum ends, so the
+/// host is released right at it.
+#[allow(clippy::too_many_arguments)]
+fn scale_down_hosts(
+    view: &PoolView<'_>,
+    outlook: &Outlook<'_>,
+    hosts: &[HostView],
+    idle: Vec<&MachineView>,
+    have: usize,
+    want: usize,
+    now: OffsetDateTime,
+    decisions: &mut Vec<Decision>,
+) {
+    let tuning = view.tuning;
+    let max = view.pool.settings.max as usize;
+    let host_of = |machine: &MachineView| hosts.iter().find(|h| h.instance == Some(machine.id));
+    let (candidates, held): (Vec<&MachineView>, Vec<&MachineView>) =
+        idle.into_iter().partition(|machine| {
+            host_of(machine).is_none_or(|h| h.min_until <= now + tuning.host_scrub)
+        });
+    let mut over_max = have.saturating_sub(max);
+    let firm = have - candidates.len();
+    let ahead = forecast_need(outlook.forecast, now, now + tuning.host_hold);
+    let keep = want.max(ahead).min(max).saturating_sub(firm);
+    for machine in candidates.iter().skip(keep) {
+        let why = if over_max > 0 {
+            over_max -= 1;
+            Why::OverMax
+        } else {
+            Why::Idle
+        };
+        decisions.push(Decision::Terminate {
+            machine: machine.id,
+            why,
+        });
+    }
+    // Over `max` still (it was lowered): idle instances go even inside the minimum.
+    for machine in held.into_iter().take(over_max) {
+        decisions.push(Decision::Terminate {
+            machine: machine.id,
+            why: Why::OverMax,
+        });
+    }
+}
+
+/// The figures [`finish`] reports.
+struct Summary {
+    want: usize,
+    max: usize,
+    have: usize,
+    budget_room: usize,
+    busy: usize,
+    failed: usize,
+    queued: usize,
+    min_idle: u32,
+    active_schedule: Option<usize>,
+    backoff: Option<(OffsetDateTime, String)>,
+    budget_exhausted: bool,
+}
+
+fn finish(
+    view: &PoolView<'_>,
+    demand: &Demand,
+    now: OffsetDateTime,
+    decisions: Vec<Decision>,
+    summary: Summary,
+) -> Plan {
+    let Summary {
+        want,
+        max,
+        have,
+        budget_room,
+        busy,
+        failed,
+        queued,
+        min_idle,
+        active_schedule,
+        backoff,
+        budget_exhausted,
+    } = summary;
+    let settings = &view.pool.settings;
     let oldest = demand.queued.iter().map(|job| job.queued_at).min();
     let desired = want.min(max).min(have.saturating_add(budget_room));
     let status = PoolStatus {

@@ -69,16 +69,17 @@ pub fn run(args: &SimArgs, out: &mut impl Write) -> anyhow::Result<()> {
         Some(path) => Pools::load(path).with_context(|| format!("pools {}", path.display()))?,
         None => Pools::sample(),
     };
-    // Parsed so a bad file is refused; no policy here learns from it yet.
+    // Learned from by the nimbus policy; nothing in it is replayed.
     let history = match &args.history {
         Some(path) => {
             Some(trace::load(path).with_context(|| format!("history {}", path.display()))?)
         }
         None => None,
     };
+    let economic = NimbusConfig::economic(history.clone().unwrap_or_default());
     let nimbus = Peer {
         name: "nimbus".to_owned(),
-        policy: Policy::Nimbus(NimbusConfig::default()),
+        policy: Policy::Nimbus(economic),
     };
     let runs = match args.policy {
         PolicyArg::Nimbus => vec![nimbus],
@@ -128,7 +129,7 @@ fn write_table(
 ) -> std::io::Result<()> {
     write!(out, "{n_jobs} jobs")?;
     if let Some(n) = n_history {
-        write!(out, " ({n} jobs of history, not used by these policies)")?;
+        write!(out, " ({n} jobs of history, learned from by nimbus)")?;
     }
     writeln!(out)?;
     let width = reports

@@ -10,8 +10,12 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 
-use nimbus_autoscale::{Decision, Demand, MachineView, Phase, PoolView, QueuedJob, Tuning};
+use nimbus_autoscale::{
+    Decision, Demand, DemandForecast, ForecastConfig, HostView, MachineView, Observation, Outlook,
+    Phase, PoolView, QueuedJob, Tuning,
+};
 use nimbus_types::MachineId;
+use nimbus_types::Pool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -20,6 +24,8 @@ use crate::model::{self, Kind, Pools};
 use crate::trace::Job;
 
 /// How a run scales its pools.
+// One value per run: the size of the Nimbus variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Policy {
     /// Always-on reused runners, `size[pool]` of them from `t = 0` (a Mac host each); nothing
@@ -39,16 +45,48 @@ pub struct NimbusConfig {
     pub tuning: Tuning,
     /// Seconds of virtual time between passes that no event caused (the daemon's loop).
     pub tick_s: f64,
+    /// Run each pool with the settings its entry leaves unset taken from
+    /// [`model::recommended`] (reused runners) instead of the daemon's defaults.
+    pub recommended_settings: bool,
+    /// Give `plan` what a daemon knowing its hosts and its job history knows
+    /// ([`nimbus_autoscale::Outlook`]): the Mac hosts, and each pool's demand forecast learned
+    /// from `history` and the replayed past, relearned every hour.
+    pub outlook: bool,
+    /// Jobs of the week before the trace (its own `t = 0`, seven days before the trace's):
+    /// learned from, never replayed.
+    pub history: Vec<Job>,
+    pub forecast: ForecastConfig,
 }
 
 impl Default for NimbusConfig {
+    /// The bare policy: pool settings as given, no hosts, no forecast.
     fn default() -> Self {
         NimbusConfig {
             tuning: Tuning::default(),
             tick_s: 10.0,
+            recommended_settings: false,
+            outlook: false,
+            history: Vec::new(),
+            forecast: ForecastConfig::default(),
         }
     }
 }
+
+impl NimbusConfig {
+    /// The policy `nimbusctl sim` runs: recommended pool settings, hosts and a forecast
+    /// learned from `history` (the week before) and the week so far.
+    pub fn economic(history: Vec<Job>) -> NimbusConfig {
+        NimbusConfig {
+            recommended_settings: true,
+            outlook: true,
+            history,
+            ..NimbusConfig::default()
+        }
+    }
+}
+
+/// The week before the trace, in the trace's time.
+const WEEK_S: f64 = 7.0 * model::DAY_S;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -144,6 +182,8 @@ struct Runner {
     host: Option<usize>,
     state: State,
     jobs_run: u32,
+    /// The job it runs.
+    job: Option<usize>,
     /// When it was asked for, and since when it is in its state (the policy's view).
     created_at: OffsetDateTime,
     since: OffsetDateTime,
@@ -239,6 +279,12 @@ struct Sim<'a> {
     horizon: f64,
     decisions: Vec<Decided>,
     views: Vec<MachineView>,
+    /// Jobs that ended (their duration is known to the policy).
+    finished: Vec<bool>,
+    /// Per pool: the concurrency of every closed hour (the history's, then this week's), and
+    /// the forecast with the hour it was learned.
+    profiles: Vec<Vec<nimbus_autoscale::HourSample>>,
+    forecasts: Vec<Option<(i64, DemandForecast)>>,
 }
 
 /// Beyond the accounting window plus this, a run whose jobs cannot finish is given up.
@@ -272,7 +318,66 @@ impl<'a> Sim<'a> {
             horizon,
             decisions: Vec::new(),
             views: Vec::new(),
+            finished: vec![false; jobs.len()],
+            profiles: history_profiles(pools, policy),
+            forecasts: vec![None; pools.pools().len()],
         }
+    }
+
+    /// The pool `plan` is given.
+    fn nimbus_pool(&self, pool: usize) -> &'a Pool {
+        let sim_pool = &self.pools.pools()[pool];
+        match self.policy {
+            Policy::Nimbus(config) if config.recommended_settings => &sim_pool.recommended,
+            _ => &sim_pool.pool,
+        }
+    }
+
+    /// The pool's forecast, relearned at the first pass of every hour from the hours closed
+    /// so far: the history's, learned once, and this week's, each measured when it closes
+    /// from the jobs submitted by then (a job not ended counts up to then).
+    fn forecast(&mut self, pool: usize, config: &ForecastConfig) {
+        let hour = (self.now / 3600.0).floor() as i64;
+        if self.forecasts[pool]
+            .as_ref()
+            .is_some_and(|(h, _)| *h == hour)
+        {
+            return;
+        }
+        let closed_from = self.profiles[pool]
+            .last()
+            .map_or(-WEEK_S, |s| {
+                (s.hour - model::EPOCH).as_seconds_f64() + 3600.0
+            })
+            .max(0.0);
+        let closed_to = hour as f64 * 3600.0;
+        if closed_to > closed_from {
+            let obs: Vec<Observation> = self.order[..self.next_submit]
+                .iter()
+                .filter(|&&job| self.job_pool[job] == pool)
+                .filter_map(|&job| {
+                    let j = &self.jobs[job];
+                    let until = if self.finished[job] {
+                        j.submitted_at + j.duration
+                    } else {
+                        self.now
+                    };
+                    (until > closed_from).then(|| Observation {
+                        queued_at: model::instant(j.submitted_at),
+                        until: model::instant(until),
+                    })
+                })
+                .collect();
+            let samples = nimbus_autoscale::forecast::hourly_profile(
+                &obs,
+                model::instant(closed_from),
+                model::instant(closed_to),
+                config.within_hour,
+            );
+            self.profiles[pool].extend(samples);
+        }
+        let forecast = DemandForecast::from_profile(&self.profiles[pool], config);
+        self.forecasts[pool] = Some((hour, forecast));
     }
 
     fn kind(&self, pool: usize) -> Kind {
@@ -383,6 +488,10 @@ impl<'a> Sim<'a> {
                 self.done += 1;
                 self.last_end = self.now;
                 let pool = self.runners[runner].pool;
+                if let Some(job) = self.runners[runner].job.take() {
+                    self.finished[job] = true;
+                }
+                let nimbus_pool = self.nimbus_pool(pool);
                 let r = &mut self.runners[runner];
                 r.jobs_run += 1;
                 match self.policy {
@@ -397,7 +506,7 @@ impl<'a> Sim<'a> {
                         r.since = model::instant(self.now);
                         // An ephemeral runner deregisters after its job: it is idle until the
                         // policy recycles it, but takes no other job.
-                        let settings = &self.pools.pools()[pool].pool.settings;
+                        let settings = &nimbus_pool.settings;
                         let reusable = !settings.ephemeral
                             && settings.max_jobs.is_none_or(|max| r.jobs_run < max);
                         if reusable {
@@ -440,6 +549,7 @@ impl<'a> Sim<'a> {
             self.start[job] = Some(self.now);
             let r = &mut self.runners[runner];
             r.state = State::Busy;
+            r.job = Some(job);
             r.since = model::instant(self.now);
             if self.visible[job] {
                 self.state[pool].visible -= 1;
@@ -452,7 +562,7 @@ impl<'a> Sim<'a> {
         match self.policy {
             Policy::Static { .. } => {}
             Policy::MinIdle { warm, .. } => self.reconcile(pool, i64::from(warm[pool])),
-            Policy::Nimbus(config) => self.plan(pool, &config.tuning),
+            Policy::Nimbus(config) => self.plan(pool, config),
         }
     }
 
@@ -480,8 +590,26 @@ impl<'a> Sim<'a> {
     }
 
     /// The daemon's policy, through the daemon's own function.
-    fn plan(&mut self, pool: usize, tuning: &Tuning) {
+    fn plan(&mut self, pool: usize, config: &NimbusConfig) {
+        let tuning: &Tuning = &config.tuning;
         let now = model::instant(self.now);
+        let hosts: Option<Vec<HostView>> =
+            (config.outlook && self.kind(pool) == Kind::Mac).then(|| {
+                self.hosts
+                    .iter()
+                    .filter(|h| h.pool == pool && h.released.is_none())
+                    .map(|h| HostView {
+                        allocated_at: model::instant(h.alloc),
+                        min_until: model::instant(h.alloc + model::MAC_HOST_MIN_S),
+                        instance: h.instance.map(machine_id),
+                        scrubbing_until: (h.scrub_until > self.now)
+                            .then(|| model::instant(h.scrub_until)),
+                    })
+                    .collect()
+            });
+        if config.outlook {
+            self.forecast(pool, &config.forecast);
+        }
         let mut views = std::mem::take(&mut self.views);
         views.clear();
         views.extend(self.state[pool].live.iter().map(|&runner| {
@@ -514,13 +642,17 @@ impl<'a> Sim<'a> {
                 .collect(),
         };
         let view = PoolView {
-            pool: &self.pools.pools()[pool].pool,
+            pool: self.nimbus_pool(pool),
             machines: &views,
             spent_this_month: 0.0,
             runner_version: None,
             tuning,
         };
-        let plan = nimbus_autoscale::plan(&view, &demand, now);
+        let outlook = Outlook {
+            hosts: hosts.as_deref(),
+            forecast: self.forecasts[pool].as_ref().map(|(_, f)| f),
+        };
+        let plan = nimbus_autoscale::plan_with(&view, &outlook, &demand, now);
         self.views = views;
         for decision in plan.decisions {
             let action = match decision {
@@ -569,6 +701,7 @@ impl<'a> Sim<'a> {
             host,
             state: State::Booting,
             jobs_run: 0,
+            job: None,
             created_at: now,
             since: now,
             ever_ready: false,
@@ -710,6 +843,36 @@ impl<'a> Sim<'a> {
             decisions: std::mem::take(&mut self.decisions),
         }
     }
+}
+
+/// Per pool, the hourly concurrency of the history, in the trace's time (a week earlier).
+fn history_profiles(pools: &Pools, policy: &Policy) -> Vec<Vec<nimbus_autoscale::HourSample>> {
+    let mut obs = vec![Vec::new(); pools.pools().len()];
+    let Policy::Nimbus(config) = policy else {
+        return obs.into_iter().map(|_| Vec::new()).collect();
+    };
+    if !config.outlook || config.history.is_empty() {
+        return obs.into_iter().map(|_| Vec::new()).collect();
+    }
+    for job in &config.history {
+        if let Some(pool) = pools.route(&job.labels) {
+            let queued = job.submitted_at - WEEK_S;
+            obs[pool].push(Observation {
+                queued_at: model::instant(queued),
+                until: model::instant(queued + job.duration),
+            });
+        }
+    }
+    obs.iter()
+        .map(|obs| {
+            nimbus_autoscale::forecast::hourly_profile(
+                obs,
+                model::instant(-WEEK_S),
+                model::instant(0.0),
+                config.forecast.within_hour,
+            )
+        })
+        .collect()
 }
 
 fn machine_id(runner: usize) -> MachineId {

@@ -24,9 +24,15 @@
 //! - [`Policy::Nimbus`]: at every event and every 10 s of virtual time,
 //!   `nimbus_autoscale::plan` (the function the daemon runs) gets the pool's machines as
 //!   [`nimbus_autoscale::MachineView`]s (booting, idle, busy) and its queued jobs; its
-//!   decisions are applied to the simulated providers. Hosts are the provider's business:
-//!   an instance takes the lowest free scrubbed host, or a new one, and a host goes as soon as
-//!   EC2 allows.
+//!   decisions are applied to the simulated providers. With `NimbusConfig::default()` (the
+//!   bare policy) hosts are the provider's business: an instance takes the lowest free
+//!   scrubbed host, or a new one, and a host goes as soon as EC2 allows. With
+//!   `NimbusConfig::economic` (what `nimbusctl sim` runs) `plan_with` also sees the Mac hosts
+//!   (`HostView`) and a demand forecast learned from `--history` and the hours of the week
+//!   already replayed (`DemandForecast`): it keeps capacity at the forecast, holds a host to
+//!   its 24 h boundary when the forecast needs it and releases it there otherwise, waits for a
+//!   host that finishes scrubbing soon rather than allocating one, and uses the recommended
+//!   pool settings (`model::recommended`) where `pools.toml` leaves them unset.
 //! - The peers, exactly as `reference_sim.py` models them ([`peers`]): `static`, `reactive`
 //!   (with an optional webhook delay) and `minidle k j`.
 //!

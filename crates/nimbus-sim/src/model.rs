@@ -92,6 +92,22 @@ pub struct SimPool {
     pub name: String,
     pub kind: Kind,
     pub pool: Pool,
+    /// The pool with the settings its entry leaves unset taken from [`recommended`] instead
+    /// of the daemon's defaults: what the economic nimbus policy runs.
+    pub recommended: Pool,
+}
+
+/// The settings Nimbus recommends for a pool of `kind` where the user gives none: reused
+/// runners. A Mac instance taking the next job skips the host's 50-minute scrub and the
+/// 8-minute boot (the instance itself costs nothing on its host); a Linux runner kept idle a
+/// few minutes (per-second billing) takes the next job without a 70 s boot. Pools that must
+/// run each job on a fresh machine set `ephemeral = true`.
+pub fn recommended(kind: Kind) -> (bool, u64) {
+    match kind {
+        // (ephemeral, idle_timeout_secs)
+        Kind::Linux => (false, 300),
+        Kind::Mac => (false, nimbus_types::DEFAULT_IDLE_TIMEOUT_SECS),
+    }
 }
 
 /// The pools of a `pools.toml`, in file order: a job goes to the first whose labels include
@@ -206,6 +222,12 @@ impl Pools {
                 field: err.field.to_string(),
                 message: err.message.to_string(),
             })?;
+            let kind = Kind::of(entry.os);
+            let mut recommended_settings = settings.clone();
+            let (ephemeral, idle_timeout) = recommended(kind);
+            recommended_settings.ephemeral = entry.ephemeral.unwrap_or(ephemeral);
+            recommended_settings.idle_timeout_secs =
+                entry.idle_timeout_secs.unwrap_or(idle_timeout);
             // Fixed ids keep every run identical.
             let n = idx as u128 + 1;
             let pool = Pool {
@@ -217,10 +239,15 @@ impl Pools {
                 created_at: EPOCH,
                 updated_at: EPOCH,
             };
+            let recommended = Pool {
+                settings: recommended_settings,
+                ..pool.clone()
+            };
             pools.push(SimPool {
                 name: entry.name,
-                kind: Kind::of(entry.os),
+                kind,
                 pool,
+                recommended,
             });
         }
         Ok(Pools { pools })

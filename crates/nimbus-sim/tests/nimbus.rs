@@ -176,3 +176,100 @@ ephemeral = false
     );
     assert_eq!(warm.jobs, jobs.len());
 }
+
+/// The policy `nimbusctl sim` runs: recommended settings, Mac hosts and a forecast learned from
+/// the week before (the sample's `-prev` trace when there is one).
+fn economic(name: &str, jobs: &[Job]) -> Outcome {
+    let prev = common::fleet_dir()
+        .join("traces")
+        .join(format!("{name}-s2-prev.csv"));
+    let history = if prev.is_file() {
+        nimbus_sim::trace::load(&prev).unwrap()
+    } else {
+        Vec::new()
+    };
+    nimbus_sim::run(
+        jobs,
+        &Pools::sample(),
+        "nimbus",
+        &Policy::Nimbus(NimbusConfig::economic(history)),
+    )
+    .unwrap_or_else(|err| panic!("nimbus economic: {err}"))
+}
+
+#[test]
+fn the_economic_policy_reuses_hosts_and_beats_reactive() {
+    for name in ["small-team", "macos-heavy"] {
+        let jobs = common::load(name);
+        let outcome = economic(name, &jobs);
+        let report = &outcome.report;
+        let reactive = nimbus(&jobs).report;
+        assert_eq!(report.jobs, jobs.len(), "{name}");
+        for (job, start) in jobs.iter().zip(&outcome.starts) {
+            assert!(*start >= job.submitted_at, "{name}: job {}", job.id);
+        }
+        let (mac, cold_mac) = (&report.pools[1], &reactive.pools[1]);
+        if name == "macos-heavy" {
+            // Where Mac demand dominates, reused hosts cost far less than one per job.
+            assert!(
+                mac.hosts_allocated * 2 < cold_mac.hosts_allocated,
+                "{name}: {report:?}"
+            );
+            assert!(
+                report.cost_usd < reactive.cost_usd * 0.5,
+                "{name}: {report:?}"
+            );
+        }
+        assert!(mac.wait_p95_s < cold_mac.wait_p95_s, "{name}: {report:?}");
+        assert!(
+            report.pools[0].wait_p50_s < reactive.pools[0].wait_p50_s,
+            "{name}: {report:?}"
+        );
+        println!(
+            "{name}: linux p95 {:.0} s, macos p95 {:.0} s, cost ${:.0} (bare ${:.0}), {} hosts",
+            report.pools[0].wait_p95_s,
+            mac.wait_p95_s,
+            report.cost_usd,
+            reactive.cost_usd,
+            mac.hosts_allocated
+        );
+    }
+}
+
+#[test]
+fn the_economic_policy_is_deterministic_and_causal() {
+    let name = "macos-heavy";
+    let jobs = common::load(name);
+    assert_eq!(economic(name, &jobs), economic(name, &jobs));
+
+    // Cut mid-week: decisions and starts before the cut do not depend on later jobs (the
+    // forecast learns only from jobs submitted by then, and from durations of jobs ended).
+    let cut = 2.0 * 86400.0 + 15.5 * 3600.0;
+    let full = economic(name, &jobs);
+    let (head, ids): (Vec<Job>, Vec<usize>) = jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, job)| job.submitted_at < cut)
+        .map(|(idx, job)| (job.clone(), idx))
+        .unzip();
+    let cut_run = economic(name, &head);
+    let before = |decisions: &[nimbus_sim::Decided]| {
+        decisions
+            .iter()
+            .filter(|d| d.t < cut)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let full_before = before(&full.decisions);
+    assert!(!full_before.is_empty());
+    assert!(
+        full_before == before(&cut_run.decisions),
+        "decisions before {cut} differ"
+    );
+    for (head_idx, &idx) in ids.iter().enumerate() {
+        let (whole, part) = (full.starts[idx], cut_run.starts[head_idx]);
+        if whole < cut || part < cut {
+            assert_eq!(whole, part, "job {} started differently", jobs[idx].id);
+        }
+    }
+}
