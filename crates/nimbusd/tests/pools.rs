@@ -454,6 +454,14 @@ async fn costs_per_tenant_and_pool_with_a_forecast() {
         "{}",
         metrics.text
     );
+    // Time to ready, by stage and pool.
+    assert!(
+        metrics
+            .text
+            .contains("nimbus_machine_stage_seconds_count{stage=\"total\",pool=\"linux\"} 2"),
+        "{}",
+        metrics.text
+    );
 }
 
 #[tokio::test]
