@@ -399,7 +399,21 @@ async fn costs_per_tenant_and_pool_with_a_forecast() {
         .autoscale_once(nimbus_types::now())
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Both warm machines ready (billing has started and time-to-ready was observed).
+    for _ in 0..400 {
+        let reply = api.admin("GET", "/v1/machines?tenant=acme", None).await;
+        let ready = reply.body["machines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "ready")
+            .count();
+        if ready == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
 
     let reply = api.call("GET", "/v1/costs", Some(&token), None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
