@@ -528,45 +528,27 @@ pub fn plan_with(
     idle.sort_by(|a, b| a.since.cmp(&b.since).then(a.id.cmp(&b.id)));
     if let Some(hosts) = outlook.hosts {
         scale_down_hosts(view, outlook, hosts, idle, have, want, now, &mut decisions);
-        return finish(
-            view,
-            demand,
-            now,
-            decisions,
-            Summary {
-                want,
-                max,
-                have,
-                budget_room,
-                busy,
-                failed,
-                queued,
-                min_idle,
-                active_schedule,
-                backoff,
-                budget_exhausted,
-            },
-        );
-    }
-    let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
-    let mut over_max_left = over_max.min(surplus);
-    for machine in idle {
-        if surplus == 0 {
-            break;
+    } else {
+        let idle_timeout = Duration::from_secs(settings.idle_timeout_secs);
+        let mut over_max_left = over_max.min(surplus);
+        for machine in idle {
+            if surplus == 0 {
+                break;
+            }
+            let why = if over_max_left > 0 {
+                over_max_left -= 1;
+                Why::OverMax
+            } else if elapsed(machine.since, now) >= idle_timeout {
+                Why::Idle
+            } else {
+                continue;
+            };
+            decisions.push(Decision::Terminate {
+                machine: machine.id,
+                why,
+            });
+            surplus -= 1;
         }
-        let why = if over_max_left > 0 {
-            over_max_left -= 1;
-            Why::OverMax
-        } else if elapsed(machine.since, now) >= idle_timeout {
-            Why::Idle
-        } else {
-            continue;
-        };
-        decisions.push(Decision::Terminate {
-            machine: machine.id,
-            why,
-        });
-        surplus -= 1;
     }
 
     finish(

@@ -116,6 +116,8 @@ struct TenantView {
     rates: HashMap<PoolId, f64>,
     /// The tenant's monthly budget in USD.
     budget: Option<f64>,
+    /// The tenant's forge type, read once per pass: it decides the pinned runner version.
+    forge_type: Option<nimbus_types::ForgeType>,
     spend: HashMap<PoolId, f64>,
     jobs: Vec<JobRecord>,
 }
@@ -263,7 +265,7 @@ impl Fleet {
         });
         let mut tenant_held = false;
         for pool in &view.pools {
-            let plan = self.plan_pool(&view, &demand, pool, now).await;
+            let plan = self.plan_pool(&view, &demand, pool, now);
             let mut status = plan.status;
             let mut decisions = plan.decisions;
             if let Some(room) = tenant_room.as_mut() {
@@ -311,7 +313,7 @@ impl Fleet {
         let now = nimbus_types::now();
         let view = self.tenant_view(pool.tenant_id, now, false).await?;
         let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
-        let plan = self.plan_pool(&view, &demand, pool, now).await;
+        let plan = self.plan_pool(&view, &demand, pool, now);
         let mut status = plan.status;
         status.last_decisions = self.last_decisions(pool.id);
         let decisions = plan
@@ -327,17 +329,17 @@ impl Fleet {
     }
 
     /// Asks the policy about one pool of `view`.
-    async fn plan_pool(
+    fn plan_pool(
         &self,
         view: &TenantView,
         demand: &HashMap<PoolId, nimbus_autoscale::Demand>,
         pool: &Pool,
         now: OffsetDateTime,
     ) -> nimbus_autoscale::Plan {
-        let views = self.machine_views(view.machines.get(&pool.id), now);
-        let runner_version = self
-            .runner_version(pool.tenant_id, pool.settings.os, pool.settings.arch)
-            .await;
+        let views = self.machine_views(view.machines.get(&pool.id));
+        let runner_version = view.forge_type.and_then(|forge_type| {
+            self.runner_version_of(forge_type, pool.settings.os, pool.settings.arch)
+        });
         nimbus_autoscale::plan(
             &PoolView {
                 pool,
@@ -451,6 +453,7 @@ impl Fleet {
                 machines: HashMap::new(),
                 rates: HashMap::new(),
                 budget: None,
+                forge_type: None,
                 spend: HashMap::new(),
                 jobs: Vec::new(),
             });
@@ -487,21 +490,29 @@ impl Fleet {
         let rates: HashMap<PoolId, f64> = pools
             .iter()
             .map(|pool| {
-                let listed = provider_types.get(&pool.provider_id).and_then(|kind| {
-                    self.inner
-                        .config
-                        .prices
-                        .lookup(*kind, pool.settings.instance_type.as_deref())
-                });
-                let rate = pool
-                    .settings
-                    .hourly_cost
-                    .or(listed.map(|price| price.usd_per_hour))
-                    .unwrap_or(0.0);
+                let rate = provider_types
+                    .get(&pool.provider_id)
+                    .and_then(|kind| {
+                        self.price(
+                            pool.settings.hourly_cost,
+                            *kind,
+                            pool.settings.instance_type.as_deref(),
+                        )
+                    })
+                    .map_or(0.0, |price| price.usd_per_hour);
                 (pool.id, rate)
             })
             .collect();
         let budget = self.inner.store.get_tenant_budget(tenant_id).await?;
+        // A forge configuration that cannot be read pins no version; it does not stop scaling.
+        let forge_type = self
+            .inner
+            .store
+            .get_tenant_forge_config(tenant_id)
+            .await
+            .ok()
+            .flatten()
+            .map(|config| config.forge_type);
         let spend = pools
             .iter()
             .map(|pool| {
@@ -518,6 +529,7 @@ impl Fleet {
             machines,
             rates,
             budget,
+            forge_type,
             spend,
             jobs,
         })
@@ -680,11 +692,7 @@ impl Fleet {
         }
     }
 
-    fn machine_views(
-        &self,
-        machines: Option<&Vec<PoolMachine>>,
-        _now: OffsetDateTime,
-    ) -> Vec<MachineView> {
+    fn machine_views(&self, machines: Option<&Vec<PoolMachine>>) -> Vec<MachineView> {
         let down = self
             .inner
             .autoscale

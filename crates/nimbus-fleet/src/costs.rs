@@ -129,20 +129,36 @@ impl Fleet {
         pool: Option<&nimbus_types::Pool>,
         providers: &HashMap<ProviderId, nimbus_types::ProviderType>,
     ) -> Option<Price> {
-        if let Some(cost) = pool.and_then(|pool| pool.settings.hourly_cost) {
-            return Some(Price {
-                provider_type: *providers.get(&machine.provider_id)?,
-                instance_type: machine.instance_type.clone().unwrap_or_default(),
+        self.price(
+            pool.and_then(|pool| pool.settings.hourly_cost),
+            *providers.get(&machine.provider_id)?,
+            machine.instance_type.as_deref(),
+        )
+    }
+
+    /// A pool's own `hourly_cost` (billed per second) when it has one, else the price table's
+    /// entry for the provider type and instance type. The one rule the cost report and the
+    /// autoscaler's budgets price machines by.
+    pub(crate) fn price(
+        &self,
+        hourly_cost: Option<f64>,
+        provider_type: nimbus_types::ProviderType,
+        instance_type: Option<&str>,
+    ) -> Option<Price> {
+        match hourly_cost {
+            Some(cost) => Some(Price {
+                provider_type,
+                instance_type: instance_type.unwrap_or_default().to_owned(),
                 usd_per_hour: cost,
                 billing: Billing::PerSecond { minimum_secs: 0 },
-            });
+            }),
+            None => self
+                .inner
+                .config
+                .prices
+                .lookup(provider_type, instance_type)
+                .cloned(),
         }
-        let provider_type = providers.get(&machine.provider_id)?;
-        self.inner
-            .config
-            .prices
-            .lookup(*provider_type, machine.instance_type.as_deref())
-            .cloned()
     }
 }
 

@@ -131,8 +131,17 @@ impl Fleet {
             .get_tenant_forge_config(tenant_id)
             .await
             .ok()??;
-        let software =
-            nimbus_setup::installers::Software::from(runners::runner_kind(config.forge_type));
+        self.runner_version_of(config.forge_type, os, arch)
+    }
+
+    /// The pinned runner version of a forge type's runner for the platform.
+    pub(crate) fn runner_version_of(
+        &self,
+        forge_type: nimbus_types::ForgeType,
+        os: nimbus_types::Os,
+        arch: nimbus_types::Arch,
+    ) -> Option<String> {
+        let software = nimbus_setup::installers::Software::from(runners::runner_kind(forge_type));
         self.inner
             .config
             .installers

@@ -996,31 +996,18 @@ impl Storage for SqlStore {
         }
         // Forward only: the update applies when the news is at least as far along as what the
         // store has. A stale delivery's id stays recorded, so its redelivery is a replay.
-        let written = sqlx::query(
-            "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, status, \
-             status_rank, runner_name, first_seen, updated_at, source) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (tenant_id, job_id) DO UPDATE SET run_id = excluded.run_id, \
+        let sql = format!(
+            "{JOB_INSERT} ON CONFLICT (tenant_id, job_id) DO UPDATE SET run_id = excluded.run_id, \
              repository = excluded.repository, labels = excluded.labels, \
              status = excluded.status, status_rank = excluded.status_rank, \
              runner_name = COALESCE(excluded.runner_name, jobs.runner_name), \
              updated_at = excluded.updated_at, source = excluded.source \
-             WHERE excluded.status_rank >= jobs.status_rank",
-        )
-        .bind(tenant_id.to_string())
-        .bind(job_key(record.job.job_id)?)
-        .bind(job_key(record.job.run_id)?)
-        .bind(record.job.repository.clone())
-        .bind(to_json(&record.job.labels)?)
-        .bind(record.job.status.as_str())
-        .bind(i64::from(record.job.status.rank()))
-        .bind(record.runner_name.clone())
-        .bind(micros(record.first_seen))
-        .bind(micros(record.updated_at))
-        .bind(source_str(record.source))
-        .execute(&mut *tx)
-        .await
-        .map_err(tenant_missing)?;
+             WHERE excluded.status_rank >= jobs.status_rank"
+        );
+        let written = bind_job(sqlx::query(&sql), tenant_id, record)?
+            .execute(&mut *tx)
+            .await
+            .map_err(tenant_missing)?;
         tx.commit().await?;
         Ok(if written.rows_affected() == 0 {
             Applied::Stale
@@ -1037,26 +1024,13 @@ impl Storage for SqlStore {
     ) -> Result<bool> {
         let _guard = self.write_guard().await;
         let written = match expected {
-            None => sqlx::query(
-                "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, status, \
-                 status_rank, runner_name, first_seen, updated_at, source) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-                 ON CONFLICT (tenant_id, job_id) DO NOTHING",
-            )
-            .bind(tenant_id.to_string())
-            .bind(job_key(record.job.job_id)?)
-            .bind(job_key(record.job.run_id)?)
-            .bind(record.job.repository.clone())
-            .bind(to_json(&record.job.labels)?)
-            .bind(record.job.status.as_str())
-            .bind(i64::from(record.job.status.rank()))
-            .bind(record.runner_name.clone())
-            .bind(micros(record.first_seen))
-            .bind(micros(record.updated_at))
-            .bind(source_str(record.source))
-            .execute(&self.pool)
-            .await
-            .map_err(tenant_missing)?,
+            None => {
+                let sql = format!("{JOB_INSERT} ON CONFLICT (tenant_id, job_id) DO NOTHING");
+                bind_job(sqlx::query(&sql), tenant_id, record)?
+                    .execute(&self.pool)
+                    .await
+                    .map_err(tenant_missing)?
+            }
             Some(expected) => {
                 sqlx::query(
                     "UPDATE jobs SET run_id = $3, repository = $4, labels = $5, status = $6, \
@@ -1237,6 +1211,31 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
         machine,
         spec: json(row, "spec")?,
     })
+}
+
+/// The columns of a job row, in the order [`bind_job`] binds them.
+const JOB_INSERT: &str = "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, \
+     status, status_rank, runner_name, first_seen, updated_at, source) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// Binds a job record to [`JOB_INSERT`]'s eleven parameters.
+fn bind_job<'q>(
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    tenant_id: TenantId,
+    record: &JobRecord,
+) -> Result<sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>> {
+    Ok(query
+        .bind(tenant_id.to_string())
+        .bind(job_key(record.job.job_id)?)
+        .bind(job_key(record.job.run_id)?)
+        .bind(record.job.repository.clone())
+        .bind(to_json(&record.job.labels)?)
+        .bind(record.job.status.as_str())
+        .bind(i64::from(record.job.status.rank()))
+        .bind(record.runner_name.clone())
+        .bind(micros(record.first_seen))
+        .bind(micros(record.updated_at))
+        .bind(source_str(record.source)))
 }
 
 fn pool_machine_from_row(row: &AnyRow) -> Result<PoolMachine> {
