@@ -1192,8 +1192,18 @@ fn pool_commands_create_show_plan_update_and_delete() {
         .ctl(&["--json", "pool", "plan", "--tenant", "acme", "linux"])
         .ok()
         .json();
-    assert!(plan["decisions"].is_array(), "{plan:#}");
     assert_eq!(plan["status"]["queued_jobs"], 0);
+    // Nothing to do outside Berlin office hours; inside them, the schedule's two warm runners.
+    let decisions = plan["decisions"].as_array().expect("decisions");
+    match plan["status"]["min_idle"].as_u64() {
+        Some(0) => assert!(decisions.is_empty(), "{plan:#}"),
+        Some(2) => {
+            assert_eq!(decisions.len(), 1, "{plan:#}");
+            assert_eq!(decisions[0]["action"], "provision");
+            assert_eq!(decisions[0]["count"], 2);
+        }
+        other => panic!("unexpected warm target {other:?}: {plan:#}"),
+    }
 
     let show = w.ctl(&["pool", "show", "--tenant", "acme", "linux"]).ok();
     assert!(

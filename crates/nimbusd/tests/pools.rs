@@ -130,6 +130,22 @@ async fn every_bad_pool_setting_is_a_422_naming_the_field_and_stores_nothing() {
         )
         .await;
     assert_field(&reply, "schedules[0].cron");
+    // Labels another pool serves are refused on update too; the pool keeps its own.
+    let reply = create(&api, &token, pool_body("mac", &["self-hosted", "macos"])).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    let reply = api
+        .call(
+            "PATCH",
+            "/v1/tenants/acme/pools/mac",
+            Some(&token),
+            Some(json!({"labels": ["Linux", "self-hosted"]})),
+        )
+        .await;
+    assert_field(&reply, "labels");
+    let reply = api
+        .call("PATCH", path, Some(&token), Some(json!({"max": 1_000_000})))
+        .await;
+    assert_field(&reply, "max");
     let reply = api.call("GET", path, Some(&token), None).await;
     assert_eq!(reply.body["min_idle"], 0, "{}", reply.text);
     assert!(reply.body.get("schedules").is_none(), "{}", reply.text);
@@ -457,6 +473,10 @@ async fn costs_per_tenant_and_pool_with_a_forecast() {
         let reply = api.admin("GET", &format!("/v1/costs?{query}"), None).await;
         assert_field(&reply, field);
     }
+    let reply = api
+        .admin("GET", "/v1/costs?tenant=acme&pool=nope", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
     let reply = api.admin("GET", "/v1/costs?colour=blue", None).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
 
