@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use aho_corasick::{AhoCorasick, MatchKind};
+
 /// Secrets (and lines of multi-line secrets) shorter than this are not masked: masking one or
 /// two bytes would garble every log while hiding nothing worth hiding. The secrets API should
 /// refuse such values.
@@ -17,9 +19,12 @@ pub const MASK: &[u8] = b"***";
 /// result as running over the whole output at once). Each line of a multi-line secret is masked
 /// on its own too, since programs often print such values line by line. At most
 /// `longest secret - 1` bytes are held back between calls; [`Masker::finish`] releases them.
+/// An Aho-Corasick automaton finds the secrets in one pass whatever their number; should it not
+/// build (an absurd number of secrets), a plain scan gives the same result, slower.
 pub struct Masker {
     /// Longest first, so that the first match at a position is the longest.
     patterns: Vec<Vec<u8>>,
+    automaton: Option<AhoCorasick>,
     first_bytes: [bool; 256],
     pending: Vec<u8>,
 }
@@ -55,8 +60,13 @@ impl Masker {
         for p in &patterns {
             first_bytes[usize::from(p[0])] = true;
         }
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&patterns)
+            .ok();
         Masker {
             patterns,
+            automaton,
             first_bytes,
             pending: Vec::new(),
         }
@@ -82,6 +92,38 @@ impl Masker {
 
     /// Returns the output and how many pending bytes it decided.
     fn scan(&self, at_end: bool) -> (Vec<u8>, usize) {
+        match &self.automaton {
+            Some(automaton) => self.scan_automaton(automaton, at_end),
+            None => self.scan_plain(at_end),
+        }
+    }
+
+    /// A match that starts before `safe` lies wholly inside the pending bytes, and so does every
+    /// longer or earlier one: those decisions are final.
+    fn scan_automaton(&self, automaton: &AhoCorasick, at_end: bool) -> (Vec<u8>, usize) {
+        let data = &self.pending;
+        let longest = self.patterns.first().map_or(1, Vec::len);
+        let safe = if at_end {
+            data.len()
+        } else {
+            data.len().saturating_sub(longest - 1)
+        };
+        let mut out = Vec::with_capacity(data.len());
+        let mut last = 0;
+        for found in automaton.find_iter(data) {
+            if found.start() >= safe {
+                break;
+            }
+            out.extend_from_slice(&data[last..found.start()]);
+            out.extend_from_slice(MASK);
+            last = found.end();
+        }
+        let decided = last.max(safe);
+        out.extend_from_slice(&data[last..decided]);
+        (out, decided)
+    }
+
+    fn scan_plain(&self, at_end: bool) -> (Vec<u8>, usize) {
         let data = &self.pending;
         let mut out = Vec::with_capacity(data.len());
         let mut i = 0;
@@ -124,14 +166,21 @@ impl Masker {
 mod tests {
     use super::*;
 
+    /// Masks with both engines and checks that they agree.
     fn mask_chunks(secrets: &[&str], chunks: &[&str]) -> String {
-        let mut masker = Masker::new(secrets);
-        let mut out = Vec::new();
-        for chunk in chunks {
-            out.extend(masker.push(chunk.as_bytes()));
-        }
-        out.extend(masker.finish());
-        String::from_utf8(out).unwrap()
+        let run = |mut masker: Masker| {
+            let mut out = Vec::new();
+            for chunk in chunks {
+                out.extend(masker.push(chunk.as_bytes()));
+            }
+            out.extend(masker.finish());
+            String::from_utf8(out).unwrap()
+        };
+        let with_automaton = run(Masker::new(secrets));
+        let mut plain = Masker::new(secrets);
+        plain.automaton = None;
+        assert_eq!(run(plain), with_automaton, "the engines disagree");
+        with_automaton
     }
 
     #[test]
@@ -150,11 +199,23 @@ mod tests {
 
     #[test]
     fn holds_back_less_than_the_longest_secret() {
-        let mut masker = Masker::new(["secret"]);
-        assert_eq!(masker.push(b"hello secre"), b"hello ");
-        assert_eq!(masker.push(b"x"), b"secrex");
-        assert_eq!(masker.push(b"sec"), b"");
-        assert_eq!(masker.finish(), b"sec");
+        for automaton in [true, false] {
+            let mut masker = Masker::new(["secret"]);
+            if !automaton {
+                masker.automaton = None;
+            }
+            let mut out = Vec::new();
+            for chunk in ["hello secre", "x", "sec", "ret!", "s"] {
+                out.extend(masker.push(chunk.as_bytes()));
+                assert!(
+                    masker.pending.len() < "secret".len(),
+                    "held back {:?}",
+                    masker.pending
+                );
+            }
+            out.extend(masker.finish());
+            assert_eq!(String::from_utf8(out).unwrap(), "hello secrex***!s");
+        }
     }
 
     #[test]

@@ -738,7 +738,8 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn job(&self, id: &str, node: &Node, key: &str) -> R<(JobDef, Vec<Listed>)> {
+    /// `at` is the position of the job's id, where a missing key is reported.
+    fn job(&self, id: &str, at: Pos, node: &Node, key: &str) -> R<(JobDef, Vec<Listed>)> {
         let allowed = [
             "name",
             "runs-on",
@@ -752,7 +753,7 @@ impl<'a> Reader<'a> {
         let fields = self.fields(node, key, &allowed)?;
         let runs_on_key = join(key, "runs-on");
         let Some(runs_on_node) = fields.get("runs-on") else {
-            return Err(self.err(node.pos, &runs_on_key, "a job needs `runs-on`"));
+            return Err(self.err(at, &runs_on_key, "a job needs `runs-on`"));
         };
         let runs_on = match &runs_on_node.value {
             Value::Seq(items) if items.is_empty() => {
@@ -785,7 +786,7 @@ impl<'a> Reader<'a> {
             .unwrap_or_default();
         let steps_key = join(key, "steps");
         let Some(steps_node) = fields.get("steps") else {
-            return Err(self.err(node.pos, &steps_key, "a job needs `steps`"));
+            return Err(self.err(at, &steps_key, "a job needs `steps`"));
         };
         let Value::Seq(step_nodes) = &steps_node.value else {
             return Err(self.expected(steps_node, &steps_key, "a list of steps"));
@@ -1027,7 +1028,7 @@ pub fn parse(file: &str, source: &str, limits: &Limits) -> Result<Workflow, Work
                 format!("`{id}` is not a valid job id (letters, digits, `_` and `-`, not starting with a digit or `-`)"),
             ));
         }
-        let (job, needs) = reader.job(id, node, &key)?;
+        let (job, needs) = reader.job(id, *pos, node, &key)?;
         jobs.push(job);
         needs_of.push(needs);
     }

@@ -246,3 +246,41 @@ fn names_default_to_the_file_stem() {
     assert_eq!(w.name, "release");
     assert_eq!(w.jobs[0].id, "a");
 }
+
+#[test]
+fn keys_stay_unique_and_labels_must_render() {
+    let w = wf("on: push
+jobs:
+  a:
+    runs-on: ${{ matrix.os }}
+    strategy:
+      matrix:
+        include:
+          - os: linux
+            x: '1'
+          - os: linux
+            y: '1'
+    steps: [{run: make}]
+");
+    let plan = plan_run(&w, &context("main"), &Limits::default()).unwrap();
+    let keys: Vec<&str> = plan.jobs.iter().map(|j| j.key.as_str()).collect();
+    assert_eq!(keys, ["a (linux, 1)", "a (linux, 1) #2"]);
+
+    let w = wf("on: push
+jobs:
+  a:
+    runs-on: ${{ matrix.os }}
+    strategy:
+      matrix:
+        include:
+          - os: linux
+          - arch: arm64
+    steps: [{run: make}]
+");
+    assert_eq!(
+        plan_run(&w, &context("main"), &Limits::default())
+            .unwrap_err()
+            .to_string(),
+        "ci.yml:4:14: jobs.a.runs-on: the label is empty for this run"
+    );
+}
