@@ -1,4 +1,4 @@
-//! Starts real test peers on loopback for Nimbus's tests: each peer is a guard that stops the
+//! Starts real test peers on loopback (PostgreSQL, sshd, moto, Prism, sushy-tools, ipmi_sim) for Nimbus's tests: each peer is a guard that stops the
 //! process and removes its files when dropped. A peer that is not installed fails with a
 //! message naming the package and the README's test command, which installs it.
 
@@ -9,6 +9,10 @@ pub mod postgres;
 pub mod prism;
 
 pub mod moto;
+
+pub mod sushy;
+
+pub mod ipmi_sim;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -4,6 +4,7 @@
 
 mod client;
 mod output;
+mod registry;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,10 @@ pub enum Noun {
     /// Replay a CI job trace against simulated providers: what a pool configuration costs and
     /// how long jobs wait, under Nimbus's policy and the peers' (runs offline, no daemon).
     Sim(Box<nimbus_sim::cli::SimArgs>),
+    /// The provider registry: one TOML file per bare-metal provider in a Git repository
+    /// (runs offline, no daemon).
+    #[command(subcommand)]
+    Registry(registry::RegistryCmd),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -498,6 +503,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         return nimbus_sim::cli::run(&args, &mut out);
     }
+    if let Noun::Registry(cmd) = &cli.command {
+        let mut out = std::io::stdout().lock();
+        return registry::run(cmd, cli.json, &mut out);
+    }
     if let Noun::Manpages { dir } = &cli.command {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         clap_mangen::generate_to(Cli::command(), dir)
@@ -554,7 +563,7 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
             printer.costs(&report)
         }
         Noun::Events(args) => events(client, printer, args).await,
-        Noun::Sim(_) | Noun::Completions { .. } | Noun::Manpages { .. } => {
+        Noun::Sim(_) | Noun::Registry(_) | Noun::Completions { .. } | Noun::Manpages { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
