@@ -6,10 +6,12 @@
 pub mod admission;
 pub mod api;
 pub mod auth;
+pub mod bloom;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod events;
+pub mod lastcommit;
 pub mod maintenance;
 pub mod names;
 pub mod pktline;
@@ -50,6 +52,7 @@ pub struct Inner {
     pub admission: Admission,
     pub maintainer: Maintainer,
     pub webhook_wake: Arc<Notify>,
+    pub web: web::Caches,
 }
 
 impl Deref for AppState {
@@ -109,6 +112,7 @@ impl AppState {
             admission: Admission::new(&settings.limits),
             maintainer: Maintainer::new(settings.maintenance_delay),
             webhook_wake: Arc::new(Notify::new()),
+            web: web::Caches::default(),
             caps: Arc::new(caps),
             repos,
             base_url: base_url.trim_end_matches('/').to_owned(),

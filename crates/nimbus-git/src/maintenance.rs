@@ -1,5 +1,6 @@
 //! Debounced repository maintenance after pushes: pack-refs, a geometric repack that writes a
-//! multi-pack index with bitmaps, and a split commit-graph. One run at a time per repository
+//! multi-pack index with bitmaps, and a split commit-graph with changed-path Bloom filters
+//! (the tree pages' last-commit column and `git log -- PATH` read them). One run at a time per repository
 //! and one at a time overall, so maintenance never competes much with serving.
 
 use std::path::Path;
@@ -90,6 +91,7 @@ fn maintain(path: &Path) -> Result<(), String> {
             "write",
             "--reachable",
             "--split",
+            "--changed-paths",
             "--no-progress",
         ],
     ];

@@ -42,6 +42,8 @@ pub struct RepoEntry {
     pub push_lock: Arc<tokio::sync::Mutex<()>>,
     pub pack_slots: Arc<Semaphore>,
     pub maintenance: MaintenanceState,
+    /// Tree listings and last-commit answers for the web pages.
+    pub history: crate::lastcommit::Cache,
 }
 
 impl RepoEntry {
@@ -255,6 +257,7 @@ impl Registry {
             push_lock: Arc::new(tokio::sync::Mutex::new(())),
             pack_slots: Arc::new(Semaphore::new(self.per_repo_slots)),
             maintenance: MaintenanceState::default(),
+            history: crate::lastcommit::Cache::default(),
         });
         self.map
             .write()

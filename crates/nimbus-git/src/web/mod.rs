@@ -1,10 +1,11 @@
-//! The server-rendered web UI: repository list, tree, blob, log, commit with diff, refs.
-//! No JavaScript; reads go through the repository's cached `gix` handle on the blocking pool.
-//! One module per page; this one holds what they share (layout, access checks, revision
-//! lookup, ETags, URL encoding).
+//! The server-rendered web UI: repository list, tree, blob, raw, blame, log, commit with diff,
+//! refs. No JavaScript; reads go through the repository's cached `gix` handle on the blocking
+//! pool. One module per page; this one holds what they share (layout, the repository header
+//! with its branch/tag switcher, access checks, revision lookup, ETags, formatting).
 //! Pages whose content is fixed by a commit id carry an ETag derived from it.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,21 +17,22 @@ use sha2::{Digest, Sha256};
 use crate::AppState;
 use crate::auth::{Perm, Principal};
 use crate::error::ApiError;
+use crate::refs::Snapshot;
 use crate::repos::RepoEntry;
 
+mod blame;
 mod blob;
 mod commit;
+pub mod highlight;
 mod index;
 mod log;
+pub mod markdown;
+mod raw;
 mod refs;
 mod summary;
 mod tree;
 
 pub(super) const LOG_PAGE: usize = 50;
-pub(super) const BLOB_LIMIT: usize = 1 << 20;
-pub(super) const DIFF_FILE_LIMIT: usize = 256 << 10;
-pub(super) const DIFF_TOTAL_LIMIT: usize = 1 << 20;
-pub(super) const DIFF_MAX_FILES: usize = 300;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -40,9 +42,18 @@ pub fn router() -> Router<AppState> {
         .route("/{repo}/tree/{rev}", get(tree::tree_root))
         .route("/{repo}/tree/{rev}/{*path}", get(tree::tree))
         .route("/{repo}/blob/{rev}/{*path}", get(blob::blob))
+        .route("/{repo}/raw/{rev}/{*path}", get(raw::raw))
+        .route("/{repo}/blame/{rev}/{*path}", get(blame::blame))
         .route("/{repo}/log/{rev}", get(log::log))
+        .route("/{repo}/log/{rev}/{*path}", get(log::log_path))
         .route("/{repo}/commit/{rev}", get(commit::commit))
         .route("/{repo}/refs", get(refs::refs))
+}
+
+/// Caches the web pages share across repositories (content-addressed, so never stale).
+#[derive(Default)]
+pub struct Caches {
+    highlights: highlight::HighlightCache,
 }
 
 /// Errors rendered as small HTML pages.
@@ -66,7 +77,7 @@ impl IntoResponse for WebError {
         let body = page(
             &err.status.to_string(),
             None,
-            html! { p.error { (err.message) } },
+            html! { h1 { (err.status.canonical_reason().unwrap_or("Error")) } p.error { (err.message) } },
         );
         let mut response = (err.status, Html(body.into_string())).into_response();
         if err.www_authenticate {
@@ -79,35 +90,108 @@ impl IntoResponse for WebError {
     }
 }
 
-const CSS: &str = "body{font-family:system-ui,sans-serif;max-width:70rem;margin:1rem auto;padding:0 1rem;color:#222}\
-a{color:#0550ae;text-decoration:none}a:hover{text-decoration:underline}\
-table{border-collapse:collapse;width:100%}td,th{padding:.2rem .5rem;border-bottom:1px solid #eee;text-align:left;vertical-align:top}\
-pre{background:#f6f8fa;padding:.5rem;overflow:auto;font-size:.85rem}code,.mono{font-family:ui-monospace,monospace}\
-.add{background:#e6ffec}.del{background:#ffebe9}.hunk{color:#6e7781}.muted{color:#6e7781}.error{color:#b00}\
-nav a{margin-right:1rem}header{border-bottom:1px solid #ddd;margin-bottom:1rem;padding-bottom:.5rem}";
+const CSS: &str = include_str!("style.css");
 
-pub(super) fn page(title: &str, repo: Option<&str>, content: Markup) -> Markup {
+/// What a page at a revision tells the header: where the switcher's links lead.
+pub(super) struct At<'a> {
+    pub rev: &'a str,
+    /// The page kind the switcher keeps: "tree", "blob", "log", "blame".
+    pub kind: &'static str,
+    pub path: &'a str,
+    pub refs: &'a Snapshot,
+}
+
+/// The repository part of the header.
+pub(super) struct Nav<'a> {
+    pub repo: &'a str,
+    pub at: Option<At<'a>>,
+}
+
+pub(super) fn page(title: &str, nav: Option<&Nav<'_>>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
+                meta name="color-scheme" content="light dark";
                 title { (title) " · Nimbus Git" }
                 style { (PreEscaped(CSS)) }
             }
             body {
-                header {
-                    nav {
-                        a href="/" { b { "Nimbus Git" } }
-                        @if let Some(repo) = repo {
-                            a href={ "/" (repo) } { (repo) }
-                            a href={ "/" (repo) "/log/HEAD" } { "log" }
-                            a href={ "/" (repo) "/refs" } { "branches & tags" }
+                header.top {
+                    a.brand href="/" { "Nimbus Git" }
+                    @if let Some(nav) = nav {
+                        nav.tabs aria-label="repository" {
+                            a href={ "/" (nav.repo) } { b { (nav.repo) } }
+                            @let rev = nav.at.as_ref().map_or("HEAD", |at| at.rev);
+                            a href={ "/" (nav.repo) "/tree/" (enc_rev(rev)) } { "Files" }
+                            a href={ "/" (nav.repo) "/log/" (enc_rev(rev)) } { "Commits" }
+                            a href={ "/" (nav.repo) "/refs" } { "Branches & tags" }
                         }
                     }
                 }
-                (content)
+                main { (content) }
+            }
+        }
+    }
+}
+
+/// The branch/tag switcher: a `<details>` list of links to the same page at another ref.
+pub(super) fn switcher(repo: &str, at: &At<'_>) -> Markup {
+    let target = |name: &str| {
+        let mut url = format!("/{repo}/{}/{}", at.kind, enc_rev(name));
+        if !at.path.is_empty() {
+            url.push('/');
+            url.push_str(&enc(at.path));
+        }
+        url
+    };
+    let shown = if at.rev.len() == 40 && at.rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+        &at.rev[..12]
+    } else {
+        at.rev
+    };
+    let branches: Vec<&str> = at
+        .refs
+        .refs
+        .iter()
+        .filter_map(|r| r.name.strip_prefix("refs/heads/"))
+        .take(300)
+        .collect();
+    let tags: Vec<&str> = at
+        .refs
+        .refs
+        .iter()
+        .filter_map(|r| r.name.strip_prefix("refs/tags/"))
+        .rev()
+        .take(300)
+        .collect();
+    html! {
+        details.switch {
+            summary aria-label="switch branch or tag" { "⎇ " span.mono { (shown) } " ▾" }
+            div {
+                strong { "Branches" }
+                ul { @for b in &branches { li { a.mono href=(target(b)) { (b) } } } }
+                @if !tags.is_empty() {
+                    strong { "Tags" }
+                    ul { @for t in &tags { li { a.mono href=(target(t)) { (t) } } } }
+                }
+            }
+        }
+    }
+}
+
+/// `repo / dir / file` with each directory linked to its tree page.
+pub(super) fn crumbs(repo: &str, rev: &str, path: &str) -> Markup {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    html! {
+        span.crumbs {
+            a href={ "/" (repo) "/tree/" (enc_rev(rev)) } { (repo) }
+            @for (idx, part) in parts.iter().enumerate() {
+                " / "
+                @if idx + 1 == parts.len() { strong { (part) } }
+                @else { a href={ "/" (repo) "/tree/" (enc_rev(rev)) "/" (enc(&parts[..=idx].join("/"))) } { (part) } }
             }
         }
     }
@@ -121,7 +205,7 @@ pub(super) fn visible(
     state: &AppState,
     principal: &Principal,
     name: &str,
-) -> Result<std::sync::Arc<RepoEntry>, WebError> {
+) -> Result<Arc<RepoEntry>, WebError> {
     let not_found = || {
         WebError(ApiError::not_found(format!(
             "repository '{name}' not found"
@@ -141,14 +225,26 @@ pub(super) fn visible(
     }
 }
 
+/// The caller's repository and its ref snapshot (for the switcher).
+pub(super) async fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<(Arc<RepoEntry>, Arc<Snapshot>), WebError> {
+    let principal = caller(state, headers).await?;
+    let entry = visible(state, &principal, name)?;
+    let snapshot = crate::repos::snapshot(&entry, &state.caps).await?;
+    Ok((entry, snapshot))
+}
+
 /// Run a gix read on the blocking pool.
 pub(super) async fn with_repo<T: Send + 'static>(
-    entry: std::sync::Arc<RepoEntry>,
-    f: impl FnOnce(&gix::Repository) -> Result<T, WebError> + Send + 'static,
+    entry: Arc<RepoEntry>,
+    f: impl FnOnce(&gix::Repository, &RepoEntry) -> Result<T, WebError> + Send + 'static,
 ) -> Result<T, WebError> {
     tokio::task::spawn_blocking(move || {
         let repo = entry.gix()?;
-        f(&repo)
+        f(&repo, &entry)
     })
     .await
     .map_err(|e| WebError(crate::error::Error::Internal(e.to_string()).into()))?
@@ -158,6 +254,8 @@ pub(super) fn git_err(err: impl std::fmt::Display) -> WebError {
     WebError(crate::error::Error::git(err).into())
 }
 
+/// A revision from a URL (branch, tag or commit id) as a commit; 404 for anything else,
+/// including rev-parse syntax a URL has no business using (`..`, `@{…}`, options).
 pub(super) fn resolve_commit<'r>(
     repo: &'r gix::Repository,
     rev: &str,
@@ -168,6 +266,7 @@ pub(super) fn resolve_commit<'r>(
         || rev.starts_with('-')
         || rev.contains("..")
         || rev.contains('@')
+        || rev.contains(':')
     {
         return Err(not_found());
     }
@@ -176,6 +275,21 @@ pub(super) fn resolve_commit<'r>(
         .map_err(|_| not_found())?
         .peel_to_commit()
         .map_err(|_| not_found())
+}
+
+/// A path from a URL, without leading/trailing slashes; `..`, `.` and empty segments never
+/// name anything in a tree, so they are a 404 rather than a lookup.
+pub(super) fn clean_path(path: &str) -> Result<String, WebError> {
+    let path = path.trim_matches('/');
+    if path
+        .split('/')
+        .any(|part| part.is_empty() && !path.is_empty() || part == "." || part == "..")
+    {
+        return Err(WebError(ApiError::not_found(format!(
+            "no path '{path}' in this repository"
+        ))));
+    }
+    Ok(path.to_owned())
 }
 
 pub(super) fn etag_for(parts: &[&str]) -> String {
@@ -219,13 +333,64 @@ pub(super) fn when(seconds: i64) -> String {
         .ok()
         .and_then(|t| {
             t.format(time::macros::format_description!(
-                "[year]-[month]-[day] [hour]:[minute]"
+                "[year]-[month]-[day] [hour]:[minute] UTC"
             ))
             .ok()
         })
         .unwrap_or_default()
 }
 
+/// "3 days ago", with the exact time in the title.
+pub(super) fn age(seconds: i64) -> Markup {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    html! { time datetime=(seconds) title=(when(seconds)) { (age_text(now - seconds)) } }
+}
+
+pub(super) fn age_text(delta: i64) -> String {
+    const UNITS: [(i64, &str, &str); 6] = [
+        (365 * 86400, "year", "years"),
+        (30 * 86400, "month", "months"),
+        (7 * 86400, "week", "weeks"),
+        (86400, "day", "days"),
+        (3600, "hour", "hours"),
+        (60, "minute", "minutes"),
+    ];
+    if delta < 60 {
+        return "just now".to_owned();
+    }
+    for (unit, one, many) in UNITS {
+        if delta >= unit {
+            return format!("{} ago", plural(delta / unit, one, many));
+        }
+    }
+    "just now".to_owned()
+}
+
+/// "1 file", "2 files", "0 files".
+pub(super) fn plural(n: impl Into<i64>, one: &str, many: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+pub(super) fn human_size(bytes: u64) -> String {
+    if bytes < 1024 {
+        return plural(bytes as i64, "byte", "bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    for unit in ["KiB", "MiB", "GiB"] {
+        if value < 1024.0 {
+            return format!("{value:.1} {unit}");
+        }
+        value /= 1024.0;
+    }
+    format!("{value:.1} TiB")
+}
+
+/// Percent-encode a path for a URL (keeps `/`).
 pub(super) fn enc(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
@@ -236,4 +401,45 @@ pub(super) fn enc(segment: &str) -> String {
         }
     }
     out
+}
+
+/// Percent-encode a revision for one URL segment: a branch `feature/x` must not read as a
+/// path (axum decodes `%2F` back after routing).
+pub(super) fn enc_rev(rev: &str) -> String {
+    enc(rev).replace('/', "%2F")
+}
+
+pub(super) fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_and_ages() {
+        assert_eq!(plural(0, "file", "files"), "0 files");
+        assert_eq!(plural(1, "file", "files"), "1 file");
+        assert_eq!(plural(2, "file", "files"), "2 files");
+        assert_eq!(age_text(5), "just now");
+        assert_eq!(age_text(60), "1 minute ago");
+        assert_eq!(age_text(2 * 3600 + 5), "2 hours ago");
+        assert_eq!(age_text(86400), "1 day ago");
+        assert_eq!(age_text(400 * 86400), "1 year ago");
+        assert_eq!(human_size(1), "1 byte");
+        assert_eq!(human_size(1000), "1000 bytes");
+        assert_eq!(human_size(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn paths_from_urls() {
+        assert_eq!(clean_path("/a b/ü.rs/").ok().as_deref(), Some("a b/ü.rs"));
+        assert_eq!(clean_path("").ok().as_deref(), Some(""));
+        for bad in ["a/../b", "..", "a/./b", "a//b"] {
+            assert!(clean_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(enc("a b/ü"), "a%20b/%C3%BC");
+        assert_eq!(enc_rev("feature/x"), "feature%2Fx");
+    }
 }

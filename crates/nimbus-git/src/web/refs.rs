@@ -29,16 +29,19 @@ pub(super) async fn refs(
         .collect();
     let body = page(
         &format!("refs · {repo_name}"),
-        Some(&repo_name),
+        Some(&Nav {
+            repo: &repo_name,
+            at: None,
+        }),
         html! {
             h2 { "Branches" }
             table {
                 @for (branch, r) in &branches {
                     tr {
-                        td { a href={ "/" (repo_name) "/tree/" (enc(branch)) } { (branch) }
+                        td { a href={ "/" (repo_name) "/tree/" (enc_rev(branch)) } { (branch) }
                              @if snapshot.head_target.as_deref() == Some(r.name.as_str()) { " " small.muted { "(default)" } } }
                         td.mono { a href={ "/" (repo_name) "/commit/" (r.oid) } { (&r.oid[..12]) } }
-                        td { a href={ "/" (repo_name) "/log/" (enc(branch)) } { "log" } }
+                        td { a href={ "/" (repo_name) "/log/" (enc_rev(branch)) } { "log" } }
                     }
                 }
             }
@@ -47,7 +50,7 @@ pub(super) async fn refs(
                 @for (tag, r) in &tags {
                     @let target = r.peeled.as_ref().unwrap_or(&r.oid);
                     tr {
-                        td { a href={ "/" (repo_name) "/tree/" (enc(tag)) } { (tag) } }
+                        td { a href={ "/" (repo_name) "/tree/" (enc_rev(tag)) } { (tag) } }
                         td.mono { a href={ "/" (repo_name) "/commit/" (target) } { (&target[..12]) } }
                     }
                 }

@@ -1,0 +1,524 @@
+//! The last commit that touched each entry of a directory, for tree pages.
+//!
+//! One walk answers a whole directory: commits are visited newest first (by committer time)
+//! through the commit-graph (parents, times and root trees without decompressing a commit),
+//! and a commit is looked at closely only when its changed-path Bloom filter says one of the
+//! still unanswered paths may have changed. An entry's last commit is the newest commit whose
+//! version of the path is the one shown and none of whose parents has that version; a merge
+//! that takes a side's version is therefore passed over for the commit that made it.
+//! Answers are cached per (commit, directory): history below a commit never changes.
+//!
+//! Commits pushed since the last maintenance are not in the graph yet; they are read from the
+//! object database and treated as "maybe changed", which is slower and never wrong.
+
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use gix::ObjectId;
+use gix::bstr::{BString, ByteSlice};
+
+use crate::bloom::{BloomKey, Blooms};
+use crate::error::Error;
+
+/// What a tree page shows about the commit that last touched an entry.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub id: ObjectId,
+    pub subject: String,
+    pub author: String,
+    pub time: i64,
+}
+
+/// Last commits of one directory's entries, in the order asked.
+#[derive(Debug)]
+pub struct LastCommits {
+    pub entries: Vec<Option<Arc<CommitInfo>>>,
+    /// False when the walk stopped at its deadline; missing entries are then unknown.
+    pub complete: bool,
+    pub commits_walked: usize,
+    pub trees_read: usize,
+}
+
+/// The commit-graph and its filters, reloaded when the files on disk change.
+pub struct GraphData {
+    stamp: u64,
+    pub graph: Option<gix::commitgraph::Graph>,
+    pub blooms: Blooms,
+}
+
+/// Directories whose answers are kept per repository.
+const RESULT_CACHE: usize = 512;
+
+/// Per-repository cache of graph data and answers.
+pub struct Cache {
+    graph: Mutex<Option<Arc<GraphData>>>,
+    results: Mutex<Lru<(ObjectId, BString), Arc<LastCommits>>>,
+    trees: Mutex<Lru<ObjectId, Arc<Vec<TreeEntry>>>>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache {
+            graph: Mutex::new(None),
+            results: Mutex::new(Lru::new(RESULT_CACHE)),
+            trees: Mutex::new(Lru::new(RESULT_CACHE)),
+        }
+    }
+}
+
+/// What a tree page lists about an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EntryKind {
+    Dir,
+    Submodule,
+    File,
+    Exec,
+    Link,
+}
+
+#[derive(Debug, Clone)]
+pub struct TreeEntry {
+    pub name: BString,
+    pub kind: EntryKind,
+    pub id: ObjectId,
+    /// Blob size in bytes (files and links).
+    pub size: Option<u64>,
+}
+
+impl Cache {
+    /// The graph data for `repo`, re-read when maintenance wrote new commit-graph files.
+    pub fn graph(&self, repo: &gix::Repository) -> Arc<GraphData> {
+        let objects = repo.objects.store_ref().path().to_owned();
+        let files = crate::bloom::graph_files(&objects);
+        let stamp = stamp_of(&files);
+        if let Some(data) = self.graph.lock().expect("graph lock").as_ref()
+            && data.stamp == stamp
+        {
+            return data.clone();
+        }
+        let data = Arc::new(GraphData {
+            stamp,
+            graph: repo.commit_graph_if_enabled().ok().flatten(),
+            blooms: Blooms::load(&files),
+        });
+        *self.graph.lock().expect("graph lock") = Some(data.clone());
+        data
+    }
+
+    /// Answers for the entries `names` of directory `dir` at `commit`, from the cache or by a
+    /// walk that stops at `deadline`. Incomplete answers are not cached.
+    pub fn last_commits(
+        &self,
+        repo: &gix::Repository,
+        commit: ObjectId,
+        dir: &str,
+        names: &[BString],
+        deadline: Instant,
+    ) -> Result<Arc<LastCommits>, Error> {
+        let key = (commit, BString::from(dir));
+        if let Some(hit) = self.results.lock().expect("results lock").get(&key) {
+            return Ok(hit);
+        }
+        let graph = self.graph(repo);
+        let answer = Arc::new(walk(repo, &graph, commit, dir, names, deadline)?);
+        if answer.complete {
+            self.results
+                .lock()
+                .expect("results lock")
+                .insert(key, answer.clone(), 1);
+        }
+        Ok(answer)
+    }
+
+    /// The entries of tree `id`, directories first, then by name, with blob sizes; cached.
+    pub fn entries(
+        &self,
+        repo: &gix::Repository,
+        id: ObjectId,
+    ) -> Result<Arc<Vec<TreeEntry>>, Error> {
+        if let Some(hit) = self.trees.lock().expect("trees lock").get(&id) {
+            return Ok(hit);
+        }
+        let tree = repo.find_object(id).map_err(Error::git)?;
+        let mut entries = Vec::new();
+        for entry in gix::objs::TreeRefIter::from_bytes(&tree.data, id.kind()) {
+            let entry = entry.map_err(Error::git)?;
+            let mode = entry.mode;
+            let kind = if mode.is_tree() {
+                EntryKind::Dir
+            } else if mode.is_commit() {
+                EntryKind::Submodule
+            } else if mode.is_link() {
+                EntryKind::Link
+            } else if mode.is_executable() {
+                EntryKind::Exec
+            } else {
+                EntryKind::File
+            };
+            let size = match kind {
+                EntryKind::File | EntryKind::Exec | EntryKind::Link => repo
+                    .find_header(entry.oid.to_owned())
+                    .ok()
+                    .map(|h| h.size()),
+                EntryKind::Dir | EntryKind::Submodule => None,
+            };
+            entries.push(TreeEntry {
+                name: entry.filename.to_owned(),
+                kind,
+                id: entry.oid.to_owned(),
+                size,
+            });
+        }
+        let is_dir = |e: &TreeEntry| matches!(e.kind, EntryKind::Dir | EntryKind::Submodule);
+        entries.sort_by(|a, b| is_dir(b).cmp(&is_dir(a)).then_with(|| a.name.cmp(&b.name)));
+        let entries = Arc::new(entries);
+        self.trees
+            .lock()
+            .expect("trees lock")
+            .insert(id, entries.clone(), 1);
+        Ok(entries)
+    }
+
+    /// Forget cached answers (tests and benchmarks measure cold walks this way).
+    pub fn clear(&self) {
+        *self.results.lock().expect("results lock") = Lru::new(RESULT_CACHE);
+        *self.graph.lock().expect("graph lock") = None;
+        *self.trees.lock().expect("trees lock") = Lru::new(RESULT_CACHE);
+    }
+}
+
+fn stamp_of(files: &[std::path::PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        file.hash(&mut hasher);
+        if let Ok(meta) = std::fs::metadata(file) {
+            meta.len().hash(&mut hasher);
+            meta.modified().ok().hash(&mut hasher);
+        }
+    }
+    hasher.finish()
+}
+
+/// A small map that forgets its oldest insertions past a total weight; enough for answers
+/// that never go stale (they are keyed by object ids).
+pub struct Lru<K, V> {
+    map: HashMap<K, (V, usize)>,
+    order: VecDeque<K>,
+    weight: usize,
+    max_weight: usize,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
+    pub fn new(max_weight: usize) -> Self {
+        Lru {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            weight: 0,
+            max_weight,
+        }
+    }
+    pub fn get(&self, key: &K) -> Option<V> {
+        self.map.get(key).map(|(v, _)| v.clone())
+    }
+    pub fn insert(&mut self, key: K, value: V, weight: usize) {
+        match self.map.insert(key.clone(), (value, weight)) {
+            Some((_, old)) => self.weight -= old,
+            None => self.order.push_back(key),
+        }
+        self.weight += weight;
+        while self.weight > self.max_weight {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            if let Some((_, w)) = self.map.remove(&old) {
+                self.weight -= w;
+            }
+        }
+    }
+}
+
+/// A commit as the walk needs it.
+struct Node {
+    tree: ObjectId,
+    pos: Option<u32>,
+    parents: Vec<Ref>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ref {
+    Pos(u32),
+    Id(ObjectId),
+}
+
+struct Walker<'a> {
+    repo: &'a gix::Repository,
+    graph: Option<&'a gix::commitgraph::Graph>,
+    /// Decoded trees: entry name → object id.
+    trees: HashMap<ObjectId, Arc<HashMap<BString, ObjectId>>>,
+    trees_read: usize,
+}
+
+impl Walker<'_> {
+    fn node(&self, r: Ref) -> Result<(i64, Node), Error> {
+        let by_id = |id: ObjectId| -> Result<(i64, Node), Error> {
+            if let Some(graph) = self.graph
+                && let Some(pos) = graph.lookup(id)
+            {
+                return Ok(self.graph_node(graph, pos.0));
+            }
+            let commit = self.repo.find_commit(id).map_err(Error::git)?;
+            let decoded = commit.decode().map_err(Error::git)?;
+            let time = decoded.committer().map(|c| c.seconds()).unwrap_or(0);
+            Ok((
+                time,
+                Node {
+                    tree: decoded.tree(),
+                    pos: None,
+                    parents: decoded.parents().map(Ref::Id).collect(),
+                },
+            ))
+        };
+        match r {
+            Ref::Pos(pos) => match self.graph {
+                Some(graph) => Ok(self.graph_node(graph, pos)),
+                None => Err(Error::Internal("graph position without a graph".into())),
+            },
+            Ref::Id(id) => by_id(id),
+        }
+    }
+
+    fn graph_node(&self, graph: &gix::commitgraph::Graph, pos: u32) -> (i64, Node) {
+        let commit = graph.commit_at(gix::commitgraph::Position(pos));
+        let parents = commit
+            .iter_parents()
+            .filter_map(Result::ok)
+            .map(|p| Ref::Pos(p.0))
+            .collect();
+        (
+            commit.committer_timestamp() as i64,
+            Node {
+                tree: commit.root_tree_id().to_owned(),
+                pos: Some(pos),
+                parents,
+            },
+        )
+    }
+
+    fn tree(&mut self, id: ObjectId) -> Result<Arc<HashMap<BString, ObjectId>>, Error> {
+        if let Some(tree) = self.trees.get(&id) {
+            return Ok(tree.clone());
+        }
+        let object = self.repo.find_object(id).map_err(Error::git)?;
+        self.trees_read += 1;
+        let mut entries = HashMap::new();
+        for entry in gix::objs::TreeRefIter::from_bytes(&object.data, id.kind()) {
+            let entry = entry.map_err(Error::git)?;
+            entries.insert(entry.filename.to_owned(), entry.oid.to_owned());
+        }
+        let entries = Arc::new(entries);
+        if self.trees.len() > 4096 {
+            self.trees.clear();
+        }
+        self.trees.insert(id, entries.clone());
+        Ok(entries)
+    }
+
+    /// The id of the tree at `dir` below `root`, if there is one.
+    fn dir_tree(&mut self, root: ObjectId, dir: &[&[u8]]) -> Result<Option<ObjectId>, Error> {
+        let mut id = root;
+        for component in dir {
+            let tree = self.tree(id)?;
+            match tree.get(component.as_bstr()) {
+                Some(next) => id = *next,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(id))
+    }
+}
+
+struct Target {
+    key: BloomKey,
+    name: BString,
+    want: Option<ObjectId>,
+    found: Option<ObjectId>,
+}
+
+/// Stop and report an incomplete answer after this many commits even before the deadline.
+const MAX_WALK: usize = 2_000_000;
+
+fn walk(
+    repo: &gix::Repository,
+    data: &GraphData,
+    start: ObjectId,
+    dir: &str,
+    names: &[BString],
+    deadline: Instant,
+) -> Result<LastCommits, Error> {
+    let mut walker = Walker {
+        repo,
+        graph: data.graph.as_ref(),
+        trees: HashMap::new(),
+        trees_read: 0,
+    };
+    let components: Vec<&[u8]> = dir
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(str::as_bytes)
+        .collect();
+    let prefix = if components.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let dir_key = (!components.is_empty()).then(|| BloomKey::new(dir.trim_matches('/').as_bytes()));
+    let (_, start_node) = walker.node(Ref::Id(start))?;
+    let shown = match walker.dir_tree(start_node.tree, &components)? {
+        Some(id) => walker.tree(id)?,
+        None => Arc::new(HashMap::new()),
+    };
+    let mut targets: Vec<Target> = names
+        .iter()
+        .map(|name| {
+            let mut path = prefix.as_bytes().to_vec();
+            path.extend_from_slice(name);
+            Target {
+                key: BloomKey::new(&path),
+                name: name.clone(),
+                want: shown.get(name).copied(),
+                found: None,
+            }
+        })
+        .collect();
+    let mut open = targets.iter().filter(|t| t.want.is_some()).count();
+
+    let mut queue: BinaryHeap<(i64, Ref)> = BinaryHeap::new();
+    let mut seen_pos = vec![false; data.graph.as_ref().map_or(0, |g| g.num_commits() as usize)];
+    let mut seen_ids: HashSet<ObjectId> = HashSet::new();
+    let start_ref = match start_node.pos {
+        Some(pos) => Ref::Pos(pos),
+        None => Ref::Id(start),
+    };
+    let mut mark = |r: Ref, seen_ids: &mut HashSet<ObjectId>| -> bool {
+        match r {
+            Ref::Pos(pos) => !std::mem::replace(&mut seen_pos[pos as usize], true),
+            Ref::Id(id) => seen_ids.insert(id),
+        }
+    };
+    mark(start_ref, &mut seen_ids);
+    queue.push((i64::MAX, start_ref));
+    let mut walked = 0usize;
+    let mut complete = true;
+    let mut maybe: Vec<usize> = Vec::new();
+    while open > 0 {
+        let Some((_, current)) = queue.pop() else {
+            break;
+        };
+        walked += 1;
+        if (walked % 512 == 0 && Instant::now() > deadline) || walked > MAX_WALK {
+            complete = false;
+            break;
+        }
+        let (_, node) = walker.node(current)?;
+        let id = match current {
+            Ref::Id(id) => id,
+            Ref::Pos(pos) => data
+                .graph
+                .as_ref()
+                .map(|g| g.id_at(gix::commitgraph::Position(pos)).to_owned())
+                .unwrap_or(start),
+        };
+        let mut parent_nodes = Vec::with_capacity(node.parents.len());
+        for parent in &node.parents {
+            let (time, parent_node) = walker.node(*parent)?;
+            if mark(*parent, &mut seen_ids) {
+                queue.push((time, *parent));
+            }
+            parent_nodes.push(parent_node);
+        }
+        // Which open paths may have changed against the first parent?
+        maybe.clear();
+        let filtered = node.pos.filter(|_| !node.parents.is_empty());
+        if let (Some(pos), Some(dir_key)) = (filtered, &dir_key)
+            && !data.blooms.maybe_changed(pos, dir_key)
+        {
+            continue;
+        }
+        for (idx, target) in targets.iter().enumerate() {
+            if target.found.is_none()
+                && target.want.is_some()
+                && filtered.is_none_or(|pos| data.blooms.maybe_changed(pos, &target.key))
+            {
+                maybe.push(idx);
+            }
+        }
+        if maybe.is_empty() {
+            continue;
+        }
+        let Some(here) = walker.dir_tree(node.tree, &components)? else {
+            continue;
+        };
+        let mut parent_dirs = Vec::with_capacity(parent_nodes.len());
+        for parent in &parent_nodes {
+            parent_dirs.push(walker.dir_tree(parent.tree, &components)?);
+        }
+        if parent_dirs.contains(&Some(here)) {
+            continue; // the directory is as in a parent: nothing in it was made here
+        }
+        let here_entries = walker.tree(here)?;
+        let mut parent_entries = Vec::with_capacity(parent_dirs.len());
+        for parent in parent_dirs.iter().flatten() {
+            parent_entries.push(walker.tree(*parent)?);
+        }
+        for &idx in &maybe {
+            let target = &mut targets[idx];
+            if here_entries.get(&target.name).copied() != target.want {
+                continue;
+            }
+            if parent_entries
+                .iter()
+                .all(|p| p.get(&target.name).copied() != target.want)
+            {
+                target.found = Some(id);
+                open -= 1;
+            }
+        }
+    }
+    let mut infos: HashMap<ObjectId, Arc<CommitInfo>> = HashMap::new();
+    let mut entries = Vec::with_capacity(targets.len());
+    for target in &targets {
+        let info = match target.found {
+            None => None,
+            Some(id) => Some(match infos.get(&id) {
+                Some(info) => info.clone(),
+                None => {
+                    let info = Arc::new(commit_info(repo, id)?);
+                    infos.insert(id, info.clone());
+                    info
+                }
+            }),
+        };
+        entries.push(info);
+    }
+    Ok(LastCommits {
+        entries,
+        complete,
+        commits_walked: walked,
+        trees_read: walker.trees_read,
+    })
+}
+
+/// Subject, author and author time of a commit.
+pub fn commit_info(repo: &gix::Repository, id: ObjectId) -> Result<CommitInfo, Error> {
+    let commit = repo.find_commit(id).map_err(Error::git)?;
+    let decoded = commit.decode().map_err(Error::git)?;
+    let author = decoded.author().map_err(Error::git)?;
+    Ok(CommitInfo {
+        id,
+        subject: decoded.message_summary().to_str_lossy().into_owned(),
+        author: author.name.to_str_lossy().into_owned(),
+        time: author.seconds(),
+    })
+}
