@@ -8,6 +8,7 @@
 //! Providers are the source of truth for what exists. They must not touch the store: the
 //! lifecycle layer (`nimbus-fleet`) records intent and reconciles.
 
+pub mod baremetal;
 pub mod local;
 pub mod ssh;
 
@@ -192,6 +193,22 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
             };
             Ok(Arc::new(ssh::SshProvider::from_provider(config, pool)?))
         }
+        ProviderType::Baremetal => {
+            let pool = match &env.host_keys {
+                Some(host_keys) => ssh::SshPool::new(
+                    host_keys(config.tenant_id),
+                    match &env.events {
+                        Some(sink) => nimbus_setup::events::Events::new(sink.clone()),
+                        None => nimbus_setup::events::Events::none(),
+                    },
+                    nimbus_setup::ssh::SshOptions::default(),
+                ),
+                None => ssh::SshPool::shared(config.id),
+            };
+            Ok(Arc::new(baremetal::BaremetalProvider::from_provider(
+                config, pool,
+            )?))
+        }
         other => Err(Error::Permanent(format!(
             "provider type {other} is not available in this build"
         ))),
@@ -204,6 +221,7 @@ pub fn validate_config(config: &ProviderConfig) -> Result<()> {
     match config.provider_type {
         ProviderType::Local => local::LocalConfig::from_json(&config.config).map(drop),
         ProviderType::Ssh => ssh::SshConfig::from_provider(config).map(drop),
+        ProviderType::Baremetal => baremetal::BaremetalConfig::from_provider(config).map(drop),
         other => Err(Error::InvalidConfig {
             field: "type".into(),
             message: format!("provider type {other} is not available in this build"),

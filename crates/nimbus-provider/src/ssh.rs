@@ -592,6 +592,79 @@ impl SshProvider {
     }
 }
 
+/// Single-host operations for the bare-metal provider, which powers a host on before claiming
+/// it and so must claim, read and release one host at a time.
+impl SshProvider {
+    pub(crate) fn provider_id(&self) -> ProviderId {
+        self.provider_id
+    }
+
+    pub(crate) fn host_count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub(crate) fn host_config(&self, idx: usize) -> &HostConfig {
+        &self.hosts[idx].config
+    }
+
+    /// Host `idx`'s claim: `None` when free, else the machine and the provider that claimed it.
+    pub(crate) async fn host_claim(
+        &self,
+        idx: usize,
+    ) -> Result<Option<(ProviderMachine, ProviderId)>> {
+        let host = &self.hosts[idx];
+        Ok(match self.read_claim(host).await? {
+            HostView::Free => None,
+            HostView::Claimed(claim) => Some((self.view(host, &claim), claim.provider_id)),
+        })
+    }
+
+    /// Claims host `idx` for `request` atomically; `None` when another machine holds it.
+    pub(crate) async fn claim_host(
+        &self,
+        idx: usize,
+        request: &ProvisionRequest,
+    ) -> Result<Option<ProviderMachine>> {
+        let host = &self.hosts[idx];
+        let claim = Claim {
+            machine_id: request.machine_id,
+            tenant_id: request.tenant_id,
+            provider_id: self.provider_id,
+            claimed_at: nimbus_types::now(),
+        };
+        let record = serde_json::to_string(&claim).expect("claim serializes");
+        let out = self
+            .run(
+                host,
+                Command::new(CLAIM_SCRIPT)
+                    .arg(host.config.state_dir())
+                    .arg(request.machine_id.to_string())
+                    .arg(&record)
+                    .label("ssh_provider.claim"),
+            )
+            .await?;
+        Ok((out.trim() == "claimed").then(|| self.view(host, &claim)))
+    }
+
+    /// Stops machine `machine_id`'s runner on host `idx`, removes its files and drops its claim.
+    pub(crate) async fn release_host(&self, idx: usize, machine_id: MachineId) -> Result<()> {
+        let host = &self.hosts[idx];
+        self.run(
+            host,
+            Command::new(RELEASE_SCRIPT)
+                .arg(host.config.state_dir())
+                .arg(machine_id.to_string())
+                .label("ssh_provider.release"),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(crate) fn host_exec(&self, idx: usize) -> Arc<SshExec> {
+        self.exec_for(&self.hosts[idx])
+    }
+}
+
 fn read_claim_command(host: &Host) -> Command {
     Command::new(READ_CLAIM_SCRIPT)
         .arg(host.config.state_dir())

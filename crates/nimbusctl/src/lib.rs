@@ -1096,17 +1096,14 @@ fn split_secrets(
         Ok(Value::String(text))
     };
     match provider_type {
-        ProviderType::Ssh => {
+        ProviderType::Ssh | ProviderType::Baremetal => {
             let mut keys = serde_json::Map::new();
+            let mut bmc_passwords = serde_json::Map::new();
             if let Some(hosts) = config.get_mut("hosts").and_then(Value::as_array_mut) {
                 for (idx, host) in hosts.iter_mut().enumerate() {
                     let Some(table) = host.as_object_mut() else {
                         continue;
                     };
-                    let Some(raw) = table.remove("key_file") else {
-                        continue;
-                    };
-                    let key = read_key(&format!("hosts[{idx}].key_file"), &raw)?;
                     let address = table.get("address").and_then(Value::as_str).unwrap_or("");
                     let port = table.get("port").and_then(Value::as_u64).unwrap_or(22);
                     let host_id = if address.contains(':') {
@@ -1114,11 +1111,26 @@ fn split_secrets(
                     } else {
                         format!("{address}:{port}")
                     };
+                    // Bare metal: the BMC password is a credential too.
+                    if let Some(password) = table
+                        .get_mut("bmc")
+                        .and_then(Value::as_object_mut)
+                        .and_then(|bmc| bmc.remove("password"))
+                    {
+                        bmc_passwords.insert(host_id.clone(), password);
+                    }
+                    let Some(raw) = table.remove("key_file") else {
+                        continue;
+                    };
+                    let key = read_key(&format!("hosts[{idx}].key_file"), &raw)?;
                     keys.insert(host_id, key);
                 }
             }
             if !keys.is_empty() {
                 secrets.insert("keys".into(), Value::Object(keys));
+            }
+            if !bmc_passwords.is_empty() {
+                secrets.insert("bmc_passwords".into(), Value::Object(bmc_passwords));
             }
         }
         ProviderType::Aws => {
@@ -1228,6 +1240,16 @@ mod tests {
                 .contains("PRIVATE KEY")
         );
         assert!(secrets["keys"]["[::1]:2222"].is_string());
+
+        let config = serde_json::json!({"hosts": [
+            {"address": "10.0.1.5", "user": "ci", "key_file": "id_ed25519", "os": "linux", "arch": "x86_64",
+             "bmc": {"kind": "ipmi", "address": "10.0.0.5", "username": "nimbus", "password": "s3cr3t"}},
+        ], "boot": "pxe"});
+        let (config, secrets) = split_secrets(ProviderType::Baremetal, config, dir.path()).unwrap();
+        assert!(config["hosts"][0]["bmc"].get("password").is_none());
+        assert_eq!(config["hosts"][0]["bmc"]["username"], "nimbus");
+        assert_eq!(secrets["bmc_passwords"]["10.0.1.5:22"], "s3cr3t");
+        assert!(secrets["keys"]["10.0.1.5:22"].is_string());
 
         let config = serde_json::json!({"region": "eu-west-1", "access_key_id": "AKIA", "secret_access_key": "s3cr3t"});
         let (config, secrets) = split_secrets(ProviderType::Aws, config, dir.path()).unwrap();

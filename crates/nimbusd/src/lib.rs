@@ -70,7 +70,11 @@ pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> Provid
     register_aws(&mut registry, &env, events);
     #[cfg(not(feature = "aws"))]
     drop(events);
-    for kind in [ProviderType::Local, ProviderType::Ssh] {
+    for kind in [
+        ProviderType::Local,
+        ProviderType::Ssh,
+        ProviderType::Baremetal,
+    ] {
         let build_env = env.clone();
         registry.register(
             kind,
