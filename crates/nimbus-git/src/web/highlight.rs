@@ -15,8 +15,9 @@ use crate::lastcommit::Lru;
 pub const HIGHLIGHT_LIMIT: usize = 512 << 10;
 /// Highlighted HTML kept in memory, all repositories together.
 const CACHE_BYTES: usize = 32 << 20;
-/// A file whose highlighting takes longer than this is shown plain (pathological regexes).
-const HIGHLIGHT_BUDGET: Duration = Duration::from_secs(2);
+/// A file whose highlighting takes longer than this is shown plain (pathological regexes;
+/// generous because the first use of a syntax compiles its regexes).
+const HIGHLIGHT_BUDGET: Duration = Duration::from_secs(10);
 
 static SYNTAXES: LazyLock<SyntaxSet> = LazyLock::new(SyntaxSet::load_defaults_newlines);
 
@@ -75,6 +76,10 @@ impl Default for HighlightCache {
 }
 
 impl HighlightCache {
+    pub fn clear(&self) {
+        *self.lines.lock().expect("highlight lock") = Lru::new(CACHE_BYTES);
+    }
+
     /// Highlighted HTML per line of `text` (the blob `id` at `path`), or `None` when no syntax
     /// fits, the text is too large, or highlighting took too long.
     pub fn lines(&self, id: ObjectId, path: &str, text: &str) -> Option<Arc<Vec<String>>> {

@@ -69,7 +69,41 @@ pub fn render(text: &str, base: &LinkBase<'_>) -> String {
     add_heading_ids(&mut events);
     let mut html = String::with_capacity(text.len() * 3 / 2);
     pulldown_cmark::html::push_html(&mut html, events.into_iter());
-    sanitizer(base).clean(&html).to_string()
+    let clean = sanitizer(base).clean(&html).to_string();
+    alt_for_images(&clean)
+}
+
+/// Give every `<img>` without an `alt` an empty one (decorative), so a document's raw HTML
+/// does not make the page inaccessible. Runs on ammonia's serialised output, where tags are
+/// well formed and attribute values quoted.
+fn alt_for_images(html: &str) -> String {
+    let mut out = String::with_capacity(html.len() + 16);
+    let mut rest = html;
+    while let Some(start) = rest.find("<img") {
+        out.push_str(&rest[..start]);
+        let tag = &rest[start..];
+        // The end of the tag: the first '>' outside a quoted value.
+        let mut in_quote = false;
+        let mut end = tag.len();
+        for (idx, c) in tag.char_indices() {
+            match c {
+                '"' => in_quote = !in_quote,
+                '>' if !in_quote => {
+                    end = idx;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let inside = &tag[..end];
+        out.push_str(inside);
+        if !inside.contains(" alt=\"") {
+            out.push_str(" alt=\"\"");
+        }
+        rest = &tag[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn sanitizer<'a>(base: &'a LinkBase<'a>) -> ammonia::Builder<'a> {
@@ -97,6 +131,7 @@ fn sanitizer<'a>(base: &'a LinkBase<'a>) -> ammonia::Builder<'a> {
             _ => Some(value.into()),
         })
         .set_tag_attribute_value("input", "disabled", "")
+        .set_tag_attribute_value("input", "aria-label", "task done")
         .link_rel(Some("noopener noreferrer nofollow"))
         .id_prefix(Some(ID_PREFIX))
         .url_relative(ammonia::UrlRelative::Custom(Box::new(Resolver(base))))
@@ -432,7 +467,7 @@ mod tests {
              <a href=\"data:text/html;base64,PHNjcmlwdD4=\">d</a>\n\n<meta http-equiv=\"refresh\" content=\"0;url=https://evil.example\">\n\n\
              <h1 id=\"L10\">clobber</h1>\n\n<style>body{display:none}</style>",
             &[
-                "<img src=\"/site/blob/main/docs/x\">",
+                "<img src=\"/site/blob/main/docs/x\" alt=\"\">",
                 "clobber",
                 "id=\"md-L10\"",
             ],

@@ -56,6 +56,13 @@ pub struct Caches {
     highlights: highlight::HighlightCache,
 }
 
+impl Caches {
+    /// Forget everything (benchmarks measure cold pages this way).
+    pub fn clear(&self) {
+        self.highlights.clear();
+    }
+}
+
 /// Errors rendered as small HTML pages.
 pub struct WebError(ApiError);
 
