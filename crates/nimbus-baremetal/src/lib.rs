@@ -13,6 +13,7 @@
 //! in `Debug`, never put on a command line (ipmitool reads them from its environment) and never
 //! part of an error message.
 
+pub mod inventory;
 pub mod ipmi;
 pub mod redfish;
 pub mod registry;

@@ -36,6 +36,15 @@ pub enum Command {
     Server(ServerArgs),
     /// Apply the store's migrations and exit.
     Migrate(ServerArgs),
+    /// The bare-metal agent's tools, run on a provider's host.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Print this machine's hardware inventory as JSON (CPU, memory, disks, NICs, OS, arch).
+    Inventory,
 }
 
 #[derive(Clone, Debug, Default, Args)]

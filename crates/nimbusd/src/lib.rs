@@ -19,7 +19,7 @@ use nimbus_types::ProviderType;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Cli, Command, LogFormat, Settings};
+use crate::config::{AgentCommand, Cli, Command, LogFormat, Settings};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     init_tracing(cli.log_format);
@@ -34,6 +34,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let store = open_store(&settings).await?;
             tracing::info!(backend = store.backend(), "migrations applied");
             store.close().await;
+            Ok(())
+        }),
+        Command::Agent(AgentCommand::Inventory) => runtime.block_on(async {
+            let inventory = nimbus_baremetal::inventory::collect()
+                .await
+                .context("cannot read the inventory")?;
+            println!("{}", serde_json::to_string_pretty(&inventory)?);
             Ok(())
         }),
     }
