@@ -280,6 +280,22 @@ fn main() {
         )
     };
 
+    println!();
+    println!("nimbus-git web pages on {label}");
+    println!(
+        "{n_commits} commits reachable from HEAD; commit-graph with changed-path filters written in {graph_secs:.1}s; {} root entries; {} cores",
+        root.len(),
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "cold root walk (in-process): {walk_ms:.1} ms, {walked} commits visited, {trees} trees read"
+    );
+    println!(
+        "times are loopback HTTP requests (server time plus ~0.1 ms); cold = page caches cleared before each request, OS page cache warm"
+    );
+    println!();
+    println!("| page | n | p50 ms | p99 ms |");
+    println!("| --- | ---: | ---: | ---: |");
     let get = |path: &str| -> Duration {
         rt.block_on(async {
             let started = Instant::now();
@@ -295,8 +311,7 @@ fn main() {
         entry.history.clear();
         state.web.clear();
     };
-    let mut rows: Vec<(String, usize, f64, f64)> = Vec::new();
-    let mut measure = |name: &str, path: &str, cold: bool, n: usize| {
+    let measure = |name: &str, path: &str, cold: bool, n: usize| {
         let mut samples = Vec::with_capacity(n);
         if !cold {
             get(path);
@@ -309,12 +324,8 @@ fn main() {
         }
         let p50 = percentile(&mut samples, 0.5);
         let p99 = percentile(&mut samples, 0.99);
-        rows.push((
-            format!("{name} ({})", if cold { "cold" } else { "warm" }),
-            n,
-            p50,
-            p99,
-        ));
+        let kind = if cold { "cold" } else { "warm" };
+        println!("| {name} ({kind}) | {n} | {p50:.1} | {p99:.1} |");
     };
     let enc = |p: &str| p.replace(' ', "%20");
     measure("tree /, last-commit column", "/bench/tree/HEAD", true, 10);
@@ -337,25 +348,5 @@ fn main() {
         );
         let path = format!("/bench/log/HEAD/{}", enc(&blame));
         measure(&format!("history of {blame}"), &path, true, 5);
-    }
-
-    println!();
-    println!("nimbus-git web pages on {label}");
-    println!(
-        "{n_commits} commits reachable from HEAD; commit-graph with changed-path filters written in {graph_secs:.1}s; {} root entries; {} cores",
-        root.len(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    println!(
-        "cold root walk (in-process): {walk_ms:.1} ms, {walked} commits visited, {trees} trees read"
-    );
-    println!(
-        "times are loopback HTTP requests (server time plus ~0.1 ms); cold = page caches cleared before each request, OS page cache warm"
-    );
-    println!();
-    println!("| page | n | p50 ms | p99 ms |");
-    println!("| --- | ---: | ---: | ---: |");
-    for (name, n, p50, p99) in rows {
-        println!("| {name} | {n} | {p50:.1} | {p99:.1} |");
     }
 }
