@@ -76,6 +76,8 @@ pub struct Principal {
     pub user: Option<User>,
     /// `None` for a password (full rights), `Some` for a token.
     pub token_scope: Option<Scope>,
+    /// A CI job token: may read this one repository (by id) and nothing else.
+    pub repo_only: Option<String>,
 }
 
 impl Principal {
@@ -83,6 +85,7 @@ impl Principal {
         Principal {
             user: None,
             token_scope: None,
+            repo_only: None,
         }
     }
     pub fn is_owner(&self) -> bool {
@@ -103,6 +106,8 @@ impl Principal {
 }
 
 pub const TOKEN_PREFIX: &str = "ngp_";
+/// Prefix of CI job tokens (see [`crate::ci`]): read-only, one repository, short-lived.
+pub const JOB_TOKEN_PREFIX: &str = "ngj_";
 
 pub fn hash_password(password: &str) -> Result<String, Error> {
     let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>())
@@ -174,6 +179,10 @@ impl Authenticator {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Ok(Principal::anonymous());
         };
+        if let Some(token) = job_token_of(value) {
+            // Never cached: a job token stops working the moment its job ends.
+            return self.by_job_token(&token).await;
+        }
         let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
         if let Some((principal, at)) = self.cache.lock().expect("auth cache lock").get(&key)
             && at.elapsed() < CACHE_TTL
@@ -254,6 +263,22 @@ impl Authenticator {
                 is_owner: row.is_owner != 0,
             }),
             token_scope: None,
+            repo_only: None,
+        })
+    }
+
+    async fn by_job_token(&self, token: &str) -> Result<Principal, ApiError> {
+        let grant = crate::ci::store::job_token(&self.db, &token_hash(token), db::now_ms())
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        Ok(Principal {
+            user: Some(User {
+                id: format!("job:{}:{}", grant.run_id, grant.job_key),
+                username: format!("ci-job-{}", grant.job_key),
+                is_owner: false,
+            }),
+            token_scope: Some(Scope::Read),
+            repo_only: Some(grant.repo_id),
         })
     }
 
@@ -276,8 +301,29 @@ impl Authenticator {
                 is_owner: user.is_owner != 0,
             }),
             token_scope: Some(scope),
+            repo_only: None,
         })
     }
+}
+
+/// The job token in an `Authorization` header (Basic password or Bearer), if it holds one.
+fn job_token_of(value: &axum::http::HeaderValue) -> Option<String> {
+    let value = value.to_str().ok()?;
+    if let Some(token) = value.strip_prefix("Bearer ") {
+        let token = token.trim();
+        return token
+            .starts_with(JOB_TOKEN_PREFIX)
+            .then(|| token.to_owned());
+    }
+    let b64 = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (_, secret) = decoded.split_once(':')?;
+    secret
+        .starts_with(JOB_TOKEN_PREFIX)
+        .then(|| secret.to_owned())
 }
 
 #[cfg(test)]
@@ -302,6 +348,7 @@ mod tests {
         let p = Principal {
             user: Some(user),
             token_scope: Some(Scope::Read),
+            repo_only: None,
         };
         assert_eq!(p.cap(Perm::Admin), Perm::Read);
         assert!(!p.is_owner());

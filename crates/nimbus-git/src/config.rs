@@ -96,6 +96,13 @@ pub struct ServeArgs {
     /// Password of the owner account created on first start [default: generated and printed once].
     #[arg(long, env = "NIMBUS_GIT_OWNER_PASSWORD", hide_env_values = true)]
     pub owner_password: Option<Secret>,
+    /// Key that seals CI secrets: base64 of 32 bytes (`openssl rand -base64 32`) [default: the
+    /// file `secret-key` in the data directory, created with mode 0600 on first start].
+    #[arg(long, env = "NIMBUS_GIT_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<Secret>,
+    /// Largest log stored per CI job, in bytes; beyond it the log is marked truncated.
+    #[arg(long, env = "NIMBUS_GIT_CI_LOG_LIMIT", default_value_t = 16 << 20)]
+    pub ci_log_limit: u64,
 }
 
 /// A string that never shows itself in `Debug`.
@@ -127,6 +134,9 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub owner: String,
     pub owner_password: Option<Secret>,
+    /// Seals CI secrets; `None` means the key file in the data directory.
+    pub secret_key: Option<Secret>,
+    pub ci_log_limit: u64,
     /// Git children ignore system and global git configuration (tests).
     pub isolate_git_config: bool,
 }
@@ -180,6 +190,8 @@ impl Settings {
             },
             owner: args.owner.clone(),
             owner_password: args.owner_password.clone(),
+            secret_key: args.secret_key.clone(),
+            ci_log_limit: args.ci_log_limit,
             isolate_git_config: false,
         })
     }
@@ -208,6 +220,8 @@ impl Settings {
             },
             owner: "owner".into(),
             owner_password: Some(Secret("owner-password".into())),
+            secret_key: None,
+            ci_log_limit: 16 << 20,
             isolate_git_config: true,
         }
     }

@@ -36,6 +36,39 @@ const SCHEMA: &[&str] = &[
         attempts BIGINT NOT NULL, next_attempt_at BIGINT NOT NULL, last_status_code BIGINT,
         last_error TEXT, created_at BIGINT NOT NULL, delivered_at BIGINT)",
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_at)",
+    // CI (see `ci::store`): statuses, runs, jobs, steps, log chunks, job tokens, sealed secrets.
+    "CREATE TABLE IF NOT EXISTS ci_statuses (
+        id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, sha TEXT NOT NULL, context TEXT NOT NULL,
+        state TEXT NOT NULL, description TEXT, target_url TEXT, creator TEXT NOT NULL,
+        created_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ci_statuses_sha ON ci_statuses (repo_id, sha)",
+    "CREATE TABLE IF NOT EXISTS ci_runs (
+        id TEXT PRIMARY KEY, repo_id TEXT NOT NULL, number BIGINT NOT NULL, sha TEXT NOT NULL,
+        ref_name TEXT NOT NULL, workflow TEXT NOT NULL, name TEXT NOT NULL, event TEXT NOT NULL,
+        pusher TEXT NOT NULL, state TEXT NOT NULL, conclusion TEXT, error TEXT,
+        cancel_requested BIGINT NOT NULL, created_at BIGINT NOT NULL, started_at BIGINT,
+        finished_at BIGINT, UNIQUE (repo_id, number))",
+    "CREATE INDEX IF NOT EXISTS ci_runs_sha ON ci_runs (repo_id, sha)",
+    "CREATE TABLE IF NOT EXISTS ci_jobs (
+        run_id TEXT NOT NULL, job_key TEXT NOT NULL, pos BIGINT NOT NULL, name TEXT NOT NULL,
+        needs TEXT NOT NULL, runs_on TEXT NOT NULL, state TEXT NOT NULL, attempt BIGINT NOT NULL,
+        machine TEXT, exit_code BIGINT, error TEXT, started_at BIGINT, finished_at BIGINT,
+        log_bytes BIGINT NOT NULL, log_truncated BIGINT NOT NULL, PRIMARY KEY (run_id, job_key))",
+    "CREATE TABLE IF NOT EXISTS ci_steps (
+        run_id TEXT NOT NULL, job_key TEXT NOT NULL, idx BIGINT NOT NULL, name TEXT NOT NULL,
+        state TEXT NOT NULL, exit_code BIGINT, started_at BIGINT, finished_at BIGINT,
+        PRIMARY KEY (run_id, job_key, idx))",
+    "CREATE TABLE IF NOT EXISTS ci_logs (
+        run_id TEXT NOT NULL, job_key TEXT NOT NULL, offset_bytes BIGINT NOT NULL,
+        step BIGINT NOT NULL, data BYTEA NOT NULL, created_at BIGINT NOT NULL,
+        PRIMARY KEY (run_id, job_key, offset_bytes))",
+    "CREATE TABLE IF NOT EXISTS ci_job_tokens (
+        token_hash TEXT PRIMARY KEY, repo_id TEXT NOT NULL, run_id TEXT NOT NULL,
+        job_key TEXT NOT NULL, expires_at BIGINT NOT NULL, created_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS ci_job_tokens_job ON ci_job_tokens (run_id, job_key)",
+    "CREATE TABLE IF NOT EXISTS ci_secrets (
+        repo_id TEXT NOT NULL, name TEXT NOT NULL, sealed TEXT NOT NULL, updated_at BIGINT NOT NULL,
+        PRIMARY KEY (repo_id, name))",
 ];
 
 pub async fn connect(url: &str) -> Result<Db, Error> {
@@ -346,6 +379,7 @@ pub async fn delete_repo(db: &Db, id: &str) -> Result<(), Error> {
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    crate::ci::store::delete_repo_ci(&mut tx, id).await?;
     sqlx::query("DELETE FROM repos WHERE id = $1")
         .bind(id)
         .execute(&mut *tx)
@@ -461,7 +495,7 @@ pub async fn delete_webhook(db: &Db, id: &str) -> Result<(), Error> {
 
 // ---- events (the outbox)
 
-async fn insert_event(
+pub(crate) async fn insert_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     repo_id: &str,
     event: &NewEvent,

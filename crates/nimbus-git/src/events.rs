@@ -1,4 +1,5 @@
-//! Events derived from what a push changed: the diff of the ref snapshots before and after.
+//! Events derived from what a push changed (the diff of the ref snapshots before and after), and
+//! the events of CI runs.
 
 use serde_json::json;
 
@@ -10,6 +11,10 @@ pub const BRANCH_CREATED: &str = "BranchCreated";
 pub const BRANCH_DELETED: &str = "BranchDeleted";
 pub const COMMIT_PUSHED: &str = "CommitPushed";
 pub const TAG_CREATED: &str = "TagCreated";
+pub const RUN_STARTED: &str = "RunStarted";
+pub const RUN_COMPLETED: &str = "RunCompleted";
+pub const RUN_CANCEL_REQUESTED: &str = "RunCancelRequested";
+pub const RUN_RERUN_REQUESTED: &str = "RunRerunRequested";
 
 pub const ALL: &[&str] = &[
     REPOSITORY_CREATED,
@@ -17,6 +22,10 @@ pub const ALL: &[&str] = &[
     BRANCH_DELETED,
     COMMIT_PUSHED,
     TAG_CREATED,
+    RUN_STARTED,
+    RUN_COMPLETED,
+    RUN_CANCEL_REQUESTED,
+    RUN_RERUN_REQUESTED,
 ];
 
 const ZERO: &str = "0000000000000000000000000000000000000000";
@@ -32,6 +41,37 @@ pub fn repository_created(repo: &str, private: bool, url: &str) -> NewEvent {
         kind: REPOSITORY_CREATED,
         payload: json!({"event": REPOSITORY_CREATED, "repository": repo, "private": private, "url": url}),
     }
+}
+
+/// A run event: `RunStarted` and `RunCompleted` carry the workflow and name (and the
+/// conclusion), `RunCancelRequested` only the commit, `RunRerunRequested` the rerun job keys.
+pub fn run_event(
+    kind: &'static str,
+    repo: &str,
+    url: &str,
+    run: &crate::ci::store::RunRow,
+    jobs: &[String],
+) -> NewEvent {
+    let mut payload = json!({
+        "event": kind,
+        "repository": repo,
+        "url": url,
+        "run": run.number,
+        "sha": run.sha,
+        "ref": run.ref_name,
+    });
+    match kind {
+        RUN_STARTED | RUN_COMPLETED => {
+            payload["workflow"] = run.workflow.clone().into();
+            payload["name"] = run.name.clone().into();
+            if kind == RUN_COMPLETED {
+                payload["conclusion"] = run.conclusion.clone().into();
+            }
+        }
+        RUN_RERUN_REQUESTED => payload["jobs"] = jobs.into(),
+        _ => {}
+    }
+    NewEvent { kind, payload }
 }
 
 /// Events for the change from `old` to `new`, in ref name order.

@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod bloom;
+pub mod ci;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod refs;
 pub mod repos;
 pub mod smart;
 pub mod web;
+pub mod web_ci;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -53,6 +55,7 @@ pub struct Inner {
     pub maintainer: Maintainer,
     pub webhook_wake: Arc<Notify>,
     pub web: web::Caches,
+    pub ci: ci::Ci,
 }
 
 impl Deref for AppState {
@@ -96,6 +99,13 @@ impl AppState {
             let hash = auth::hash_password(&password)?;
             db::insert_user(&db, &settings.owner, &hash, true).await?;
         }
+        let seal_key = match &settings.secret_key {
+            Some(secret) => nimbus_store::SealKey::from_base64(&secret.0)
+                .map_err(|e| anyhow::anyhow!("NIMBUS_GIT_SECRET_KEY: {e}"))?,
+            None => {
+                nimbus_store::SealKey::load_or_create(None, &settings.data_dir.join("secret-key"))?
+            }
+        };
         let caps = tokio::task::spawn_blocking({
             let dir = settings.data_dir.clone();
             move || Capabilities::probe(&dir)
@@ -113,6 +123,7 @@ impl AppState {
             maintainer: Maintainer::new(settings.maintenance_delay),
             webhook_wake: Arc::new(Notify::new()),
             web: web::Caches::default(),
+            ci: ci::Ci::new(seal_key, settings.ci_log_limit),
             caps: Arc::new(caps),
             repos,
             base_url: base_url.trim_end_matches('/').to_owned(),
@@ -155,6 +166,7 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1", api::router().layer(timeout()))
         .merge(git)
         .merge(web::router().layer(timeout()))
+        .merge(web_ci::router().layer(timeout()))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request.id = %id)

@@ -61,6 +61,9 @@ impl RepoEntry {
 
     /// What `principal` may do here; `None` means the repository is invisible to them.
     pub fn permission(&self, principal: &Principal) -> Option<Perm> {
+        if let Some(repo_id) = &principal.repo_only {
+            return (*repo_id == self.id).then_some(Perm::Read);
+        }
         let meta = self.meta.read().expect("meta lock");
         let perm = match &principal.user {
             Some(user) if user.is_owner => Some(Perm::Admin),

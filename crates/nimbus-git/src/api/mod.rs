@@ -2,7 +2,11 @@
 //! One module per resource; errors are `{"error":{"code","message"}}`.
 
 pub mod collaborators;
+pub mod contents;
 pub mod repos;
+pub mod runs;
+pub mod secrets;
+pub mod statuses;
 pub mod tokens;
 pub mod users;
 pub mod webhooks;
@@ -27,20 +31,30 @@ pub fn router() -> Router<AppState> {
         .merge(tokens::router())
         .merge(users::router())
         .merge(webhooks::router())
+        .merge(contents::router())
+        .merge(statuses::router())
+        .merge(runs::router())
+        .merge(secrets::router())
         .fallback(|| async { ApiError::not_found("no such API endpoint") })
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Nimbus Git API", description = "Repositories, collaborators, tokens and webhooks of a Nimbus Git server."),
+    info(title = "Nimbus Git API", description = "Repositories, collaborators, tokens, webhooks, contents and CI (statuses, runs, secrets) of a Nimbus Git server."),
     paths(
         repos::list, repos::create, repos::show, repos::update, repos::delete, repos::events,
         collaborators::list, collaborators::grant, collaborators::revoke,
         tokens::list, tokens::create, tokens::delete,
         users::me, users::list, users::create, users::delete,
         webhooks::list, webhooks::create, webhooks::show, webhooks::delete, webhooks::deliveries,
+        contents::root, contents::show,
+        statuses::create, statuses::list,
+        runs::create, runs::list, runs::show, runs::update_job, runs::update_step,
+        runs::append_log, runs::read_log, runs::cancel, runs::rerun, runs::token,
+        secrets::set, secrets::list, secrets::delete, secrets::for_run,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::auth::Perm, crate::auth::Scope)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::auth::Perm, crate::auth::Scope,
+        crate::ci::State, crate::ci::StatusState, crate::ci::Conclusion)),
     modifiers(&BasicAuth),
     security(("basic" = []), ("bearer" = []))
 )]

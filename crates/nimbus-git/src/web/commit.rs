@@ -173,6 +173,7 @@ pub(super) async fn commit(
     let context = parse_context(query.context.as_deref())?;
     let (entry, _refs) = open(&state, &headers, &name).await?;
     let (repo_name, rev2) = (entry.name.clone(), rev.clone());
+    let ci_entry = entry.clone();
     let view = with_repo(entry, move |repo, _| {
         let commit = resolve_commit(repo, &rev2)?;
         let message = commit.message_raw_sloppy().to_str_lossy().into_owned();
@@ -195,7 +196,14 @@ pub(super) async fn commit(
         })
     })
     .await?;
-    let etag = etag_for(&["commit", &repo_name, &view.id, &context.to_string()]);
+    let checks = crate::web_ci::commit_checks(&state, &ci_entry, &view.id).await?;
+    let etag = etag_for(&[
+        "commit",
+        &repo_name,
+        &view.id,
+        &context.to_string(),
+        &checks.version,
+    ]);
     let body = page(
         &format!("{} · {repo_name}", short(&view.id)),
         Some(&Nav {
@@ -204,6 +212,7 @@ pub(super) async fn commit(
         }),
         html! {
             (header(&repo_name, &view))
+            (checks.markup)
             (diffstat(&view))
             (file_diffs(&repo_name, &view, context))
         },

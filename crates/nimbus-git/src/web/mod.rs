@@ -109,12 +109,12 @@ pub(super) struct At<'a> {
 }
 
 /// The repository part of the header.
-pub(super) struct Nav<'a> {
+pub(crate) struct Nav<'a> {
     pub repo: &'a str,
     pub at: Option<At<'a>>,
 }
 
-pub(super) fn page(title: &str, nav: Option<&Nav<'_>>, content: Markup) -> Markup {
+pub(crate) fn page(title: &str, nav: Option<&Nav<'_>>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -204,11 +204,11 @@ pub(super) fn crumbs(repo: &str, rev: &str, path: &str) -> Markup {
     }
 }
 
-pub(super) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, WebError> {
+pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, WebError> {
     Ok(state.auth.principal(headers).await?)
 }
 
-pub(super) fn visible(
+pub(crate) fn visible(
     state: &AppState,
     principal: &Principal,
     name: &str,
@@ -398,7 +398,7 @@ pub(super) fn human_size(bytes: u64) -> String {
 }
 
 /// Percent-encode a path for a URL (keeps `/`).
-pub(super) fn enc(segment: &str) -> String {
+pub(crate) fn enc(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
