@@ -66,6 +66,7 @@ pub enum AfterTerminate {
 
 /// The bare-metal part of the provider's `config` (the rest is the `ssh` provider's).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BaremetalSettings {
     #[serde(default = "default_boot")]
     pub boot: BootTarget,

@@ -385,6 +385,11 @@ async fn config_errors_name_the_field() {
         "config",
     );
     check(
+        json!({"hosts": [host(redfish.clone())], "wipe_scirpt": "rm -rf /x"}),
+        creds.clone(),
+        "config",
+    );
+    check(
         json!({"hosts": [host(redfish.clone())], "power_timeout_secs": 0}),
         creds.clone(),
         "config.power_timeout_secs",
