@@ -35,8 +35,19 @@ pub fn runner_kind(forge_type: ForgeType) -> RunnerKind {
     }
 }
 
-/// Where a runner registers: the organization's (or repository's) web URL.
+/// Where a runner registers: the organization's (or repository's) web URL; for GitLab the
+/// instance's base URL.
 pub fn registration_url(config: &ForgeConfig) -> String {
+    if config.forge_type == ForgeType::Gitlab {
+        return config
+            .config
+            .get("url")
+            .or_else(|| config.config.get("api_url"))
+            .and_then(|v| v.as_str())
+            .unwrap_or("https://gitlab.com")
+            .trim_end_matches('/')
+            .to_owned();
+    }
     let web = config
         .config
         .get("api_url")
@@ -88,9 +99,19 @@ impl RunnerRegistration for ForgeRegistration {
                 RegistrationError::Permanent(err.to_string())
             }
         })?;
+        // GitHub's JIT config is the runner's whole configuration; GitLab's is the runner's
+        // authentication token (`glrt-…`) for `gitlab-runner register --token`.
+        let credential = match self.forge.forge_type() {
+            ForgeType::Gitlab | ForgeType::Forgejo => {
+                RunnerCredential::Token(jit.encoded_jit_config)
+            }
+            ForgeType::Github | ForgeType::NimbusGit => {
+                RunnerCredential::JitConfig(jit.encoded_jit_config)
+            }
+        };
         Ok(RegistrationInfo {
             url: self.url.clone(),
-            credential: RunnerCredential::JitConfig(jit.encoded_jit_config),
+            credential,
         })
     }
 }

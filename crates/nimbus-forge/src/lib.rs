@@ -4,7 +4,7 @@
 //! just-in-time (ephemeral) runner configs, the runner list, one runner's status, removal, runner
 //! groups and the jobs that wait for runners ([`Forge::demand`]), plus a [`WebhookVerifier`] for
 //! the forge's signed deliveries. [`github`] implements it for GitHub and GitHub Enterprise
-//! Server. Every call has a timeout and honours the forge's rate limits.
+//! Server, [`gitlab`] for gitlab.com and self-managed GitLab. Every call has a timeout and honours the forge's rate limits.
 //!
 //! Around the trait: [`lifecycle`] registers and safely deregisters runners (a busy runner is
 //! never removed out from under its job), [`webhook`] verifies and records deliveries, and
@@ -16,6 +16,7 @@
 
 pub mod demand;
 pub mod github;
+pub mod gitlab;
 pub mod lifecycle;
 pub mod webhook;
 
@@ -173,6 +174,9 @@ pub fn build(config: &ForgeConfig) -> Result<Arc<dyn Forge>> {
     match config.forge_type {
         ForgeType::Github => Ok(Arc::new(github::GithubForge::new(
             github::GithubConfig::from_forge_config(config)?,
+        )?)),
+        ForgeType::Gitlab => Ok(Arc::new(gitlab::GitlabForge::new(
+            gitlab::GitlabConfig::from_forge_config(config)?,
         )?)),
         other => Err(Error::Permanent(format!(
             "forge type {other} is not available in this build"

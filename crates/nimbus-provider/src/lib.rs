@@ -9,6 +9,7 @@
 //! lifecycle layer (`nimbus-fleet`) records intent and reconciles.
 
 pub mod baremetal;
+pub mod hetzner;
 pub mod local;
 pub mod ssh;
 
@@ -209,6 +210,19 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
                 config, pool,
             )?))
         }
+        ProviderType::Hetzner => {
+            let mut provider = hetzner::HetznerProvider::new(config)?;
+            if let Some(host_keys) = &env.host_keys {
+                provider = provider.with_ssh(
+                    host_keys(config.tenant_id),
+                    nimbus_setup::ssh::SshOptions::default(),
+                );
+            }
+            if let Some(sink) = &env.events {
+                provider = provider.with_events(sink.clone());
+            }
+            Ok(Arc::new(provider))
+        }
         other => Err(Error::Permanent(format!(
             "provider type {other} is not available in this build"
         ))),
@@ -222,6 +236,7 @@ pub fn validate_config(config: &ProviderConfig) -> Result<()> {
         ProviderType::Local => local::LocalConfig::from_json(&config.config).map(drop),
         ProviderType::Ssh => ssh::SshConfig::from_provider(config).map(drop),
         ProviderType::Baremetal => baremetal::BaremetalConfig::from_provider(config).map(drop),
+        ProviderType::Hetzner => hetzner::validate_config(config),
         other => Err(Error::InvalidConfig {
             field: "type".into(),
             message: format!("provider type {other} is not available in this build"),

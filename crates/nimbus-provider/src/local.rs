@@ -248,9 +248,16 @@ impl Provider for LocalProvider {
     }
 
     async fn terminate(&self, machine: &Machine) -> Result<()> {
+        let dir = self.machine_dir(machine.id);
+        // Machines of every local provider share one directory: only this provider's machine
+        // is ever stopped, whatever the record says.
+        if let Some(manifest) = Self::read_manifest(&dir).await
+            && manifest.provider_id != self.provider_id
+        {
+            return Ok(());
+        }
         let id = machine.id.to_string();
         kill_machine_processes(&id, TERMINATE_GRACE).await;
-        let dir = self.machine_dir(machine.id);
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {}
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

@@ -14,6 +14,12 @@ pub mod sushy;
 
 pub mod ipmi_sim;
 
+pub mod fault;
+
+pub mod gitlab;
+
+pub mod hetzner;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

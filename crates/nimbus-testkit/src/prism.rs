@@ -23,12 +23,40 @@ const PRISM_PACKAGE: &str = "npm @stoplight/prism-cli@5.14";
 const GITHUB_SPEC_PACKAGE: &str = "npm @octokit/openapi";
 const GITHUB_SPEC_PATH: &str = "@octokit/openapi/generated/api.github.com.json";
 
-/// A running `prism mock`; killed on drop.
+/// A running `prism mock` or `prism proxy`; killed on drop.
 pub struct Prism {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
     spec: PathBuf,
+    /// In proxy mode, the responses come from a fake the test wrote: a response Prism finds
+    /// invalid is the fake's (or the test's) fault and counts as a violation.
+    proxy: bool,
+}
+
+/// Where the vendor API descriptions live (`forgejo.json`, `gitea.json`, `gitlab-v4.yaml`,
+/// `hetzner-cloud.json`): `$NIMBUS_VENDOR_SPECS`, else the first `shared/specs` found beside
+/// the repository or one of its parent directories.
+pub fn vendor_spec(name: &str) -> anyhow::Result<PathBuf> {
+    let dir = match std::env::var_os("NIMBUS_VENDOR_SPECS").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+            repo.ancestors()
+                .map(|dir| dir.join("shared/specs"))
+                .find(|dir| dir.join(name).is_file())
+                .unwrap_or_else(|| repo.join("../shared/specs"))
+        }
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "vendor API description {} does not exist; set NIMBUS_VENDOR_SPECS to the directory holding \
+             forgejo.json, gitea.json, gitlab-v4.yaml and hetzner-cloud.json (see the README's test section)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 fn npm_peers() -> Option<PathBuf> {
@@ -77,6 +105,18 @@ impl Prism {
     /// Starts `prism mock -h 127.0.0.1 -p PORT SPEC` and waits until it serves. Fails with
     /// Prism's output when it does not start within 60 s.
     pub fn start(spec: &Path) -> anyhow::Result<Prism> {
+        Self::launch(spec, None)
+    }
+
+    /// Starts `prism proxy SPEC UPSTREAM -h 127.0.0.1 -p PORT --errors`: every request is
+    /// validated against the description, forwarded to `upstream` (a stateful fake), and its
+    /// response validated too; an invalid request or response becomes a Prism error response
+    /// and a line in [`Prism::violations`].
+    pub fn proxy(spec: &Path, upstream: &str) -> anyhow::Result<Prism> {
+        Self::launch(spec, Some(upstream))
+    }
+
+    fn launch(spec: &Path, upstream: Option<&str>) -> anyhow::Result<Prism> {
         let program = prism_program()?;
         if !spec.is_file() {
             bail!("OpenAPI description {} does not exist", spec.display());
@@ -91,9 +131,16 @@ impl Prism {
         for _ in 0..3 {
             let port = free_port();
             let log = File::create(&log_path).context("create the Prism log")?;
-            let mut child = Command::new(&program)
-                .args(["mock", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .arg(spec)
+            let mut command = Command::new(&program);
+            match upstream {
+                None => command.arg("mock").arg(spec),
+                Some(upstream) => command.arg("proxy").arg(spec).arg(upstream),
+            };
+            command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+            if upstream.is_some() {
+                command.arg("--errors");
+            }
+            let mut child = command
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -106,6 +153,7 @@ impl Prism {
                         port,
                         dir,
                         spec: spec.to_owned(),
+                        proxy: upstream.is_some(),
                     };
                     prism.spawn_watchdog();
                     return Ok(prism);
@@ -171,8 +219,9 @@ impl Prism {
                     request = what.trim().to_owned();
                 }
             }
-            // Prism also checks its own example responses; those are not the client's fault.
-            if line.contains('✖') && !line.contains("Violation: response") {
+            // In mock mode Prism also checks its own example responses; those are not the
+            // client's fault. In proxy mode the responses are the fake's: they count.
+            if line.contains('✖') && (self.proxy || !line.contains("Violation: response")) {
                 let message = line
                     .split_once('✖')
                     .map(|(_, m)| m.trim_start_matches(|c: char| c.is_whitespace()))
@@ -208,13 +257,13 @@ fn wait_ready(
         }
         if let Some(status) = child.try_wait()? {
             bail!(
-                "prism mock {} exited with {status} before serving; its output:\n{log}",
+                "prism {} exited with {status} before serving; its output:\n{log}",
                 spec.display()
             );
         }
         if Instant::now() >= deadline {
             bail!(
-                "prism mock {} did not serve on 127.0.0.1:{port} within {timeout:?}; its output:\n{log}",
+                "prism {} did not serve on 127.0.0.1:{port} within {timeout:?}; its output:\n{log}",
                 spec.display()
             );
         }

@@ -196,9 +196,22 @@ pub struct ForgeSetArgs {
     /// A personal access token instead of a GitHub App.
     #[arg(long, conflicts_with_all = ["app_id", "installation_id"])]
     token_file: Option<PathBuf>,
-    /// API base URL, e.g. https://HOST/api/v3 for GitHub Enterprise Server.
+    /// API base URL, e.g. https://HOST/api/v3 for GitHub Enterprise Server; for GitLab the
+    /// instance's URL (https://gitlab.example.com).
     #[arg(long)]
     api_url: Option<String>,
+    /// GitLab: create group runners in this group (numeric id).
+    #[arg(long)]
+    group_id: Option<u64>,
+    /// GitLab: create project runners in this project (numeric id).
+    #[arg(long)]
+    project_id: Option<u64>,
+    /// GitLab: instance_type, group_type or project_type (default: from --group-id/--project-id).
+    #[arg(long)]
+    runner_type: Option<String>,
+    /// GitLab: a project whose pending jobs are demand (repeatable; GitLab has no group-wide list).
+    #[arg(long = "project")]
+    projects: Vec<u64>,
     /// The secret the forge signs webhook deliveries with.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
@@ -848,6 +861,17 @@ fn forge_body(args: &ForgeSetArgs) -> anyhow::Result<SetForge> {
     if let Some(api_url) = &args.api_url {
         config.insert("api_url".into(), Value::from(api_url.clone()));
     }
+    for (key, value) in [("group_id", args.group_id), ("project_id", args.project_id)] {
+        if let Some(value) = value {
+            config.insert(key.into(), Value::from(value));
+        }
+    }
+    if let Some(runner_type) = &args.runner_type {
+        config.insert("runner_type".into(), Value::from(runner_type.clone()));
+    }
+    if !args.projects.is_empty() {
+        config.insert("projects".into(), Value::from(args.projects.clone()));
+    }
     if let Some(app_id) = args.app_id {
         config.insert("app_id".into(), Value::from(app_id));
     }
@@ -1074,7 +1098,8 @@ fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {
 
 /// Moves secrets out of a provider's settings file so they travel as credentials (sealed by the
 /// server, never shown again): an ssh host's `key_file` is read and filed under `keys` by the
-/// host's `address:port`; aws access keys (and `ssh_private_key_file`) move as they are.
+/// host's `address:port`; aws access keys, a hetzner `api_token` (and `ssh_private_key_file`)
+/// move as they are.
 /// Relative paths are relative to the settings file.
 fn split_secrets(
     provider_type: ProviderType,
@@ -1133,12 +1158,13 @@ fn split_secrets(
                 secrets.insert("bmc_passwords".into(), Value::Object(bmc_passwords));
             }
         }
-        ProviderType::Aws => {
+        ProviderType::Aws | ProviderType::Hetzner => {
             if let Some(table) = config.as_object_mut() {
                 for field in [
                     "access_key_id",
                     "secret_access_key",
                     "session_token",
+                    "api_token",
                     "ssh_private_key",
                 ] {
                     if let Some(value) = table.remove(field) {
@@ -1256,6 +1282,17 @@ mod tests {
         assert_eq!(config, serde_json::json!({"region": "eu-west-1"}));
         assert_eq!(secrets["secret_access_key"], "s3cr3t");
 
+        let config = serde_json::json!({"locations": ["fsn1"], "api_token": "hcloud-s3cr3t", "ssh_private_key_file": "id_ed25519"});
+        let (config, secrets) = split_secrets(ProviderType::Hetzner, config, dir.path()).unwrap();
+        assert_eq!(config, serde_json::json!({"locations": ["fsn1"]}));
+        assert_eq!(secrets["api_token"], "hcloud-s3cr3t");
+        assert!(
+            secrets["ssh_private_key"]
+                .as_str()
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
+
         let err = split_secrets(
             ProviderType::Ssh,
             serde_json::json!({"hosts": [{"address": "a", "key_file": "missing"}]}),
@@ -1282,6 +1319,34 @@ mod tests {
             Noun::Forge(ForgeCmd::Set(args)) => Ok(*args),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn forge_set_takes_gitlab_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("glpat.txt");
+        std::fs::write(&token, "glpat-abc\n").unwrap();
+        let mut args = forge_set(&[
+            "--api-url",
+            "https://gitlab.example.com",
+            "--group-id",
+            "42",
+            "--project",
+            "7",
+            "--project",
+            "8",
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .unwrap();
+        args.forge_type = ForgeType::Gitlab;
+        let body = forge_body(&args).unwrap();
+        assert_eq!(body.forge_type, ForgeType::Gitlab);
+        assert_eq!(
+            body.config.unwrap(),
+            serde_json::json!({"api_url": "https://gitlab.example.com", "group_id": 42, "projects": [7, 8]})
+        );
+        assert_eq!(body.credentials.unwrap()["token"], "glpat-abc");
     }
 
     #[test]

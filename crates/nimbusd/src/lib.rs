@@ -81,6 +81,7 @@ pub fn provider_registry(env: ProviderEnv, events: Arc<dyn EventSink>) -> Provid
         ProviderType::Local,
         ProviderType::Ssh,
         ProviderType::Baremetal,
+        ProviderType::Hetzner,
     ] {
         let build_env = env.clone();
         registry.register(

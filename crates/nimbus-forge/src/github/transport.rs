@@ -1,5 +1,7 @@
 //! Sending requests to the GitHub REST API: timeouts, retries with jittered exponential backoff,
-//! and GitHub's primary and secondary rate limits.
+//! and GitHub's primary and secondary rate limits. GitLab's API works the same way with other
+//! header names (`PRIVATE-TOKEN`, `RateLimit-*`): its client uses this transport with
+//! [`Dialect::GITLAB`].
 //!
 //! Rate limits (GitHub's documented rules): a response carries `x-ratelimit-remaining` and
 //! `x-ratelimit-reset`; a 403/429 with `retry-after` is a secondary limit (wait that long); a
@@ -57,6 +59,13 @@ pub(crate) struct Response {
     pub body: Vec<u8>,
 }
 
+/// Whether a request may be sent again after a failure that may have taken effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repeat {
+    Safe,
+    Once,
+}
+
 /// Whether a request's response headers update the installation's budget. The App's own
 /// requests (JWT-authenticated token exchanges) have a separate budget.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -65,9 +74,47 @@ pub(crate) enum Budget {
     Ignore,
 }
 
+/// What differs between forges that speak this protocol: how the token travels and what the
+/// rate-limit headers are called.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dialect {
+    /// For messages: `GitHub`, `GitLab`.
+    pub name: &'static str,
+    /// `None`: `Authorization: Bearer <token>`; `Some(header)`: the token alone in `header`.
+    pub token_header: Option<&'static str>,
+    pub accept: &'static str,
+    /// Sent with every request.
+    pub extra_headers: &'static [(&'static str, &'static str)],
+    /// `x-ratelimit-` (GitHub) or `ratelimit-` (GitLab): `…remaining`, `…reset`, `…limit`.
+    pub rate_prefix: &'static str,
+    /// GitHub names the bucket a response counted against; only `core` is tracked.
+    pub resource_header: Option<&'static str>,
+}
+
+impl Dialect {
+    pub const GITHUB: Dialect = Dialect {
+        name: "GitHub",
+        token_header: None,
+        accept: ACCEPT_VALUE,
+        extra_headers: &[("x-github-api-version", API_VERSION)],
+        rate_prefix: "x-ratelimit-",
+        resource_header: Some("x-ratelimit-resource"),
+    };
+
+    pub const GITLAB: Dialect = Dialect {
+        name: "GitLab",
+        token_header: Some("private-token"),
+        accept: "application/json",
+        extra_headers: &[],
+        rate_prefix: "ratelimit-",
+        resource_header: None,
+    };
+}
+
 pub(crate) struct Transport {
     http: reqwest::Client,
     base: Url,
+    dialect: Dialect,
     pub(crate) policy: RetryPolicy,
     budget_key: String,
     budget: Mutex<Option<RateLimit>>,
@@ -81,6 +128,15 @@ const ACCEPT_VALUE: &str = "application/vnd.github+json, application/json;q=0.9"
 impl Transport {
     /// `budget_key` names the budget in [`RateLimit::key`] (`installation:<id>` or `token`).
     pub fn new(base: Url, policy: RetryPolicy, budget_key: String) -> Result<Self> {
+        Self::with_dialect(base, policy, budget_key, Dialect::GITHUB)
+    }
+
+    pub fn with_dialect(
+        base: Url,
+        policy: RetryPolicy,
+        budget_key: String,
+        dialect: Dialect,
+    ) -> Result<Self> {
         let http = reqwest::Client::builder()
             .connect_timeout(policy.request_timeout.min(Duration::from_secs(10)))
             // Redirects could carry the Authorization header to another host; GitHub's API does
@@ -91,6 +147,7 @@ impl Transport {
         Ok(Transport {
             http,
             base,
+            dialect,
             policy,
             budget_key,
             budget: Mutex::new(None),
@@ -142,10 +199,26 @@ impl Transport {
         bearer: &Secret,
         budget: Budget,
     ) -> Result<Response> {
+        self.send_as(method, url, body, bearer, budget, Repeat::Safe)
+            .await
+    }
+
+    /// Like [`send`](Self::send); with [`Repeat::Once`] a 5xx or a lost connection is not
+    /// retried (the request may have taken effect: a create the server does not de-duplicate),
+    /// only rate-limit refusals, which the server did not act on, are.
+    pub async fn send_as(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        bearer: &Secret,
+        budget: Budget,
+        repeat: Repeat,
+    ) -> Result<Response> {
         let deadline = Instant::now() + self.policy.call_timeout;
         match tokio::time::timeout_at(
             deadline,
-            self.send_until(method.clone(), &url, body, bearer, budget, deadline),
+            self.send_until(method.clone(), &url, body, bearer, budget, deadline, repeat),
         )
         .await
         {
@@ -158,6 +231,8 @@ impl Transport {
         }
     }
 
+    // Private, called from one place; the arguments are the request, as `send_as` got it.
+    #[allow(clippy::too_many_arguments)]
     async fn send_until(
         &self,
         method: Method,
@@ -166,6 +241,7 @@ impl Transport {
         bearer: &Secret,
         budget: Budget,
         deadline: Instant,
+        repeat: Repeat,
     ) -> Result<Response> {
         let what = format!("{method} {}", url.path());
         let mut attempt = 0u32;
@@ -174,9 +250,15 @@ impl Transport {
             if budget == Budget::Track {
                 self.wait_for_budget(deadline).await?;
             }
+            let (auth_name, auth_value) = match self.dialect.token_header {
+                None => (
+                    AUTHORIZATION.as_str(),
+                    format!("Bearer {}", bearer.expose()),
+                ),
+                Some(header) => (header, bearer.expose().to_owned()),
+            };
             // Marked sensitive so it never shows in a Debug of the request.
-            let mut authorization = HeaderValue::from_str(&format!("Bearer {}", bearer.expose()))
-                .map_err(|_| {
+            let mut authorization = HeaderValue::from_str(&auth_value).map_err(|_| {
                 Error::Permanent(
                     "the access token contains characters not allowed in an HTTP header".into(),
                 )
@@ -186,10 +268,12 @@ impl Transport {
                 .http
                 .request(method.clone(), url.clone())
                 .timeout(self.policy.request_timeout)
-                .header(ACCEPT, ACCEPT_VALUE)
+                .header(ACCEPT, self.dialect.accept)
                 .header(USER_AGENT, concat!("nimbus/", env!("CARGO_PKG_VERSION")))
-                .header("x-github-api-version", API_VERSION)
-                .header(AUTHORIZATION, authorization);
+                .header(auth_name, authorization);
+            for (name, value) in self.dialect.extra_headers {
+                request = request.header(*name, *value);
+            }
             if let Some(body) = body {
                 request = request.json(body);
             }
@@ -201,6 +285,9 @@ impl Transport {
                     let message = format!("{what}: {}", error_chain(&error));
                     if !retryable {
                         return Err(Error::Permanent(message));
+                    }
+                    if repeat == Repeat::Once {
+                        return Err(Error::Retryable(message));
                     }
                     self.backoff(attempt, deadline, message).await?;
                     continue;
@@ -228,7 +315,7 @@ impl Transport {
                 StatusCode::NOT_FOUND => return Err(Error::NotFound(message)),
                 StatusCode::CONFLICT => return Err(Error::Conflict(message)),
                 StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
-                    match rate_limit_wait(status, &headers, &body) {
+                    match rate_limit_wait(status, &headers, &body, self.dialect.rate_prefix) {
                         Some(wait) => {
                             self.rate_limit_pause(wait, deadline, attempt).await?;
                             continue;
@@ -237,6 +324,9 @@ impl Transport {
                     }
                 }
                 status if status.is_server_error() => {
+                    if repeat == Repeat::Once {
+                        return Err(Error::Retryable(message));
+                    }
                     self.backoff(attempt, deadline, message).await?;
                     continue;
                 }
@@ -263,7 +353,7 @@ impl Transport {
                 "{message} (call deadline reached)"
             )));
         }
-        tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %message, "retrying GitHub request");
+        tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, %message, forge = self.dialect.name, "retrying forge request");
         tokio::time::sleep(delay).await;
         Ok(())
     }
@@ -283,7 +373,8 @@ impl Transport {
         }
         tracing::info!(
             wait_ms = wait.as_millis() as u64,
-            "GitHub rate limit hit; waiting"
+            forge = self.dialect.name,
+            "forge rate limit hit; waiting"
         );
         tokio::time::sleep(wait).await;
         Ok(())
@@ -309,32 +400,41 @@ impl Transport {
         }
         tracing::info!(
             wait_ms = wait.as_millis() as u64,
-            "GitHub rate limit budget spent; waiting for the reset"
+            forge = self.dialect.name,
+            "forge rate limit budget spent; waiting for the reset"
         );
         tokio::time::sleep(wait).await;
         Ok(())
     }
 
     fn observe(&self, headers: &HeaderMap) {
-        let number =
-            |name: &str| -> Option<u64> { headers.get(name)?.to_str().ok()?.trim().parse().ok() };
-        let (Some(remaining), Some(reset)) =
-            (number("x-ratelimit-remaining"), number("x-ratelimit-reset"))
-        else {
+        let prefix = self.dialect.rate_prefix;
+        let number = |name: &str| -> Option<u64> {
+            headers
+                .get(format!("{prefix}{name}"))?
+                .to_str()
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        };
+        let (Some(remaining), Some(reset)) = (number("remaining"), number("reset")) else {
             return;
         };
         let Ok(reset) = OffsetDateTime::from_unix_timestamp(reset as i64) else {
             return;
         };
-        let resource = headers
-            .get("x-ratelimit-resource")
+        let resource = self
+            .dialect
+            .resource_header
+            .and_then(|name| headers.get(name))
             .and_then(|v| v.to_str().ok())
             .unwrap_or("core")
             .to_owned();
         if resource != "core" {
             return;
         }
-        let limit = number("x-ratelimit-limit").unwrap_or(remaining);
+        let limit = number("limit").unwrap_or(remaining);
         *self.budget.lock().unwrap_or_else(|e| e.into_inner()) = Some(RateLimit {
             key: self.budget_key.clone(),
             limit,
@@ -347,7 +447,12 @@ impl Transport {
 
 /// How long GitHub asks us to wait before retrying a 403/429, or `None` when the response is
 /// not about rate limits (a plain permission error).
-fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
+fn rate_limit_wait(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    rate_prefix: &str,
+) -> Option<Duration> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -357,8 +462,8 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Opti
     if let Some(seconds) = header("retry-after").and_then(|v| v.parse::<u64>().ok()) {
         return Some(Duration::from_secs(seconds));
     }
-    if header("x-ratelimit-remaining") == Some("0") {
-        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok())?;
+    if header(&format!("{rate_prefix}remaining")) == Some("0") {
+        let reset = header(&format!("{rate_prefix}reset")).and_then(|v| v.parse::<i64>().ok())?;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         return Some(Duration::from_secs(reset.saturating_sub(now).max(1) as u64));
     }
@@ -373,7 +478,13 @@ fn rate_limit_wait(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Opti
 pub(crate) fn github_message(body: &[u8]) -> String {
     let message = serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .and_then(|v| {
+            // GitHub and GitLab say `message`; GitLab's OAuth errors say `error`.
+            v.get("message")
+                .or_else(|| v.get("error"))
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
     let message = message.trim();
     if message.chars().count() > 200 {
@@ -411,7 +522,7 @@ mod tests {
     fn classifies_rate_limit_responses() {
         let forbidden = StatusCode::FORBIDDEN;
         assert_eq!(
-            rate_limit_wait(forbidden, &headers(&[("retry-after", "7")]), b"{}"),
+            rate_limit_wait(forbidden, &headers(&[("retry-after", "7")]), b"{}", GH),
             Some(Duration::from_secs(7))
         );
         let reset = (OffsetDateTime::now_utc().unix_timestamp() + 30).to_string();
@@ -422,6 +533,7 @@ mod tests {
                 ("x-ratelimit-reset", &reset),
             ]),
             b"{}",
+            GH,
         )
         .unwrap();
         assert!(
@@ -432,23 +544,36 @@ mod tests {
             rate_limit_wait(
                 forbidden,
                 &HeaderMap::new(),
-                br#"{"message":"You have exceeded a secondary rate limit"}"#
+                br#"{"message":"You have exceeded a secondary rate limit"}"#,
+                GH
             ),
             Some(Duration::from_secs(60))
         );
         assert_eq!(
-            rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), b""),
+            rate_limit_wait(StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new(), b"", GH),
             Some(Duration::from_secs(60))
         );
         assert_eq!(
             rate_limit_wait(
                 forbidden,
                 &headers(&[("x-ratelimit-remaining", "4999")]),
-                br#"{"message":"Resource not accessible by integration"}"#
+                br#"{"message":"Resource not accessible by integration"}"#,
+                GH
             ),
             None
         );
+        // GitLab: RateLimit-* without the x- prefix.
+        let wait = rate_limit_wait(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("ratelimit-remaining", "0"), ("ratelimit-reset", &reset)]),
+            b"{}",
+            "ratelimit-",
+        )
+        .unwrap();
+        assert!(wait >= Duration::from_secs(28), "{wait:?}");
     }
+
+    const GH: &str = "x-ratelimit-";
 
     #[test]
     fn error_messages_are_short() {

@@ -50,7 +50,7 @@ pub fn webhook_router() -> Router<AppState> {
 pub struct ForgeResponse {
     #[serde(flatten)]
     pub forge: ForgeView,
-    /// Where the forge delivers webhooks, relative to the daemon's URL (GitHub forges).
+    /// Where the forge delivers webhooks, relative to the daemon's URL (GitHub and GitLab).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_path: Option<String>,
 }
@@ -59,7 +59,7 @@ impl ForgeResponse {
     fn new(forge: &ForgeConfig) -> Self {
         ForgeResponse {
             forge: ForgeView::from(forge),
-            webhook_path: (forge.forge_type == ForgeType::Github)
+            webhook_path: matches!(forge.forge_type, ForgeType::Github | ForgeType::Gitlab)
                 .then(|| nimbus_forge::github::webhook_path(forge.tenant_id)),
         }
     }
@@ -87,7 +87,9 @@ pub async fn show(
 /// the offending field); credentials are sealed at rest and never shown again.
 ///
 /// GitHub: `config` is `{"api_url"?, "repo"?, "app_id"?, "installation_id"?}`, `credentials`
-/// `{"private_key"? | "token"?, "webhook_secret"?}`.
+/// `{"private_key"? | "token"?, "webhook_secret"?}`. GitLab: `config` is `{"url"? (or
+/// "api_url"), "runner_type"?, "group_id"?, "project_id"?, "projects"?}`, `credentials`
+/// `{"token", "webhook_secret"?}`.
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/forge", tag = "forge", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant name or id")),
     request_body = SetForge,
@@ -152,10 +154,11 @@ fn validate_org(org: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Receive a forge webhook delivery (GitHub `workflow_job`, `ping`). No bearer token: the
-/// delivery must carry a valid `X-Hub-Signature-256` made with the tenant's webhook secret.
-/// Replayed deliveries (same `X-GitHub-Delivery`) and events Nimbus does not act on are accepted
-/// and ignored.
+/// Receive a forge webhook delivery (GitHub `workflow_job`, `ping`; GitLab `Job Hook`). No
+/// bearer token: a GitHub delivery must carry a valid `X-Hub-Signature-256` made with the
+/// tenant's webhook secret, a GitLab one the secret itself in `X-Gitlab-Token`. Replayed
+/// deliveries (same `X-GitHub-Delivery` / `X-Gitlab-Event-UUID`) and events Nimbus does not act
+/// on are accepted and ignored.
 #[utoipa::path(post, path = "/v1/tenants/{tenant}/forge/webhook", tag = "forge",
     params(("tenant" = String, Path, description = "tenant id")),
     request_body(content = Object, description = "the forge's event payload, signed", content_type = "application/json"),
@@ -222,14 +225,19 @@ impl Default for WebhookReceivers {
 }
 
 impl WebhookReceivers {
-    /// The tenant's receiver; `None` when the tenant has no GitHub forge with a webhook secret.
+    /// The tenant's receiver; `None` when the tenant has no GitHub or GitLab forge with a
+    /// webhook secret.
     async fn receiver(
         &self,
         state: &AppState,
         tenant_id: TenantId,
     ) -> nimbus_fleet::Result<Option<Arc<WebhookReceiver>>> {
         let forge = match state.fleet.forges().get(tenant_id).await {
-            Ok(Some(forge)) if forge.forge_type() == ForgeType::Github => forge,
+            Ok(Some(forge))
+                if matches!(forge.forge_type(), ForgeType::Github | ForgeType::Gitlab) =>
+            {
+                forge
+            }
             Ok(_) => {
                 self.lock().remove(&tenant_id);
                 return Ok(None);
