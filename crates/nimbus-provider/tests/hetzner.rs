@@ -400,7 +400,13 @@ async fn prism_catches_what_hetzners_description_forbids() {
         .await
         .unwrap();
     assert!(response.status().is_client_error(), "{}", response.status());
-    let violations = peer.prism.violations();
+    // Prism writes its log line after it answered: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut violations = peer.prism.violations();
+    while violations.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        violations = peer.prism.violations();
+    }
     assert!(
         violations.iter().any(|v| v.contains("post /servers")),
         "{violations:?}\n{}",
