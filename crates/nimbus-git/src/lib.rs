@@ -20,7 +20,6 @@ pub mod refs;
 pub mod repos;
 pub mod smart;
 pub mod web;
-pub mod web_ci;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -166,7 +165,6 @@ pub fn app(state: AppState) -> Router {
         .nest("/api/v1", api::router().layer(timeout()))
         .merge(git)
         .merge(web::router().layer(timeout()))
-        .merge(web_ci::router().layer(timeout()))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("");
             tracing::info_span!("request", method = %req.method(), uri = %req.uri(), request.id = %id)

@@ -206,3 +206,20 @@ pub async fn for_run(
         withheld: false,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_values() {
+        let set: SetSecret = serde_json::from_str(r#"{"value":"hunter2"}"#).unwrap();
+        assert!(!format!("{set:?}").contains("hunter2"), "{set:?}");
+        let run = RunSecrets {
+            secrets: BTreeMap::from([("API".to_owned(), "hunter2".to_owned())]),
+            withheld: false,
+        };
+        let text = format!("{run:?}");
+        assert!(!text.contains("hunter2") && text.contains("API"), "{text}");
+    }
+}

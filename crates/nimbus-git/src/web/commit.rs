@@ -196,7 +196,7 @@ pub(super) async fn commit(
         })
     })
     .await?;
-    let checks = crate::web_ci::commit_checks(&state, &ci_entry, &view.id).await?;
+    let checks = crate::web::ci::commit_checks(&state, &ci_entry, &view.id).await?;
     let etag = etag_for(&[
         "commit",
         &repo_name,

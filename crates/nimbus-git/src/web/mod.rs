@@ -22,6 +22,7 @@ use crate::repos::RepoEntry;
 
 mod blame;
 mod blob;
+mod ci;
 mod commit;
 pub mod highlight;
 mod index;
@@ -48,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/{repo}/log/{rev}/{*path}", get(log::log_path))
         .route("/{repo}/commit/{rev}", get(commit::commit))
         .route("/{repo}/refs", get(refs::refs))
+        .merge(ci::router())
 }
 
 /// Caches the web pages share across repositories (content-addressed, so never stale).
@@ -109,12 +111,12 @@ pub(super) struct At<'a> {
 }
 
 /// The repository part of the header.
-pub(crate) struct Nav<'a> {
+pub(super) struct Nav<'a> {
     pub repo: &'a str,
     pub at: Option<At<'a>>,
 }
 
-pub(crate) fn page(title: &str, nav: Option<&Nav<'_>>, content: Markup) -> Markup {
+pub(super) fn page(title: &str, nav: Option<&Nav<'_>>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -204,11 +206,11 @@ pub(super) fn crumbs(repo: &str, rev: &str, path: &str) -> Markup {
     }
 }
 
-pub(crate) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, WebError> {
+pub(super) async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, WebError> {
     Ok(state.auth.principal(headers).await?)
 }
 
-pub(crate) fn visible(
+pub(super) fn visible(
     state: &AppState,
     principal: &Principal,
     name: &str,
@@ -398,7 +400,7 @@ pub(super) fn human_size(bytes: u64) -> String {
 }
 
 /// Percent-encode a path for a URL (keeps `/`).
-pub(crate) fn enc(segment: &str) -> String {
+pub(super) fn enc(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len());
     for b in segment.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {

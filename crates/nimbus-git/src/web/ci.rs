@@ -1,7 +1,7 @@
 //! The CI pages: a repository's runs, one run with its jobs and steps, one job's log per step,
 //! and the checks part of the commit page. Server-rendered and readable without JavaScript;
 //! while something runs a page refreshes itself every 3 seconds (`<meta http-equiv=refresh>`).
-//! Kept apart from `web.rs`, which only calls [`commit_checks`] from its commit page.
+//! The commit page (`web/commit.rs`) calls [`commit_checks`] for its part.
 
 use std::sync::Arc;
 
