@@ -574,6 +574,8 @@ impl SshProvider {
             hint.and_then(|id| self.hosts.iter().position(|h| h.config.host_id() == id))
             && let Ok(HostView::Claimed(claim)) = self.read_claim(&self.hosts[idx]).await
             && claim.machine_id == machine_id
+            // A record's host hint never reaches another provider's claim.
+            && claim.provider_id == self.provider_id
         {
             return Ok(Some((idx, claim)));
         }
