@@ -158,6 +158,25 @@ fn ci_works_on_postgresql() {
     );
     let (_, run) = server.api("GET", "/repos/ci/runs/1", Some(OWNER), None);
     assert_eq!(run["state"], "success", "{run}");
+    let (status, runs) = server.api(
+        "GET",
+        &format!("/repos/ci/runs?sha={sha}&ref=refs/heads/main&limit=5"),
+        Some(OWNER),
+        None,
+    );
+    assert_eq!(status, 200, "{runs}");
+    assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
+    let (status, readme) = server.api(
+        "GET",
+        "/repos/ci/contents/README.md?ref=main",
+        Some(OWNER),
+        None,
+    );
+    assert_eq!(status, 200, "{readme}");
+    let (status, page) =
+        server.request("GET", &format!("/ci/commit/{sha}"), Some(OWNER), None, &[]);
+    assert_eq!(status, 200);
+    assert!(page.contains("href=\"/ci/runs/1\""), "{page}");
     let (status, body) = server.api(
         "POST",
         &format!("/repos/ci/statuses/{sha}"),
