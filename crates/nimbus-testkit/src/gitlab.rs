@@ -52,11 +52,20 @@ pub fn gitlab_spec() -> anyhow::Result<PathBuf> {
         deleted,
         "        '204':\n          description: Remove a runner\n",
     );
-    let path = std::env::temp_dir().join(format!(
-        "nimbus-gitlab-v4-runner-lists-{}.yaml",
-        std::process::id()
-    ));
-    std::fs::write(&path, patched)?;
+    // One file per corrected text, shared by every test process: written to a private name
+    // first and renamed, so a concurrent reader never sees half of it.
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        patched.hash(&mut hasher);
+        hasher.finish()
+    };
+    let path = std::env::temp_dir().join(format!("nimbus-gitlab-v4-corrected-{digest:016x}.yaml"));
+    if !path.is_file() {
+        let staging = path.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&staging, patched)?;
+        std::fs::rename(&staging, &path)?;
+    }
     Ok(path)
 }
 
