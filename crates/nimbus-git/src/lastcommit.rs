@@ -255,8 +255,8 @@ enum Ref {
 struct Walker<'a> {
     repo: &'a gix::Repository,
     graph: Option<&'a gix::commitgraph::Graph>,
-    /// Decoded trees: entry name → object id.
-    trees: HashMap<ObjectId, Arc<HashMap<BString, ObjectId>>>,
+    /// Raw tree objects, parsed on use (parsing borrows; only lookups by bisection follow).
+    trees: HashMap<ObjectId, Arc<[u8]>>,
     trees_read: usize,
 }
 
@@ -306,32 +306,28 @@ impl Walker<'_> {
         )
     }
 
-    fn tree(&mut self, id: ObjectId) -> Result<Arc<HashMap<BString, ObjectId>>, Error> {
-        if let Some(tree) = self.trees.get(&id) {
-            return Ok(tree.clone());
+    fn raw(&mut self, id: ObjectId) -> Result<Arc<[u8]>, Error> {
+        if let Some(data) = self.trees.get(&id) {
+            return Ok(data.clone());
         }
         let object = self.repo.find_object(id).map_err(Error::git)?;
         self.trees_read += 1;
-        let mut entries = HashMap::new();
-        for entry in gix::objs::TreeRefIter::from_bytes(&object.data, id.kind()) {
-            let entry = entry.map_err(Error::git)?;
-            entries.insert(entry.filename.to_owned(), entry.oid.to_owned());
-        }
-        let entries = Arc::new(entries);
+        let data: Arc<[u8]> = Arc::from(&object.data[..]);
         if self.trees.len() > 4096 {
             self.trees.clear();
         }
-        self.trees.insert(id, entries.clone());
-        Ok(entries)
+        self.trees.insert(id, data.clone());
+        Ok(data)
     }
 
     /// The id of the tree at `dir` below `root`, if there is one.
     fn dir_tree(&mut self, root: ObjectId, dir: &[&[u8]]) -> Result<Option<ObjectId>, Error> {
         let mut id = root;
         for component in dir {
-            let tree = self.tree(id)?;
-            match tree.get(component.as_bstr()) {
-                Some(next) => id = *next,
+            let data = self.raw(id)?;
+            let tree = parse(&data, id)?;
+            match tree.bisect_entry(component.as_bstr(), true) {
+                Some(entry) => id = entry.oid.to_owned(),
                 None => return Ok(None),
             }
         }
@@ -339,9 +335,14 @@ impl Walker<'_> {
     }
 }
 
+fn parse(data: &[u8], id: ObjectId) -> Result<gix::objs::TreeRef<'_>, Error> {
+    gix::objs::TreeRef::from_bytes(data, id.kind()).map_err(Error::git)
+}
+
 struct Target {
     key: BloomKey,
     name: BString,
+    is_dir: bool,
     want: Option<ObjectId>,
     found: Option<ObjectId>,
 }
@@ -375,10 +376,16 @@ fn walk(
     };
     let dir_key = (!components.is_empty()).then(|| BloomKey::new(dir.trim_matches('/').as_bytes()));
     let (_, start_node) = walker.node(Ref::Id(start))?;
-    let shown = match walker.dir_tree(start_node.tree, &components)? {
-        Some(id) => walker.tree(id)?,
-        None => Arc::new(HashMap::new()),
-    };
+    let mut shown: HashMap<BString, (ObjectId, bool)> = HashMap::new();
+    if let Some(id) = walker.dir_tree(start_node.tree, &components)? {
+        let data = walker.raw(id)?;
+        for entry in parse(&data, id)?.entries {
+            shown.insert(
+                entry.filename.to_owned(),
+                (entry.oid.to_owned(), entry.mode.is_tree()),
+            );
+        }
+    }
     let mut targets: Vec<Target> = names
         .iter()
         .map(|name| {
@@ -387,7 +394,8 @@ fn walk(
             Target {
                 key: BloomKey::new(&path),
                 name: name.clone(),
-                want: shown.get(name).copied(),
+                is_dir: shown.get(name).is_some_and(|(_, dir)| *dir),
+                want: shown.get(name).map(|(id, _)| *id),
                 found: None,
             }
         })
@@ -467,19 +475,28 @@ fn walk(
         if parent_dirs.contains(&Some(here)) {
             continue; // the directory is as in a parent: nothing in it was made here
         }
-        let here_entries = walker.tree(here)?;
-        let mut parent_entries = Vec::with_capacity(parent_dirs.len());
+        let here_data = walker.raw(here)?;
+        let here_tree = parse(&here_data, here)?;
+        let mut parent_data = Vec::with_capacity(parent_dirs.len());
         for parent in parent_dirs.iter().flatten() {
-            parent_entries.push(walker.tree(*parent)?);
+            parent_data.push((walker.raw(*parent)?, *parent));
         }
+        let parent_trees = parent_data
+            .iter()
+            .map(|(data, id)| parse(data, *id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let lookup = |tree: &gix::objs::TreeRef<'_>, target: &Target| {
+            tree.bisect_entry(target.name.as_bstr(), target.is_dir)
+                .map(|e| e.oid.to_owned())
+        };
         for &idx in &maybe {
             let target = &mut targets[idx];
-            if here_entries.get(&target.name).copied() != target.want {
+            if lookup(&here_tree, target) != target.want {
                 continue;
             }
-            if parent_entries
+            if parent_trees
                 .iter()
-                .all(|p| p.get(&target.name).copied() != target.want)
+                .all(|p| lookup(p, target) != target.want)
             {
                 target.found = Some(id);
                 open -= 1;

@@ -366,7 +366,12 @@ fn readme_code_raw_blame_history_and_commit_pages() {
         "{body}"
     );
     let (_, body) = get("/site/blob/main/docs/guide.md?plain=1");
-    assert!(body.contains("## Guide"), "source view:\n{body}");
+    assert!(
+        body.contains("<a href=\"#L1\">1</a>")
+            && body.contains("## ")
+            && !body.contains("id=\"md-guide\""),
+        "source view:\n{body}"
+    );
 
     // Code: highlighted, numbered, anchored, selected range.
     let (status, body) = get("/site/blob/main/src/main.rs?lines=2-3");
