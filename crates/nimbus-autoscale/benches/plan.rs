@@ -320,6 +320,8 @@ fn plan_all(tenant: &Tenant, demand: &HashMap<PoolId, Demand>, tuning: &Tuning) 
             pool,
             machines,
             spent_this_month: 25.0,
+            hourly_rate: None,
+            tenant_budget_left: None,
             runner_version: Some("2.321.0"),
             tuning,
         };

@@ -15,8 +15,9 @@
 //!    a changed runner version (one machine per pass, so a pool is replaced one by one). Busy
 //!    runners are never touched: they are recycled once their job ends and they are idle.
 //! 3. **Scale up**: desired = busy + queued + warm target (`min_idle`, or the schedule in force),
-//!    capped by `max` (booting, idle, busy and stopping machines all count) and by the monthly
-//!    budget, and held while the pool backs off after repeated provisioning failures.
+//!    capped by `max` (booting, idle, busy and stopping machines all count) and by the pool's
+//!    and the tenant's monthly budgets, and held while the pool backs off after repeated
+//!    provisioning failures.
 //! 4. **Scale down** what is beyond desired: first machines still booting that have not cost
 //!    anything yet (the job they were for went elsewhere or was cancelled), then idle runners
 //!    idle past `idle_timeout`, longest idle first. Over `max` (after `max` was lowered), idle
@@ -140,6 +141,14 @@ pub struct PoolView<'a> {
     pub machines: &'a [MachineView],
     /// What the pool spent so far this calendar month, in USD ([`month_spend`]).
     pub spent_this_month: f64,
+    /// What one machine of the pool costs per hour (USD), as the daemon prices it (the pool's
+    /// `hourly_cost`, else the price table); `None` falls back to `hourly_cost`. The pool's
+    /// `monthly_budget` is applied at this rate.
+    pub hourly_rate: Option<f64>,
+    /// What the tenant's monthly budget leaves for this pool's scale-up, in USD: the budget
+    /// less the month's spend, [`Tuning::budget_lookahead`] of every live machine of the
+    /// tenant, and what pools planned before this one took. `None`: no tenant budget.
+    pub tenant_budget_left: Option<f64>,
     /// The runner version new machines get; idle runners with another one are replaced.
     pub runner_version: Option<&'a str>,
     pub tuning: &'a Tuning,
@@ -259,6 +268,9 @@ pub struct Plan {
     pub decisions: Vec<Decision>,
     /// The pool as the policy sees it; `last_decisions` is left for the caller to fill.
     pub status: PoolStatus,
+    /// The tenant's monthly budget ([`PoolView::tenant_budget_left`]) held back scale-up (the
+    /// pool's own budget is `status.budget_exhausted`).
+    pub tenant_budget_exhausted: bool,
 }
 
 /// The warm target at `now`: the last schedule whose window contains `now`, else `min_idle`.
@@ -463,21 +475,32 @@ pub fn plan_with(
     let want = (busy + queued + min_idle as usize).max(forecast_floor);
     let need = want.saturating_sub(have);
     let room = max.saturating_sub(have + stopping);
-    let budget_room = match (settings.monthly_budget, settings.hourly_cost) {
-        (Some(budget), Some(cost)) if cost > 0.0 => {
-            let ahead = cost * tuning.budget_lookahead.as_secs_f64() / 3600.0;
-            let left = budget - view.spent_this_month - ahead * (have + stopping) as f64;
-            if left <= 0.0 {
-                0
-            } else {
-                (left / ahead).floor() as usize
-            }
+    let rate = view.hourly_rate.or(settings.hourly_cost).unwrap_or(0.0);
+    // A machine's cost over the lookahead: scale-up never starts a machine the budget cannot
+    // pay for that long.
+    let ahead = rate * tuning.budget_lookahead.as_secs_f64() / 3600.0;
+    let affordable = |left: f64| {
+        if left <= 0.0 {
+            0
+        } else {
+            (left / ahead).floor() as usize
+        }
+    };
+    let pool_budget_room = match settings.monthly_budget {
+        Some(budget) if ahead > 0.0 => {
+            affordable(budget - view.spent_this_month - ahead * (have + stopping) as f64)
         }
         _ => usize::MAX,
     };
+    let tenant_budget_room = match view.tenant_budget_left {
+        Some(left) if ahead > 0.0 => affordable(left),
+        _ => usize::MAX,
+    };
+    let budget_room = pool_budget_room.min(tenant_budget_room);
     let backoff = backoff(view, now);
     let mut provision = need.min(room).min(budget_room);
-    let budget_exhausted = budget_room < need.min(room);
+    let budget_exhausted = pool_budget_room < need.min(room);
+    let tenant_budget_exhausted = !budget_exhausted && tenant_budget_room < need.min(room);
     if let Some(hosts) = outlook.hosts {
         // Beyond the hosts free now, wait for those about to finish scrubbing: a new host
         // commits to its whole minimum allocation.
@@ -499,10 +522,22 @@ pub fn plan_with(
         provision = 0;
     }
     if provision > 0 {
+        let forecast = if forecast_floor > busy + queued + min_idle as usize {
+            format!(", forecast {forecast_floor}")
+        } else {
+            String::new()
+        };
+        let held = if budget_exhausted {
+            format!("; held to {provision} by the pool's monthly budget")
+        } else if tenant_budget_exhausted {
+            format!("; held to {provision} by the tenant's monthly budget")
+        } else {
+            String::new()
+        };
         decisions.push(Decision::Provision {
             count: count(provision),
             reason: format!(
-                "{queued} queued, {busy} busy, warm target {min_idle}: want {want}, have {have}"
+                "{queued} queued, {busy} busy, warm target {min_idle}{forecast}: want {want}, have {have}{held}"
             ),
         });
     }
@@ -568,6 +603,8 @@ pub fn plan_with(
             active_schedule,
             backoff,
             budget_exhausted,
+            tenant_budget_exhausted,
+            rate: view.hourly_rate.or(settings.hourly_cost),
         },
     )
 }
@@ -633,6 +670,8 @@ struct Summary {
     active_schedule: Option<usize>,
     backoff: Option<(OffsetDateTime, String)>,
     budget_exhausted: bool,
+    tenant_budget_exhausted: bool,
+    rate: Option<f64>,
 }
 
 fn finish(
@@ -654,8 +693,9 @@ fn finish(
         active_schedule,
         backoff,
         budget_exhausted,
+        tenant_budget_exhausted,
+        rate,
     } = summary;
-    let settings = &view.pool.settings;
     let oldest = demand.queued.iter().map(|job| job.queued_at).min();
     let desired = want.min(max).min(have.saturating_add(budget_room));
     let status = PoolStatus {
@@ -686,9 +726,13 @@ fn finish(
         active_schedule,
         backoff_until: backoff.as_ref().map(|(until, _)| *until),
         backoff_reason: backoff.map(|(_, reason)| reason),
-        spent_this_month: settings.hourly_cost.map(|_| view.spent_this_month),
+        spent_this_month: rate.map(|_| view.spent_this_month),
         budget_exhausted,
         last_decisions: Vec::new(),
     };
-    Plan { decisions, status }
+    Plan {
+        decisions,
+        status,
+        tenant_budget_exhausted,
+    }
 }

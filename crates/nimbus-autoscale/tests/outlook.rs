@@ -93,6 +93,8 @@ fn run(
         pool: &pool,
         machines,
         spent_this_month: 0.0,
+        hourly_rate: None,
+        tenant_budget_left: None,
         runner_version: None,
         tuning: &tuning,
     };
@@ -152,6 +154,8 @@ fn an_idle_instance_stays_while_its_host_is_inside_the_minimum() {
         pool: &pool,
         machines: &machines,
         spent_this_month: 0.0,
+        hourly_rate: None,
+        tenant_budget_left: None,
         runner_version: None,
         tuning: &tuning,
     };

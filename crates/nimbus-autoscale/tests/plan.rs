@@ -151,6 +151,8 @@ impl Case {
             pool: &self.pool,
             machines: &self.machines,
             spent_this_month: self.spent,
+            hourly_rate: None,
+            tenant_budget_left: None,
             runner_version: self.runner_version,
             tuning: &self.tuning,
         };
@@ -1386,6 +1388,8 @@ fn assigned_demand_drives_the_plan() {
             pool: &pools[idx],
             machines: &[],
             spent_this_month: 0.0,
+            hourly_rate: None,
+            tenant_budget_left: None,
             runner_version: None,
             tuning: &tuning,
         };
@@ -1422,6 +1426,8 @@ impl Input {
             pool: &self.pool,
             machines: &self.machines,
             spent_this_month: self.spent,
+            hourly_rate: None,
+            tenant_budget_left: None,
             runner_version: self.runner_version,
             tuning: &tuning,
         };

@@ -23,14 +23,16 @@ use aws_sdk_ec2::types::{
     ResourceType, Tag, Tenancy,
 };
 use base64::Engine;
-use nimbus_provider::{Error, Provider, ProviderMachine, ProviderStatus, ProvisionRequest, Result};
+use nimbus_provider::{
+    DedicatedHost, Error, Provider, ProviderMachine, ProviderStatus, ProvisionRequest, Result,
+};
 use nimbus_setup::events::Events;
 use nimbus_setup::exec::Exec;
 use nimbus_setup::ssh::{HostKeyStore, MemoryHostKeyStore, SshExec, SshOptions, SshTarget};
 use nimbus_types::event::{self, Event};
 use nimbus_types::{
-    Arch, CanTerminate, Machine, MachineId, Os, ProviderConfig, ProviderId, ProviderMetadata,
-    ProviderType, Secret, TenantId,
+    Arch, CanTerminate, Machine, MachineId, MachineSpec, Os, ProviderConfig, ProviderId,
+    ProviderMetadata, ProviderType, Secret, TenantId,
 };
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -465,6 +467,22 @@ impl AwsProvider {
         }
         out.retain(|host| host.state != HostState::Released);
         Ok(out)
+    }
+
+    /// The EC2 Mac instance type machines of `spec` get; `None` for Linux machines.
+    fn mac_instance_type(&self, spec: &MachineSpec) -> Option<String> {
+        if spec.os != Os::Macos {
+            return None;
+        }
+        Some(match (&spec.instance_type, spec.arch) {
+            (Some(instance_type), _) => instance_type.clone(),
+            (None, Arch::Arm64) => self
+                .config
+                .mac_instance_type
+                .clone()
+                .unwrap_or_else(|| config::DEFAULT_MAC_ARM64_INSTANCE_TYPE.to_owned()),
+            (None, Arch::X86_64) => config::DEFAULT_MAC_X86_64_INSTANCE_TYPE.to_owned(),
+        })
     }
 
     async fn host(&self, ctx: CallCtx, host_id: &str) -> Result<Option<Host>> {
@@ -1170,6 +1188,42 @@ fn compose_user_data(operator: Option<&str>, script: Option<&str>) -> Option<Str
 impl Provider for AwsProvider {
     fn provider_type(&self) -> ProviderType {
         ProviderType::Aws
+    }
+
+    /// The hosts of the spec's EC2 Mac type, as [`Self::list_hosts`] derives them: an occupied
+    /// host names the machine Nimbus gave it (one without that tag is left out); a host EC2
+    /// shows scrubbing without Nimbus's `nimbus:scrub-until` tag is counted as scrubbing for a
+    /// whole `host_scrub_minutes` from now; unavailable hosts are left out.
+    async fn dedicated_hosts(&self, spec: &MachineSpec) -> Result<Option<Vec<DedicatedHost>>> {
+        let Some(instance_type) = self.mac_instance_type(spec) else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let scrub = time::Duration::minutes(i64::from(self.config.host_scrub_minutes));
+        let hosts = self
+            .list_hosts()
+            .await?
+            .into_iter()
+            .filter(|host| host.instance_type.as_deref() == Some(instance_type.as_str()))
+            .filter_map(|host| {
+                let (machine_id, scrubbing_until) = match host.state {
+                    // A host occupied by an instance Nimbus did not give it is no capacity of
+                    // the pool's, and not the policy's to release.
+                    HostState::Occupied => (Some(host.machine_id?), None),
+                    HostState::Scrubbing { until } => (None, Some(until.unwrap_or(now + scrub))),
+                    HostState::Idle => (None, None),
+                    HostState::Unavailable { .. } | HostState::Released => return None,
+                };
+                Some(DedicatedHost {
+                    id: host.id,
+                    allocated_at: host.allocated_at,
+                    releasable_at: host.releasable_at,
+                    machine_id,
+                    scrubbing_until,
+                })
+            })
+            .collect();
+        Ok(Some(hosts))
     }
 
     async fn provision(&self, request: &ProvisionRequest) -> Result<ProviderMachine> {

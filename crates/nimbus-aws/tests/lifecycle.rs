@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use nimbus_aws::{HostState, ManualClock};
+use nimbus_aws::{Clock, HostState, ManualClock};
 use nimbus_provider::{Error, Provider, ProviderStatus};
 use nimbus_types::event;
 use nimbus_types::{Arch, MachineId, Os, ProviderId, TenantId};
@@ -242,6 +242,78 @@ async fn hosts_are_reused_after_scrubbing_and_released_by_the_reconciler() {
         report.released.is_empty() && report.kept.is_empty(),
         "{report:?}"
     );
+}
+
+#[tokio::test]
+async fn dedicated_hosts_tell_the_autoscaler_occupancy_scrubbing_and_the_minimum() {
+    let moto = start_moto();
+    let h = Harness::new(
+        TenantId::new(),
+        ProviderId::new(),
+        config_json(&moto.endpoint()),
+    );
+    let mac = h.request(Os::Macos, Arch::Arm64);
+    // Linux machines run on no dedicated host; a Mac pool starts with none.
+    let linux = h.request(Os::Linux, Arch::X86_64);
+    assert_eq!(h.provider.dedicated_hosts(&linux.spec).await.unwrap(), None);
+    assert_eq!(
+        h.provider.dedicated_hosts(&mac.spec).await.unwrap(),
+        Some(Vec::new())
+    );
+
+    let provided = h.provider.provision(&mac).await.unwrap();
+    let host_id = provided.metadata.host_id.clone().unwrap();
+    let hosts = h
+        .provider
+        .dedicated_hosts(&mac.spec)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0].id, host_id);
+    assert_eq!(hosts[0].machine_id, Some(mac.machine_id));
+    assert_eq!(hosts[0].scrubbing_until, None);
+    assert_eq!(hosts[0].releasable_at - hosts[0].allocated_at, hours(24));
+    // An Intel Mac's pool (mac1.metal) does not see the mac2.metal host.
+    let intel = h.request(Os::Macos, Arch::X86_64);
+    assert_eq!(
+        h.provider.dedicated_hosts(&intel.spec).await.unwrap(),
+        Some(Vec::new())
+    );
+
+    // The instance ends inside the minimum: the host stays, scrubbing for 50 minutes.
+    h.clock.advance(hours(2));
+    h.provider
+        .terminate(&machine_record(&mac, &provided))
+        .await
+        .unwrap();
+    let hosts = h
+        .provider
+        .dedicated_hosts(&mac.spec)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(hosts.len(), 1, "{hosts:?}");
+    assert_eq!(hosts[0].machine_id, None);
+    let until = hosts[0].scrubbing_until.expect("scrubbing");
+    let expected = h.clock.now() + time::Duration::minutes(50);
+    assert!(
+        (until - expected).abs() <= time::Duration::seconds(1),
+        "{until} vs {expected}"
+    );
+    // Scrubbed: free for the pool's next machine, still inside its minimum.
+    h.clock.advance(time::Duration::minutes(51));
+    let hosts = h
+        .provider
+        .dedicated_hosts(&mac.spec)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (hosts[0].machine_id, hosts[0].scrubbing_until),
+        (None, None)
+    );
+    assert!(hosts[0].releasable_at > h.clock.now());
 }
 
 #[tokio::test]

@@ -9,17 +9,28 @@
 //! meanwhile keeps its machine), health failures through `fail_machine`.
 //!
 //! It runs on a timer and whenever a webhook records new demand ([`Fleet::demand_changed`]).
+//! Beyond the pool's machines, the policy gets an [`Outlook`] ([`nimbus_autoscale::plan_with`]):
+//! each pool's demand per hour of the week, learned once an hour from the store's job history
+//! (finished jobs kept for [`AutoscaleConfig::history_retention`], so what was learned survives
+//! a restart), and for pools whose machines run on dedicated hosts (EC2 Mac) the provider's
+//! hosts ([`nimbus_provider::Provider::dedicated_hosts`]), read at most every
+//! [`AutoscaleConfig::host_refresh`] and after each change the pool made.
+//!
 //! Everything it needs survives a restart: demand is in the store, machines carry their pool,
 //! and the backoff is derived from the machines' history. Only the last decisions shown in a
-//! pool's status and the runners' "down since" times live in memory.
+//! pool's status, the runners' "down since" times and caches of the forecast and the hosts live
+//! in memory.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub use nimbus_autoscale::Tuning;
-use nimbus_autoscale::{Decision, MachineView, Phase, PoolView};
+use nimbus_autoscale::{
+    Decision, DemandForecast, HostView, MachineView, Observation, Outlook, Phase, PoolView,
+};
+pub use nimbus_autoscale::{ForecastConfig, Tuning};
 use nimbus_forge::RunnerStatus;
+use nimbus_provider::DedicatedHost;
 use nimbus_store::PoolMachine;
 use nimbus_types::api::{DecisionRecord, PoolPlan, PoolStatus};
 use nimbus_types::demand::{JobRecord, JobStatus};
@@ -42,6 +53,17 @@ pub struct AutoscaleConfig {
     /// How often each tenant's runner list is read from the forge for health checks.
     pub runner_health_interval: Duration,
     pub tuning: Tuning,
+    /// Learn each pool's demand per hour of the week from the job history and keep capacity
+    /// ahead of it; `false` plans from the present only.
+    pub learn_demand: bool,
+    pub forecast: ForecastConfig,
+    /// How long finished jobs are kept to learn from (and to price per job). The forecast
+    /// reads up to `forecast.max_days` days of each kind (workday, weekend), so five weeks
+    /// covers ten weekend days.
+    pub history_retention: Duration,
+    /// How often a pool's dedicated hosts are read from its provider when the pool changed
+    /// nothing in between.
+    pub host_refresh: Duration,
 }
 
 impl Default for AutoscaleConfig {
@@ -50,6 +72,10 @@ impl Default for AutoscaleConfig {
             interval: Duration::from_secs(10),
             runner_health_interval: Duration::from_secs(60),
             tuning: Tuning::default(),
+            learn_demand: true,
+            forecast: ForecastConfig::default(),
+            history_retention: Duration::from_secs(35 * 24 * 3600),
+            host_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -69,6 +95,20 @@ pub(crate) struct State {
     rows: Mutex<HashMap<TenantId, Rows>>,
     /// Tenants whose budget held back scale-up in their last pass (for a single event).
     budget_held: Mutex<HashSet<TenantId>>,
+    /// Each tenant's learned demand per pool, with the hour it was learned in.
+    forecasts: Mutex<HashMap<TenantId, Learned>>,
+    /// Each pool's dedicated hosts as last read (`None`: its machines use none).
+    hosts: Mutex<HashMap<PoolId, (Instant, Option<Vec<DedicatedHost>>)>>,
+    /// When the job history was last pruned.
+    history_pruned: Mutex<Option<Instant>>,
+}
+
+/// A tenant's forecasts, learned at the start of `hour` from the pools `pools` (ids and
+/// labels: a pool added or relabelled is learned again).
+struct Learned {
+    hour: OffsetDateTime,
+    pools: Vec<(PoolId, Vec<String>)>,
+    by_pool: HashMap<PoolId, DemandForecast>,
 }
 
 /// Rows read from the store for one tenant.
@@ -120,6 +160,10 @@ struct TenantView {
     forge_type: Option<nimbus_types::ForgeType>,
     spend: HashMap<PoolId, f64>,
     jobs: Vec<JobRecord>,
+    /// Each pool's learned demand (none for pools with nothing learned or when learning is off).
+    forecasts: HashMap<PoolId, DemandForecast>,
+    /// Each pool's dedicated hosts, for pools whose machines run on them.
+    hosts: HashMap<PoolId, Vec<HostView>>,
 }
 
 impl Fleet {
@@ -236,57 +280,29 @@ impl Fleet {
         self.sync_usage(&mut view, now).await;
         self.check_runner_health(tenant_id, &view, now).await;
         let tenant = self.inner.store.get_tenant(tenant_id).await?;
-        let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
         let mut outcomes = Vec::with_capacity(view.pools.len());
-        let lookahead_hours = self
-            .inner
-            .config
-            .autoscale
-            .tuning
-            .budget_lookahead
-            .as_secs_f64()
-            / 3600.0;
-        // What the tenant's budget leaves after this month's spend and an hour ahead of every
-        // machine it has; pools take from it in order.
-        let mut tenant_room = view.budget.map(|budget| {
-            let spent: f64 = view.spend.values().sum();
-            let committed: f64 = view
-                .machines
-                .iter()
-                .map(|(pool_id, machines)| {
-                    let live = machines
-                        .iter()
-                        .filter(|m| m.state != MachineState::Failed)
-                        .count();
-                    view.rates.get(pool_id).copied().unwrap_or(0.0) * lookahead_hours * live as f64
-                })
-                .sum();
-            budget - spent - committed
-        });
         let mut tenant_held = false;
-        for pool in &view.pools {
-            let plan = self.plan_pool(&view, &demand, pool, now);
+        for (pool, plan) in view.pools.iter().zip(self.plan_tenant(&view, now)) {
             let mut status = plan.status;
-            let mut decisions = plan.decisions;
-            if let Some(room) = tenant_room.as_mut() {
-                let per_machine =
-                    view.rates.get(&pool.id).copied().unwrap_or(0.0) * lookahead_hours;
-                if clamp_to_budget(&mut decisions, room, per_machine) {
-                    status.budget_exhausted = true;
-                    tenant_held = true;
-                    self.remember(
-                        pool.id,
-                        record(
-                            now,
-                            "hold",
-                            None,
-                            None,
-                            "the tenant's monthly budget is reached".to_owned(),
-                        ),
-                    );
-                }
+            let decisions = plan.decisions;
+            if plan.tenant_budget_exhausted {
+                status.budget_exhausted = true;
+                tenant_held = true;
+                self.remember(
+                    pool.id,
+                    record(
+                        now,
+                        "hold",
+                        None,
+                        None,
+                        "the tenant's monthly budget is reached".to_owned(),
+                    ),
+                );
             }
             self.apply(&tenant, pool, &decisions, &status, now).await;
+            if !decisions.is_empty() {
+                self.hosts_changed(pool.id);
+            }
             status.last_decisions = self.last_decisions(pool.id);
             self.telemetry()
                 .set_pool_status(&tenant.name, &pool.name, &status);
@@ -312,9 +328,17 @@ impl Fleet {
     pub async fn pool_plan(&self, pool: &Pool) -> Result<PoolPlan> {
         let now = nimbus_types::now();
         let view = self.tenant_view(pool.tenant_id, now, false).await?;
-        let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
-        let plan = self.plan_pool(&view, &demand, pool, now);
+        // The pools of the tenant in the loop's order: those before this one take their share
+        // of the tenant's budget first.
+        let plan = view
+            .pools
+            .iter()
+            .zip(self.plan_tenant(&view, now))
+            .find(|(planned, _)| planned.id == pool.id)
+            .map(|(_, plan)| plan)
+            .ok_or(crate::Error::NotFound("pool"))?;
         let mut status = plan.status;
+        status.budget_exhausted |= plan.tenant_budget_exhausted;
         status.last_decisions = self.last_decisions(pool.id);
         let decisions = plan
             .decisions
@@ -328,26 +352,84 @@ impl Fleet {
         })
     }
 
+    /// Asks the policy about every pool of `view`, in order. The tenant's budget is what is
+    /// left after this month's spend and a lookahead of every live machine of the tenant;
+    /// each pool's scale-up takes from it before the next pool is planned.
+    fn plan_tenant(&self, view: &TenantView, now: OffsetDateTime) -> Vec<nimbus_autoscale::Plan> {
+        let demand = nimbus_autoscale::assign(&view.pools, &view.jobs);
+        let lookahead_hours = self
+            .inner
+            .config
+            .autoscale
+            .tuning
+            .budget_lookahead
+            .as_secs_f64()
+            / 3600.0;
+        let mut tenant_left = view.budget.map(|budget| {
+            let spent: f64 = view.spend.values().sum();
+            let committed: f64 = view
+                .machines
+                .iter()
+                .map(|(pool_id, machines)| {
+                    let live = machines
+                        .iter()
+                        .filter(|m| m.state != MachineState::Failed)
+                        .count();
+                    view.rates.get(pool_id).copied().unwrap_or(0.0) * lookahead_hours * live as f64
+                })
+                .sum();
+            budget - spent - committed
+        });
+        view.pools
+            .iter()
+            .map(|pool| {
+                let plan = self.plan_pool(view, &demand, pool, tenant_left, now);
+                if let Some(left) = tenant_left.as_mut() {
+                    let per_machine =
+                        view.rates.get(&pool.id).copied().unwrap_or(0.0) * lookahead_hours;
+                    let started: u32 = plan
+                        .decisions
+                        .iter()
+                        .map(|decision| match decision {
+                            Decision::Provision { count, .. } => *count,
+                            _ => 0,
+                        })
+                        .sum();
+                    *left -= f64::from(started) * per_machine;
+                }
+                plan
+            })
+            .collect()
+    }
+
     /// Asks the policy about one pool of `view`.
     fn plan_pool(
         &self,
         view: &TenantView,
         demand: &HashMap<PoolId, nimbus_autoscale::Demand>,
         pool: &Pool,
+        tenant_budget_left: Option<f64>,
         now: OffsetDateTime,
     ) -> nimbus_autoscale::Plan {
         let views = self.machine_views(view.machines.get(&pool.id));
         let runner_version = view.forge_type.and_then(|forge_type| {
             self.runner_version_of(forge_type, pool.settings.os, pool.settings.arch)
         });
-        nimbus_autoscale::plan(
+        let outlook = Outlook {
+            hosts: view.hosts.get(&pool.id).map(Vec::as_slice),
+            forecast: view.forecasts.get(&pool.id),
+        };
+        nimbus_autoscale::plan_with(
             &PoolView {
                 pool,
                 machines: &views,
                 spent_this_month: view.spend.get(&pool.id).copied().unwrap_or(0.0),
+                hourly_rate: view.rates.get(&pool.id).copied().filter(|rate| *rate > 0.0),
+                tenant_budget_left,
                 runner_version: runner_version.as_deref(),
                 tuning: &self.inner.config.autoscale.tuning,
             },
+            &outlook,
             demand
                 .get(&pool.id)
                 .unwrap_or(&nimbus_autoscale::Demand::default()),
@@ -363,6 +445,7 @@ impl Fleet {
             .lock()
             .expect("pools lock")
             .remove(&pool.id);
+        self.hosts_changed(pool.id);
         self.telemetry().remove_pool_status(tenant_name, &pool.name);
     }
 
@@ -456,6 +539,8 @@ impl Fleet {
                 forge_type: None,
                 spend: HashMap::new(),
                 jobs: Vec::new(),
+                forecasts: HashMap::new(),
+                hosts: HashMap::new(),
             });
         }
         let (records, jobs) = self.read_rows(tenant_id, now, incremental).await?;
@@ -524,6 +609,8 @@ impl Fleet {
                 (pool.id, spent)
             })
             .collect();
+        let forecasts = self.forecasts(tenant_id, &pools, &jobs, now).await;
+        let hosts = self.pool_hosts(tenant_id, &pools, now).await;
         Ok(TenantView {
             pools,
             machines,
@@ -532,7 +619,174 @@ impl Fleet {
             forge_type,
             spend,
             jobs,
+            forecasts,
+            hosts,
         })
+    }
+
+    /// Each pool's demand forecast, learned again at the first pass of every hour (and when
+    /// the tenant's pools change) from the job history and the jobs still open. A history that
+    /// cannot be read leaves the last forecast in place: the pool still scales on its demand.
+    async fn forecasts(
+        &self,
+        tenant_id: TenantId,
+        pools: &[Pool],
+        jobs: &[JobRecord],
+        now: OffsetDateTime,
+    ) -> HashMap<PoolId, DemandForecast> {
+        let config = &self.inner.config.autoscale;
+        if !config.learn_demand {
+            return HashMap::new();
+        }
+        let hour = hour_start(now);
+        let pool_keys: Vec<(PoolId, Vec<String>)> = pools
+            .iter()
+            .map(|pool| (pool.id, pool.settings.labels.clone()))
+            .collect();
+        {
+            let learned = self
+                .inner
+                .autoscale
+                .forecasts
+                .lock()
+                .expect("forecast lock");
+            if let Some(learned) = learned.get(&tenant_id)
+                && learned.hour == hour
+                && learned.pools == pool_keys
+            {
+                return learned.by_pool.clone();
+            }
+        }
+        self.prune_history(now).await;
+        let retention =
+            time::Duration::try_from(config.history_retention).unwrap_or(time::Duration::days(35));
+        let history = match self
+            .inner
+            .store
+            .list_job_history(tenant_id, now - retention)
+            .await
+        {
+            Ok(history) => history,
+            Err(err) => {
+                tracing::warn!(tenant.id = %tenant_id, error = %err, "job history not read; the forecast is not relearned");
+                return self
+                    .inner
+                    .autoscale
+                    .forecasts
+                    .lock()
+                    .expect("forecast lock")
+                    .get(&tenant_id)
+                    .map(|learned| learned.by_pool.clone())
+                    .unwrap_or_default();
+            }
+        };
+        let by_pool = learn_forecasts(pools, &history, jobs, now, &config.forecast);
+        self.inner
+            .autoscale
+            .forecasts
+            .lock()
+            .expect("forecast lock")
+            .insert(
+                tenant_id,
+                Learned {
+                    hour,
+                    pools: pool_keys,
+                    by_pool: by_pool.clone(),
+                },
+            );
+        by_pool
+    }
+
+    /// Forgets finished jobs older than the history's retention, at most once an hour.
+    async fn prune_history(&self, now: OffsetDateTime) {
+        {
+            let mut pruned = self
+                .inner
+                .autoscale
+                .history_pruned
+                .lock()
+                .expect("prune lock");
+            if pruned.is_some_and(|at| at.elapsed() < Duration::from_secs(3600)) {
+                return;
+            }
+            *pruned = Some(Instant::now());
+        }
+        let retention = time::Duration::try_from(self.inner.config.autoscale.history_retention)
+            .unwrap_or(time::Duration::days(35));
+        if let Err(err) = self.inner.store.prune_job_history(now - retention).await {
+            tracing::warn!(error = %err, "cannot prune the job history");
+        }
+    }
+
+    /// The dedicated hosts of each pool whose machines run on them, from the pool's provider
+    /// (cached for `host_refresh`). A provider that cannot be asked leaves the pool planned on
+    /// its last known hosts, or on none.
+    async fn pool_hosts(
+        &self,
+        tenant_id: TenantId,
+        pools: &[Pool],
+        now: OffsetDateTime,
+    ) -> HashMap<PoolId, Vec<HostView>> {
+        let refresh = self.inner.config.autoscale.host_refresh;
+        let mut out = HashMap::new();
+        for pool in pools {
+            let cached = self
+                .inner
+                .autoscale
+                .hosts
+                .lock()
+                .expect("hosts lock")
+                .get(&pool.id)
+                .cloned();
+            let hosts = match cached {
+                Some((read, hosts)) if read.elapsed() < refresh => hosts,
+                cached => match self.read_hosts(tenant_id, pool).await {
+                    Ok(hosts) => {
+                        self.inner
+                            .autoscale
+                            .hosts
+                            .lock()
+                            .expect("hosts lock")
+                            .insert(pool.id, (Instant::now(), hosts.clone()));
+                        hosts
+                    }
+                    Err(err) => {
+                        tracing::warn!(pool = %pool.name, error = %err, "dedicated hosts not read");
+                        cached.and_then(|(_, hosts)| hosts)
+                    }
+                },
+            };
+            if let Some(hosts) = hosts {
+                out.insert(pool.id, host_views(&hosts, now));
+            }
+        }
+        out
+    }
+
+    async fn read_hosts(
+        &self,
+        tenant_id: TenantId,
+        pool: &Pool,
+    ) -> Result<Option<Vec<DedicatedHost>>> {
+        let config = self
+            .inner
+            .store
+            .get_provider(tenant_id, pool.provider_id)
+            .await?;
+        let provider = self.inner.providers.get(&config)?;
+        Ok(provider
+            .dedicated_hosts(&pool.settings.machine_spec())
+            .await?)
+    }
+
+    /// Reads the pool's hosts again at its next pass (it just changed what runs on them).
+    fn hosts_changed(&self, pool_id: PoolId) {
+        self.inner
+            .autoscale
+            .hosts
+            .lock()
+            .expect("hosts lock")
+            .remove(&pool_id);
     }
 
     /// Brings machines' usage up to date from the demand book: a runner with a job in progress
@@ -949,30 +1203,64 @@ impl Fleet {
     }
 }
 
-/// Cuts provisions to what `room` dollars pay for at `per_machine` each (an hour ahead of a
-/// machine), taking it from `room`; true when something was cut.
-fn clamp_to_budget(decisions: &mut Vec<Decision>, room: &mut f64, per_machine: f64) -> bool {
-    let mut cut = false;
-    decisions.retain_mut(|decision| {
-        let Decision::Provision { count, reason } = decision else {
-            return true;
-        };
-        if per_machine <= 0.0 {
-            return true;
+fn hour_start(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.replace_time(time::Time::from_hms(t.hour(), 0, 0).expect("valid hour"))
+}
+
+/// Each pool's forecast from the tenant's finished jobs and its jobs still open (counted up to
+/// `now`). A job belongs to the pool that would serve it today ([`nimbus_autoscale::Matcher`]),
+/// so a pool learns from the jobs of its labels even from before it existed. A job counts
+/// from its queueing for its run time (zero-wait concurrency, see
+/// [`nimbus_autoscale::forecast`]), so time spent waiting for a runner does not make demand
+/// look bigger than it was.
+fn learn_forecasts(
+    pools: &[Pool],
+    history: &[nimbus_types::demand::FinishedJob],
+    open: &[JobRecord],
+    now: OffsetDateTime,
+    config: &ForecastConfig,
+) -> HashMap<PoolId, DemandForecast> {
+    let mut matcher = nimbus_autoscale::Matcher::new(pools);
+    let mut observations: HashMap<PoolId, Vec<Observation>> = HashMap::new();
+    let mut finished: HashSet<u64> = HashSet::new();
+    for job in history {
+        finished.insert(job.job_id);
+        if let Some(pool) = matcher.pool_for(&job.labels) {
+            observations.entry(pool.id).or_default().push(Observation {
+                queued_at: job.queued_at,
+                until: job.queued_at + job.run_time(),
+            });
         }
-        let affordable = (room.max(0.0) / per_machine).floor();
-        let allowed = u32::try_from(affordable as u64)
-            .unwrap_or(u32::MAX)
-            .min(*count);
-        if allowed < *count {
-            cut = true;
-            *reason = format!("{reason}; held to {allowed} by the tenant's monthly budget");
-            *count = allowed;
+    }
+    for record in open {
+        if record.job.status == JobStatus::Completed || finished.contains(&record.job.job_id) {
+            continue;
         }
-        *room -= f64::from(allowed) * per_machine;
-        allowed > 0
-    });
-    cut
+        if let Some(pool) = matcher.pool_for(&record.job.labels) {
+            observations.entry(pool.id).or_default().push(Observation {
+                queued_at: record.first_seen,
+                until: now,
+            });
+        }
+    }
+    observations
+        .into_iter()
+        .map(|(pool_id, observations)| (pool_id, DemandForecast::learn(&observations, now, config)))
+        .collect()
+}
+
+/// The policy's view of a pool's hosts.
+fn host_views(hosts: &[DedicatedHost], now: OffsetDateTime) -> Vec<HostView> {
+    hosts
+        .iter()
+        .map(|host| HostView {
+            allocated_at: host.allocated_at,
+            min_until: host.releasable_at,
+            instance: host.machine_id,
+            scrubbing_until: host.scrubbing_until.filter(|until| *until > now),
+        })
+        .collect()
 }
 
 /// A decision as people read it.

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use nimbus_store::MachineFilter;
-use nimbus_types::api::{CostReport, CostRow};
+use nimbus_types::api::{CostReport, CostRow, JobCost, JobCostReport};
 use nimbus_types::cost::{Billing, Price};
-use nimbus_types::{Machine, MachineState, PoolId, ProviderId, Tenant, TenantId};
+use nimbus_types::{Machine, MachineId, MachineState, PoolId, ProviderId, Tenant, TenantId};
 use time::OffsetDateTime;
 
 use crate::{Fleet, Result};
@@ -20,6 +20,8 @@ pub struct CostQuery {
     pub pool_id: Option<PoolId>,
     /// Start of the window [default: the start of this calendar month, UTC].
     pub since: Option<OffsetDateTime>,
+    /// Per job ([`Fleet::job_costs`]): only this job.
+    pub job_id: Option<u64>,
 }
 
 impl Fleet {
@@ -118,6 +120,142 @@ impl Fleet {
             total_usd: total,
             month_to_date_usd: month_to_date,
             forecast_month_end_usd: month_to_date + burn * left_hours,
+        })
+    }
+
+    /// Jobs that finished since `query.since` (default: the start of this month), each with
+    /// its share of the machine its runner ran on: a job is tied to its machine by the runner
+    /// name the forge's job events carry (`nimbus-<machine id>`), and a machine's billed cost
+    /// so far is split over the jobs it ran in proportion to their run times. Jobs are kept for
+    /// the job history's retention.
+    pub async fn job_costs(&self, query: &CostQuery) -> Result<JobCostReport> {
+        let now = nimbus_types::now();
+        let since = query
+            .since
+            .unwrap_or_else(|| nimbus_autoscale::month_start(now))
+            .min(now);
+        let tenants: Vec<Tenant> = match query.tenant_id {
+            Some(id) => vec![self.inner.store.get_tenant(id).await?],
+            None => self.inner.store.list_tenants().await?,
+        };
+        let mut jobs = Vec::new();
+        for tenant in tenants {
+            let store = &self.inner.store;
+            let mut finished = store.list_job_history(tenant.id, since).await?;
+            if let Some(job_id) = query.job_id {
+                finished.retain(|job| job.job_id == job_id);
+            }
+            if finished.is_empty() {
+                continue;
+            }
+            let providers: HashMap<ProviderId, nimbus_types::ProviderType> = store
+                .list_tenant_providers(tenant.id)
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p.provider_type))
+                .collect();
+            let pools: HashMap<PoolId, nimbus_types::Pool> = store
+                .list_pools(Some(tenant.id))
+                .await?
+                .into_iter()
+                .map(|p| (p.id, p))
+                .collect();
+            let machine_of = |job: &nimbus_types::demand::FinishedJob| {
+                job.runner_name
+                    .as_deref()
+                    .and_then(crate::runners::machine_of_runner)
+            };
+            let wanted: std::collections::HashSet<MachineId> =
+                finished.iter().filter_map(machine_of).collect();
+            // Every machine that ran a job of the window lived at or after `since`.
+            let machines: HashMap<MachineId, Machine> = store
+                .list_machines(&MachineFilter {
+                    tenant_id: Some(tenant.id),
+                    terminated_since: Some(since),
+                    ..MachineFilter::default()
+                })
+                .await?
+                .into_iter()
+                .map(|record| record.machine)
+                .filter(|machine| wanted.contains(&machine.id))
+                .map(|machine| (machine.id, machine))
+                .collect();
+            // The run time of everything each machine ran, jobs before the window included.
+            let from = machines
+                .values()
+                .map(|machine| machine.created_at)
+                .min()
+                .unwrap_or(since)
+                .min(since);
+            let all = if from < since {
+                store.list_job_history(tenant.id, from).await?
+            } else {
+                finished.clone()
+            };
+            let mut ran: HashMap<MachineId, (f64, u32)> = HashMap::new();
+            for job in &all {
+                if let Some(id) = machine_of(job).filter(|id| machines.contains_key(id)) {
+                    let entry = ran.entry(id).or_default();
+                    entry.0 += job.run_time().as_seconds_f64();
+                    entry.1 += 1;
+                }
+            }
+            for job in finished {
+                let machine = machine_of(&job).and_then(|id| machines.get(&id));
+                let pool = machine
+                    .and_then(|m| m.pool_id)
+                    .and_then(|id| pools.get(&id));
+                if query.pool_id.is_some() && pool.map(|p| p.id) != query.pool_id {
+                    continue;
+                }
+                let run_secs = job.run_time().as_seconds_f64();
+                let price = machine.and_then(|m| self.price_of(m, pool, &providers));
+                let (cost_usd, run_cost_usd) = match (machine, &price) {
+                    (Some(machine), Some(price)) => {
+                        let whole = price.cost(
+                            machine.created_at,
+                            ended_at(machine),
+                            machine.created_at,
+                            now,
+                        );
+                        let (total_secs, n_jobs) =
+                            ran.get(&machine.id).copied().unwrap_or((run_secs, 1));
+                        let share = if total_secs > 0.0 {
+                            run_secs / total_secs
+                        } else {
+                            1.0 / f64::from(n_jobs.max(1))
+                        };
+                        (whole * share, price.usd_per_hour * run_secs / 3600.0)
+                    }
+                    _ => (0.0, 0.0),
+                };
+                jobs.push(JobCost {
+                    tenant: tenant.name.clone(),
+                    tenant_id: tenant.id,
+                    job_id: job.job_id,
+                    run_id: job.run_id,
+                    repository: job.repository.clone(),
+                    pool: pool.map(|p| p.name.clone()),
+                    machine_id: machine.map(|m| m.id),
+                    runner_name: job.runner_name.clone(),
+                    queued_at: job.queued_at,
+                    finished_at: job.finished_at,
+                    wait_secs: job
+                        .started_at
+                        .map(|at| (at - job.queued_at).as_seconds_f64().max(0.0)),
+                    run_secs,
+                    cost_usd,
+                    run_cost_usd,
+                    unpriced: price.is_none(),
+                });
+            }
+        }
+        let total_usd = jobs.iter().map(|job| job.cost_usd).sum();
+        Ok(JobCostReport {
+            since,
+            until: now,
+            jobs,
+            total_usd,
         })
     }
 

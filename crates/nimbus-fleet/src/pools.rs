@@ -23,6 +23,7 @@ impl Fleet {
             return Err(SpecError::new("provider", "no such provider in this tenant").into());
         }
         settings.validate()?;
+        self.check_budget_priced(provider.provider_type, &settings)?;
         // A name taken is the first thing to say (a repeated request), before label clashes.
         match self.inner.store.get_pool_by_name(tenant_id, name).await {
             Ok(_) => {
@@ -65,6 +66,12 @@ impl Fleet {
     /// autoscaler: a lower `max` or warm target takes effect on the next pass.
     pub async fn update_pool(&self, pool: &Pool, mut settings: PoolSettings) -> Result<Pool> {
         settings.validate()?;
+        let provider = self
+            .inner
+            .store
+            .get_provider(pool.tenant_id, pool.provider_id)
+            .await?;
+        self.check_budget_priced(provider.provider_type, &settings)?;
         self.check_labels(pool.tenant_id, Some(pool.id), &settings)
             .await?;
         let mut updated = pool.clone();
@@ -87,6 +94,33 @@ impl Fleet {
             )),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Refuses a monthly budget nothing prices: neither the pool's `hourly_cost` nor the price
+    /// table's entry for its provider type and instance type.
+    fn check_budget_priced(
+        &self,
+        provider_type: nimbus_types::ProviderType,
+        settings: &PoolSettings,
+    ) -> Result<()> {
+        if settings.monthly_budget.is_some()
+            && self
+                .price(
+                    settings.hourly_cost,
+                    provider_type,
+                    settings.instance_type.as_deref(),
+                )
+                .is_none()
+        {
+            return Err(SpecError::new(
+                "monthly_budget",
+                format!(
+                    "needs hourly_cost, or an instance_type the price table has for {provider_type}                      providers, to estimate what the pool spends"
+                ),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// Refuses labels that another pool of the tenant already serves exactly: every job either

@@ -26,6 +26,11 @@ pub fn runner_name(machine_id: MachineId) -> String {
     format!("nimbus-{machine_id}")
 }
 
+/// The machine behind a runner named by [`runner_name`]; `None` for other runners.
+pub fn machine_of_runner(name: &str) -> Option<MachineId> {
+    name.strip_prefix("nimbus-")?.parse().ok()
+}
+
 /// The runner software a forge's machines get.
 pub fn runner_kind(forge_type: ForgeType) -> RunnerKind {
     match forge_type {

@@ -15,10 +15,11 @@ use nimbus_fleet::autoscale::{AutoscaleConfig, PoolOutcome};
 use nimbus_fleet::demand::StoredDemandBook;
 use nimbus_fleet::{Fleet, FleetConfig, ProviderRegistry, Telemetry};
 use nimbus_forge::demand::{Applied, DemandBook, ForgeJob, JobEvent, JobStatus, LabelSet};
-use nimbus_provider::{Provider, ProviderEnv, ProviderMachine, ProvisionRequest};
+use nimbus_provider::{DedicatedHost, Provider, ProviderEnv, ProviderMachine, ProvisionRequest};
 use nimbus_setup::exec::Exec;
 use nimbus_setup::local::machine_processes;
 use nimbus_store::{EventFilter, MachineFilter, SealKey, Sealer, SqlStore, Storage, StoreOptions};
+use nimbus_types::cost::{Billing, Price, PriceTable};
 use nimbus_types::event;
 use nimbus_types::{
     Arch, CanTerminate, Machine, MachineId, MachineState, Os, Pool, PoolSettings, ProviderConfig,
@@ -41,7 +42,19 @@ fn config() -> FleetConfig {
         reconcile_interval: Duration::from_secs(3600),
         orphan_grace: Duration::ZERO,
         shutdown_timeout: Duration::from_secs(10),
-        autoscale: AutoscaleConfig::default(),
+        autoscale: AutoscaleConfig {
+            // Passes move through injected times: read hosts at every pass.
+            host_refresh: Duration::ZERO,
+            ..AutoscaleConfig::default()
+        },
+        // A price for local machines of the made-up type `small`, for budgets without a pool
+        // `hourly_cost`.
+        prices: PriceTable::with_overrides([Price {
+            provider_type: ProviderType::Local,
+            instance_type: "small".into(),
+            usd_per_hour: 1.0,
+            billing: Billing::PerSecond { minimum_secs: 0 },
+        }]),
         ..FleetConfig::default()
     }
 }
@@ -159,6 +172,46 @@ impl Harness {
             .apply(self.tenant.id, Some(&delivery), &event)
             .await
             .unwrap()
+    }
+
+    /// Records a job's news as a webhook delivery received at `at` would.
+    async fn job_at(
+        &self,
+        id: u64,
+        status: JobStatus,
+        runner: Option<MachineId>,
+        at: OffsetDateTime,
+    ) -> Applied {
+        let event = JobEvent {
+            job: job(id, status),
+            runner_name: runner.map(nimbus_fleet::runners::runner_name),
+            received_at: at,
+        };
+        let delivery = format!("delivery-{id}-{}", status.as_str());
+        self.book
+            .apply(self.tenant.id, Some(&delivery), &event)
+            .await
+            .unwrap()
+    }
+
+    /// A job that ran from `from` for `minutes` on `runner` (or on a runner of no pool), all
+    /// of its news recorded now.
+    async fn past_job(
+        &self,
+        id: u64,
+        runner: Option<MachineId>,
+        from: OffsetDateTime,
+        minutes: i64,
+    ) {
+        self.job_at(id, JobStatus::Queued, None, from).await;
+        self.job_at(id, JobStatus::InProgress, runner, from).await;
+        self.job_at(
+            id,
+            JobStatus::Completed,
+            runner,
+            from + time::Duration::minutes(minutes),
+        )
+        .await;
     }
 
     async fn pass(&self, now: OffsetDateTime) -> PoolOutcome {
@@ -903,5 +956,306 @@ async fn the_tenants_budget_holds_back_every_pool_with_one_event() {
     h.store.set_tenant_budget(h.tenant.id, None).await.unwrap();
     let outcome = h.pass(nimbus_types::now()).await;
     assert_eq!(provisions(&outcome), 3, "{outcome:?}");
+    h.settle(&pool).await;
+}
+
+fn days(n: i64) -> time::Duration {
+    time::Duration::days(n)
+}
+
+fn hours(n: i64) -> time::Duration {
+    time::Duration::hours(n)
+}
+
+#[tokio::test]
+async fn the_forecast_warms_the_pool_ahead_of_a_learned_rise_even_after_a_restart() {
+    let h = harness().await;
+    let mut s = settings(0, 10);
+    s.idle_timeout_secs = 600;
+    let pool = h.pool(s).await;
+    let monday = next_monday();
+    // Monday to Thursday: three jobs at once from 09:00 to 09:40 UTC, nothing else.
+    for day in 0..4u64 {
+        for n in 0..3u64 {
+            let at = monday + days(day as i64) + hours(9);
+            h.past_job(100 + day * 10 + n, None, at, 40).await;
+        }
+    }
+    let friday = monday + days(4);
+    // 08:30: the rise is more than the prewarm (15 minutes) away; nothing is queued.
+    let early = h.pass(friday + hours(8) + minutes(30)).await;
+    assert!(early.decisions.is_empty(), "{early:?}");
+    assert_eq!(early.status.desired, 0);
+    // 08:50: three runners for the rise at 09:00, with no job queued yet.
+    let ahead = h.pass(friday + hours(8) + minutes(50)).await;
+    assert_eq!(provisions(&ahead), 3, "{ahead:?}");
+    assert!(
+        matches!(&ahead.decisions[0], Decision::Provision { reason, .. } if reason.contains("forecast 3")),
+        "{ahead:?}"
+    );
+    h.settle(&pool).await;
+    h.fleet.shutdown().await;
+
+    // A restarted daemon learns the same from the stored history (the demand book forgot the
+    // jobs long ago: completed jobs are pruned an hour after they end).
+    let dyn_store: Arc<dyn Storage> = h.store.clone();
+    let telemetry = Telemetry::start(dyn_store.clone(), &mut Default::default());
+    let fleet = Fleet::new(
+        dyn_store,
+        local_registry(machines_dir(h.dir.path())),
+        telemetry,
+        config(),
+    );
+    let history = h.store.list_job_history(h.tenant.id, monday).await.unwrap();
+    assert_eq!(history.len(), 12);
+    assert!(
+        history
+            .iter()
+            .all(|job| job.run_time() == time::Duration::minutes(40))
+    );
+    let outcomes = fleet
+        .autoscale_once(friday + hours(8) + minutes(55))
+        .await
+        .unwrap();
+    assert!(outcomes[0].decisions.is_empty(), "{outcomes:?}");
+    assert_eq!(outcomes[0].status.desired, 3);
+    // 10:30: the rise is over and no job came; the runners go after their idle timeout.
+    let after = fleet
+        .autoscale_once(friday + hours(10) + minutes(30))
+        .await
+        .unwrap();
+    assert_eq!(terminations(&after[0]).len(), 3, "{after:?}");
+    assert!(
+        terminations(&after[0])
+            .iter()
+            .all(|(_, why)| *why == Why::Idle)
+    );
+    h.settle(&pool).await;
+    fleet.shutdown().await;
+}
+
+/// The local provider with dedicated hosts modelled beside it, as EC2 Mac hosts behave: a
+/// machine takes a free host, else a new one allocated at `clock` with a 24-hour minimum; a
+/// host scrubs for 50 minutes after its machine ends and is released once idle past its
+/// minimum. The machines are real local ones; the hosts are modelled because no peer here runs
+/// instances on dedicated hosts (the AWS provider's reporting of its hosts is tested against
+/// moto in `nimbus-aws`).
+struct HostedProvider {
+    local: Arc<dyn Provider>,
+    clock: Arc<std::sync::Mutex<OffsetDateTime>>,
+    hosts: std::sync::Mutex<Vec<DedicatedHost>>,
+}
+
+impl HostedProvider {
+    fn now(&self) -> OffsetDateTime {
+        *self.clock.lock().unwrap()
+    }
+}
+
+#[async_trait]
+impl Provider for HostedProvider {
+    fn provider_type(&self) -> ProviderType {
+        ProviderType::Local
+    }
+
+    async fn provision(
+        &self,
+        request: &ProvisionRequest,
+    ) -> nimbus_provider::Result<ProviderMachine> {
+        let now = self.now();
+        {
+            let mut hosts = self.hosts.lock().unwrap();
+            let free = hosts.iter().position(|host| {
+                host.machine_id.is_none() && host.scrubbing_until.is_none_or(|until| until <= now)
+            });
+            let idx = free.unwrap_or_else(|| {
+                let id = format!("h-{}", hosts.len());
+                hosts.push(DedicatedHost {
+                    id,
+                    allocated_at: now,
+                    releasable_at: now + hours(24),
+                    machine_id: None,
+                    scrubbing_until: None,
+                });
+                hosts.len() - 1
+            });
+            hosts[idx].machine_id = Some(request.machine_id);
+            hosts[idx].scrubbing_until = None;
+        }
+        self.local.provision(request).await
+    }
+
+    async fn terminate(&self, machine: &Machine) -> nimbus_provider::Result<()> {
+        self.local.terminate(machine).await?;
+        let now = self.now();
+        for host in self.hosts.lock().unwrap().iter_mut() {
+            if host.machine_id == Some(machine.id) {
+                host.machine_id = None;
+                host.scrubbing_until = Some(now + minutes(50));
+            }
+        }
+        Ok(())
+    }
+
+    async fn can_terminate(&self, machine: &Machine) -> nimbus_provider::Result<CanTerminate> {
+        self.local.can_terminate(machine).await
+    }
+
+    async fn list_machines(
+        &self,
+        tenant: TenantId,
+    ) -> nimbus_provider::Result<Vec<ProviderMachine>> {
+        self.local.list_machines(tenant).await
+    }
+
+    async fn get_machine(&self, id: MachineId) -> nimbus_provider::Result<Option<ProviderMachine>> {
+        self.local.get_machine(id).await
+    }
+
+    async fn exec(&self, machine: &Machine) -> nimbus_provider::Result<Arc<dyn Exec>> {
+        self.local.exec(machine).await
+    }
+
+    async fn dedicated_hosts(
+        &self,
+        _spec: &nimbus_types::MachineSpec,
+    ) -> nimbus_provider::Result<Option<Vec<DedicatedHost>>> {
+        let now = self.now();
+        let mut hosts = self.hosts.lock().unwrap();
+        hosts.retain(|host| {
+            !(host.machine_id.is_none()
+                && host.releasable_at <= now
+                && host.scrubbing_until.is_none_or(|until| until <= now))
+        });
+        Ok(Some(hosts.clone()))
+    }
+}
+
+/// A pool on dedicated hosts whose one machine ran one 30-minute job at `start`: what the
+/// passes two hours later and just before the host's minimum allocation ends decide.
+async fn host_pool_from(start: OffsetDateTime) -> (MachineId, PoolOutcome, PoolOutcome) {
+    let clock = Arc::new(std::sync::Mutex::new(start));
+    let for_registry = clock.clone();
+    let h = harness_with(move |dir| {
+        let env = ProviderEnv::new(dir);
+        let mut registry = ProviderRegistry::new();
+        // The registry keeps one provider per stored configuration, so the hosts persist.
+        registry.register(
+            ProviderType::Local,
+            Arc::new(move |config| {
+                Ok(Arc::new(HostedProvider {
+                    local: nimbus_provider::build(&env, config)?,
+                    clock: for_registry.clone(),
+                    hosts: std::sync::Mutex::new(Vec::new()),
+                }) as Arc<dyn Provider>)
+            }),
+            Arc::new(nimbus_provider::validate_config),
+        );
+        registry
+    })
+    .await;
+    let mut s = settings(0, 3);
+    s.ephemeral = false;
+    s.idle_timeout_secs = 600;
+    let pool = h.pool(s).await;
+    h.job_at(1, JobStatus::Queued, None, start).await;
+    let first = h.pass(start).await;
+    assert_eq!(provisions(&first), 1, "{first:?}");
+    let machine = h.settle(&pool).await[0].id;
+    h.job_at(1, JobStatus::InProgress, Some(machine), start + minutes(5))
+        .await;
+    h.job_at(1, JobStatus::Completed, Some(machine), start + minutes(35))
+        .await;
+    // Two hours later the runner has been idle far past its timeout, but its host is paid
+    // for 22 more hours: it stays.
+    *clock.lock().unwrap() = start + hours(2);
+    let inside = h.pass(start + hours(2)).await;
+    // Just before the minimum ends, less the 50 minutes a host scrubs after its machine.
+    let boundary = start + hours(24) - minutes(49);
+    *clock.lock().unwrap() = boundary;
+    let at_boundary = h.pass(boundary).await;
+    h.settle(&pool).await;
+    (machine, inside, at_boundary)
+}
+
+#[tokio::test]
+async fn hosts_are_held_inside_their_minimum_and_released_at_the_boundary_unless_demand_is_forecast()
+ {
+    // A job on Friday at 06:00: Saturday's forecast (weekend days learn from weekend days)
+    // needs no host, so the host goes at its boundary: the instance is terminated 49 minutes
+    // before the minimum ends, and the host is released once scrubbed.
+    let friday = next_monday() + days(4);
+    let (machine, inside, at_boundary) = host_pool_from(friday + hours(6)).await;
+    assert!(inside.decisions.is_empty(), "{inside:?}");
+    assert_eq!(
+        terminations(&at_boundary),
+        [(machine, Why::Idle)],
+        "{at_boundary:?}"
+    );
+
+    // The same on a Monday: Tuesday's forecast needs a runner at 06:00 (within the 12 hours a
+    // host is held for), so the host is kept past its minimum, and a spare host is allocated
+    // two hours ahead of the forecast rise.
+    let monday = next_monday();
+    let (_, inside, at_boundary) = host_pool_from(monday + hours(6)).await;
+    assert!(inside.decisions.is_empty(), "{inside:?}");
+    assert!(terminations(&at_boundary).is_empty(), "{at_boundary:?}");
+    assert_eq!(provisions(&at_boundary), 1, "{at_boundary:?}");
+}
+
+#[tokio::test]
+async fn budgets_priced_by_the_price_table_hold_scale_up_and_the_dry_run_says_so() {
+    let h = harness().await;
+    let mut s = settings(0, 10);
+    // A budget nothing prices is refused, naming the field.
+    s.monthly_budget = Some(2.5);
+    let err = h
+        .fleet
+        .create_pool(h.tenant.id, "linux", &h.provider, s.clone())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, nimbus_fleet::Error::Invalid(spec) if spec.field == "monthly_budget"),
+        "{err:?}"
+    );
+    // $1 an hour from the price table, no hourly_cost: $2.50 pays for two machine-hours ahead.
+    s.instance_type = Some("small".into());
+    let pool = h.pool(s).await;
+    for id in 1..=5 {
+        h.job(id, JobStatus::Queued, None).await;
+    }
+    let dry = h.fleet.pool_plan(&pool).await.unwrap();
+    assert_eq!(dry.decisions.len(), 1, "{dry:?}");
+    assert_eq!(dry.decisions[0].count, Some(2), "{dry:?}");
+    assert!(
+        dry.decisions[0].reason.contains("pool's monthly budget"),
+        "{dry:?}"
+    );
+    assert!(dry.status.budget_exhausted);
+    let outcome = h.pass(nimbus_types::now()).await;
+    assert_eq!(provisions(&outcome), 2, "{outcome:?}");
+    assert!(outcome.status.budget_exhausted);
+    assert!(outcome.status.spent_this_month.is_some());
+    h.settle(&pool).await;
+
+    // The pool's budget raised, the tenant's $3.50 pays for one more (two are running).
+    let mut more = pool.settings.clone();
+    more.monthly_budget = Some(100.0);
+    let pool = h.fleet.update_pool(&pool, more).await.unwrap();
+    h.store
+        .set_tenant_budget(h.tenant.id, Some(3.5))
+        .await
+        .unwrap();
+    let dry = h.fleet.pool_plan(&pool).await.unwrap();
+    assert_eq!(dry.decisions[0].count, Some(1), "{dry:?}");
+    assert!(
+        dry.decisions[0].reason.contains("tenant's monthly budget"),
+        "{dry:?}"
+    );
+    assert!(dry.status.budget_exhausted);
+    let outcome = h.pass(nimbus_types::now()).await;
+    assert_eq!(provisions(&outcome), 1, "{outcome:?}");
+    let events = h.events(event::TENANT_BUDGET_EXHAUSTED).await;
+    assert_eq!(events.len(), 1, "{events:?}");
     h.settle(&pool).await;
 }

@@ -78,6 +78,22 @@ pub enum ProviderStatus {
     Stopped,
 }
 
+/// A dedicated host the provider holds for its machines (an EC2 Mac host): billed from
+/// allocation for at least a minimum period, one machine at a time, scrubbed after each before
+/// it takes the next.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DedicatedHost {
+    /// The provider's id for the host.
+    pub id: String,
+    pub allocated_at: OffsetDateTime,
+    /// The end of the minimum allocation period: the host cannot be released before.
+    pub releasable_at: OffsetDateTime,
+    /// The machine on the host now; `None` when nothing runs on it.
+    pub machine_id: Option<MachineId>,
+    /// Until when the host scrubs after its last machine; `None` when it does not.
+    pub scrubbing_until: Option<OffsetDateTime>,
+}
+
 #[async_trait]
 pub trait Provider: Send + Sync {
     fn provider_type(&self) -> ProviderType;
@@ -104,6 +120,15 @@ pub trait Provider: Send + Sync {
 
     /// A way to run commands on the machine, for setup.
     async fn exec(&self, machine: &Machine) -> Result<Arc<dyn Exec>>;
+
+    /// The dedicated hosts that machines of `spec` run on, as the provider holds them now
+    /// (allocated and not released; hosts that cannot take a machine at all are left out), so
+    /// the autoscaler can plan around their minimum allocation and scrubbing. `None` when such
+    /// machines do not run on dedicated hosts, which is the default: providers without
+    /// dedicated hosts (local, SSH) keep it.
+    async fn dedicated_hosts(&self, _spec: &MachineSpec) -> Result<Option<Vec<DedicatedHost>>> {
+        Ok(None)
+    }
 
     /// Stops what an interrupted setup left running on the machine (the daemon died mid-step),
     /// so that the resumed setup does not race it. The machine itself stays.

@@ -645,6 +645,8 @@ impl<'a> Sim<'a> {
             pool: self.nimbus_pool(pool),
             machines: &views,
             spent_this_month: 0.0,
+            hourly_rate: None,
+            tenant_budget_left: None,
             runner_version: None,
             tuning,
         };

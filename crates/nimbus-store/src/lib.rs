@@ -12,7 +12,7 @@ mod sql;
 
 use async_trait::async_trait;
 use nimbus_types::api::StateChange;
-use nimbus_types::demand::{Applied, JobRecord};
+use nimbus_types::demand::{Applied, FinishedJob, JobRecord};
 use nimbus_types::event::Event;
 use nimbus_types::{
     ForgeConfig, Machine, MachineId, MachineSpec, MachineState, Pool, PoolId, ProviderConfig,
@@ -233,6 +233,19 @@ pub trait Storage: Send + Sync + 'static {
         finished_before: OffsetDateTime,
         deliveries_before: OffsetDateTime,
     ) -> Result<()>;
+
+    /// The tenant's finished jobs that ended at or after `since`, oldest end first. A job
+    /// enters the history in the transaction that records its completion (through
+    /// [`record_job`](Self::record_job) or [`correct_job`](Self::correct_job)) and stays after
+    /// [`prune_demand`](Self::prune_demand) forgets it, until
+    /// [`prune_job_history`](Self::prune_job_history).
+    async fn list_job_history(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<FinishedJob>>;
+    /// Forgets finished jobs of every tenant that ended before `before`.
+    async fn prune_job_history(&self, before: OffsetDateTime) -> Result<u64>;
 
     /// Appends an event and returns its sequence number.
     async fn append_event(&self, event: &Event) -> Result<i64>;

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use nimbus_types::api::StateChange;
-use nimbus_types::demand::{Applied, ForgeJob, JobRecord, JobStatus, Source};
+use nimbus_types::demand::{Applied, FinishedJob, ForgeJob, JobRecord, JobStatus, Source};
 use nimbus_types::event::Event;
 use nimbus_types::{
     ForgeConfig, Image, Machine, MachineId, MachineSpec, MachineState, Pool, PoolId,
@@ -1001,13 +1001,17 @@ impl Storage for SqlStore {
              repository = excluded.repository, labels = excluded.labels, \
              status = excluded.status, status_rank = excluded.status_rank, \
              runner_name = COALESCE(excluded.runner_name, jobs.runner_name), \
-             updated_at = excluded.updated_at, source = excluded.source \
+             updated_at = excluded.updated_at, source = excluded.source, \
+             started_at = COALESCE(jobs.started_at, excluded.started_at) \
              WHERE excluded.status_rank >= jobs.status_rank"
         );
         let written = bind_job(sqlx::query(&sql), tenant_id, record)?
             .execute(&mut *tx)
             .await
             .map_err(tenant_missing)?;
+        if written.rows_affected() > 0 && record.job.status == JobStatus::Completed {
+            record_history(&mut tx, tenant_id, record.job.job_id).await?;
+        }
         tx.commit().await?;
         Ok(if written.rows_affected() == 0 {
             Applied::Stale
@@ -1023,18 +1027,20 @@ impl Storage for SqlStore {
         expected: Option<OffsetDateTime>,
     ) -> Result<bool> {
         let _guard = self.write_guard().await;
+        let mut tx = self.begin_write().await?;
         let written = match expected {
             None => {
                 let sql = format!("{JOB_INSERT} ON CONFLICT (tenant_id, job_id) DO NOTHING");
                 bind_job(sqlx::query(&sql), tenant_id, record)?
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(tenant_missing)?
             }
             Some(expected) => {
                 sqlx::query(
                     "UPDATE jobs SET run_id = $3, repository = $4, labels = $5, status = $6, \
-                 status_rank = $7, runner_name = $8, updated_at = $9, source = $10 \
+                 status_rank = $7, runner_name = $8, updated_at = $9, source = $10, \
+                 started_at = COALESCE(started_at, $12) \
                  WHERE tenant_id = $1 AND job_id = $2 AND updated_at = $11",
                 )
                 .bind(tenant_id.to_string())
@@ -1048,11 +1054,17 @@ impl Storage for SqlStore {
                 .bind(micros(record.updated_at))
                 .bind(source_str(record.source))
                 .bind(micros(expected))
-                .execute(&self.pool)
+                .bind(started_at(record))
+                .execute(&mut *tx)
                 .await?
             }
         };
-        Ok(written.rows_affected() == 1)
+        let written = written.rows_affected() == 1;
+        if written && record.job.status == JobStatus::Completed {
+            record_history(&mut tx, tenant_id, record.job.job_id).await?;
+        }
+        tx.commit().await?;
+        Ok(written)
     }
 
     async fn list_jobs(&self, tenant_id: TenantId) -> Result<Vec<JobRecord>> {
@@ -1082,6 +1094,32 @@ impl Storage for SqlStore {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn list_job_history(
+        &self,
+        tenant_id: TenantId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<FinishedJob>> {
+        let rows = sqlx::query(
+            "SELECT job_id, run_id, repository, labels, runner_name, queued_at, started_at, \
+             finished_at FROM job_history WHERE tenant_id = $1 AND finished_at >= $2 \
+             ORDER BY finished_at, job_id",
+        )
+        .bind(tenant_id.to_string())
+        .bind(micros(since))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(finished_job_from_row).collect()
+    }
+
+    async fn prune_job_history(&self, before: OffsetDateTime) -> Result<u64> {
+        let _guard = self.write_guard().await;
+        let done = sqlx::query("DELETE FROM job_history WHERE finished_at < $1")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     async fn append_event(&self, event: &Event) -> Result<i64> {
@@ -1215,10 +1253,24 @@ fn machine_from_row(row: &AnyRow) -> Result<MachineRecord> {
 
 /// The columns of a job row, in the order [`bind_job`] binds them.
 const JOB_INSERT: &str = "INSERT INTO jobs (tenant_id, job_id, run_id, repository, labels, \
-     status, status_rank, runner_name, first_seen, updated_at, source) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     status, status_rank, runner_name, first_seen, updated_at, source, started_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 
-/// Binds a job record to [`JOB_INSERT`]'s eleven parameters.
+/// Copies a job that just completed into the history (`$1` tenant, `$2` job id); a job already
+/// there stays as first written.
+const JOB_HISTORY_INSERT: &str = "INSERT INTO job_history (tenant_id, job_id, run_id, \
+     repository, labels, runner_name, queued_at, started_at, finished_at) \
+     SELECT tenant_id, job_id, run_id, repository, labels, runner_name, first_seen, started_at, \
+     updated_at FROM jobs WHERE tenant_id = $1 AND job_id = $2 AND status_rank = $3 \
+     ON CONFLICT (tenant_id, job_id) DO NOTHING";
+
+/// When a record says the job started: the time of its `in_progress` news (a job first seen
+/// completed has no known start).
+fn started_at(record: &JobRecord) -> Option<i64> {
+    (record.job.status == JobStatus::InProgress).then(|| micros(record.updated_at))
+}
+
+/// Binds a job record to [`JOB_INSERT`]'s twelve parameters.
 fn bind_job<'q>(
     query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     tenant_id: TenantId,
@@ -1235,7 +1287,8 @@ fn bind_job<'q>(
         .bind(record.runner_name.clone())
         .bind(micros(record.first_seen))
         .bind(micros(record.updated_at))
-        .bind(source_str(record.source)))
+        .bind(source_str(record.source))
+        .bind(started_at(record)))
 }
 
 fn pool_machine_from_row(row: &AnyRow) -> Result<PoolMachine> {
@@ -1258,6 +1311,43 @@ fn pool_from_row(row: &AnyRow) -> Result<Pool> {
         settings: json(row, "settings")?,
         created_at: timestamp(row, "created_at")?,
         updated_at: timestamp(row, "updated_at")?,
+    })
+}
+
+/// Copies a job that completed in this transaction into the job history.
+async fn record_history(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    tenant_id: TenantId,
+    job_id: u64,
+) -> Result<()> {
+    sqlx::query(JOB_HISTORY_INSERT)
+        .bind(tenant_id.to_string())
+        .bind(job_key(job_id)?)
+        .bind(i64::from(JobStatus::Completed.rank()))
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn finished_job_from_row(row: &AnyRow) -> Result<FinishedJob> {
+    let job_id: i64 = row.try_get("job_id")?;
+    let run_id: i64 = row.try_get("run_id")?;
+    let started_at: Option<i64> = row.try_get("started_at")?;
+    Ok(FinishedJob {
+        job_id: job_id as u64,
+        run_id: run_id as u64,
+        repository: row.try_get("repository")?,
+        labels: json(row, "labels")?,
+        runner_name: row.try_get("runner_name")?,
+        queued_at: timestamp(row, "queued_at")?,
+        started_at: started_at
+            .map(|us| {
+                OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000).map_err(|err| {
+                    Error::Corrupt(format!("column started_at holds timestamp {us}: {err}"))
+                })
+            })
+            .transpose()?,
+        finished_at: timestamp(row, "finished_at")?,
     })
 }
 

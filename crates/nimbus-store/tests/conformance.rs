@@ -129,6 +129,7 @@ conformance!(
     demand_records_forward_only_and_counts_deliveries_once,
     demand_corrections_compare_and_swap,
     demand_prunes_finished_jobs_and_old_deliveries,
+    job_history_keeps_finished_jobs_past_pruning,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1643,6 +1644,112 @@ async fn demand_prunes_finished_jobs_and_old_deliveries(db: &TestDb) {
             .await
             .unwrap(),
         Applied::Recorded
+    );
+}
+
+async fn job_history_keeps_finished_jobs_past_pruning(db: &TestDb) {
+    let store: &dyn Storage = &db.store;
+    let tenant = store.create_tenant("acme").await.unwrap().id;
+    let other = store.create_tenant("globex").await.unwrap().id;
+    // Job 1: queued at 0, started at 30 on runner r-1, finished at 90.
+    for (status, runner, seconds) in [
+        (JobStatus::Queued, None, 0),
+        (JobStatus::InProgress, Some("r-1"), 30),
+        (JobStatus::Completed, None, 90),
+    ] {
+        let delivery = format!("d-1-{seconds}");
+        let mut record = job(1, status, runner, at(seconds));
+        record.first_seen = at(seconds);
+        store
+            .record_job(tenant, Some(&delivery), &record)
+            .await
+            .unwrap();
+    }
+    // Job 2: first seen completed (its start is unknown); its redelivery changes nothing.
+    let done = job(2, JobStatus::Completed, Some("r-2"), at(200));
+    store.record_job(tenant, Some("d-2"), &done).await.unwrap();
+    let mut late = done.clone();
+    late.updated_at = at(400);
+    store.record_job(tenant, None, &late).await.unwrap();
+    // Job 3 is still running, job 4 is another tenant's: neither is in this history.
+    store
+        .record_job(
+            tenant,
+            None,
+            &job(3, JobStatus::InProgress, Some("r-1"), at(300)),
+        )
+        .await
+        .unwrap();
+    store
+        .record_job(other, None, &job(4, JobStatus::Completed, None, at(300)))
+        .await
+        .unwrap();
+    // Job 5 is completed by a demand reconcile's correction.
+    let mut missed = job(5, JobStatus::Queued, None, at(250));
+    missed.source = Source::Reconcile;
+    assert!(store.correct_job(tenant, &missed, None).await.unwrap());
+    let mut closed = missed.clone();
+    closed.job.status = JobStatus::Completed;
+    closed.updated_at = at(500);
+    assert!(
+        store
+            .correct_job(tenant, &closed, Some(at(250)))
+            .await
+            .unwrap()
+    );
+
+    // The demand book forgets finished jobs; the history keeps them.
+    store.prune_demand(at(10_000), at(10_000)).await.unwrap();
+    let history = store.list_job_history(tenant, at(0)).await.unwrap();
+    let summary: Vec<_> = history
+        .iter()
+        .map(|j| {
+            (
+                j.job_id,
+                j.runner_name.as_deref(),
+                j.queued_at,
+                j.started_at,
+                j.finished_at,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, Some("r-1"), at(0), Some(at(30)), at(90)),
+            (2, Some("r-2"), at(200), None, at(200)),
+            (5, None, at(250), None, at(500)),
+        ]
+    );
+    assert_eq!(history[0].run_time(), time::Duration::seconds(60));
+    assert_eq!(history[0].labels, LabelSet::new(["self-hosted", "linux"]));
+    assert_eq!(history[2].run_time(), time::Duration::seconds(250));
+    // `since` is on the finish time.
+    let recent: Vec<u64> = store
+        .list_job_history(tenant, at(150))
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(recent, [2, 5]);
+    assert_eq!(store.list_job_history(other, at(0)).await.unwrap().len(), 1);
+    // Pruning the history goes by the finish time, for every tenant.
+    assert_eq!(store.prune_job_history(at(350)).await.unwrap(), 3);
+    let left: Vec<u64> = store
+        .list_job_history(tenant, at(0))
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.job_id)
+        .collect();
+    assert_eq!(left, [5]);
+    assert!(
+        store
+            .list_job_history(other, at(0))
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -461,6 +461,58 @@ pub struct CostReport {
     pub forecast_month_end_usd: f64,
 }
 
+/// One line of `GET /v1/costs/jobs`: a finished job and its share of its runner's machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobCost {
+    pub tenant: String,
+    pub tenant_id: TenantId,
+    pub job_id: u64,
+    pub run_id: u64,
+    pub repository: String,
+    /// The pool of the machine that ran it; `None` for a machine provisioned by hand or a
+    /// runner Nimbus does not know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The machine behind the job's runner (from the forge's job events), when it is one of
+    /// Nimbus's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<MachineId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner_name: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub queued_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub finished_at: OffsetDateTime,
+    /// From queued to started; `None` when the start is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<f64>,
+    pub run_secs: f64,
+    /// The job's share of its machine's billed cost so far: the machine's cost split over the
+    /// jobs it ran in proportion to their run times (boot, idle time and minimums included;
+    /// an ephemeral runner's job carries its whole machine).
+    pub cost_usd: f64,
+    /// Its run time alone at the machine's hourly price.
+    pub run_cost_usd: f64,
+    /// The machine has no known price (both costs are 0).
+    pub unpriced: bool,
+}
+
+/// `GET /v1/costs/jobs`: jobs that finished since `since`, each with its share of its
+/// runner's machine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobCostReport {
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub since: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub until: OffsetDateTime,
+    pub jobs: Vec<JobCost>,
+    pub total_usd: f64,
+}
+
 /// `GET /v1/tenants/{tenant}/pools/{pool}/plan`: what the autoscaler would do now, and why
 /// (a dry run: nothing was done).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

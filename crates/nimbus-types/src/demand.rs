@@ -125,3 +125,31 @@ pub enum Applied {
     /// This delivery id was recorded before (a forge's redelivery); nothing changed.
     Replay,
 }
+
+/// A finished job as the store's job history keeps it (past the demand book's pruning): what
+/// the autoscaler learns demand from and the cost report prices per job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinishedJob {
+    pub job_id: u64,
+    pub run_id: u64,
+    pub repository: String,
+    pub labels: LabelSet,
+    /// The runner that ran it (`nimbus-<machine id>` for Nimbus's runners).
+    pub runner_name: Option<String>,
+    /// When Nimbus first saw the job.
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: OffsetDateTime,
+    /// When it started running; `None` when its `in_progress` news never came.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: OffsetDateTime,
+}
+
+impl FinishedJob {
+    /// How long the job ran: from its start, or from its queueing when the start is unknown.
+    pub fn run_time(&self) -> time::Duration {
+        let from = self.started_at.unwrap_or(self.queued_at);
+        (self.finished_at - from).max(time::Duration::ZERO)
+    }
+}

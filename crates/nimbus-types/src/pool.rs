@@ -130,6 +130,8 @@ pub struct PoolSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hourly_cost: Option<f64>,
     /// Most the pool may spend in a calendar month (UTC), in USD; scale-up stops before it.
+    /// Priced at `hourly_cost`, else the daemon's price table (the pool is refused when
+    /// neither prices it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monthly_budget: Option<f64>,
 }
@@ -254,12 +256,6 @@ impl PoolSettings {
                 return Err(SpecError::new(
                     "monthly_budget",
                     "must be a positive number of dollars",
-                ));
-            }
-            if self.hourly_cost.is_none() {
-                return Err(SpecError::new(
-                    "monthly_budget",
-                    "needs hourly_cost to estimate what the pool spends",
                 ));
             }
         }
@@ -402,7 +398,7 @@ mod tests {
         );
         check(|p| p.image_type = ImageType::Ami, "image_id");
         check(|p| p.hourly_cost = Some(f64::NAN), "hourly_cost");
-        check(|p| p.monthly_budget = Some(100.0), "monthly_budget");
+        check(|p| p.monthly_budget = Some(0.0), "monthly_budget");
         check(
             |p| {
                 p.hourly_cost = Some(1.0);

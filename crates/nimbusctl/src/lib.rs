@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{ArgGroup, Args, CommandFactory, Parser, Subcommand};
 use nimbus_types::api::{
-    BudgetView, CostReport, CreatePool, CreateProvider, CreateTenant, MachineList, PoolList,
-    PoolPlan, PoolView, ProviderView, ProvisionMachine, SetBudget, SetForge, StateChange,
+    BudgetView, CostReport, CreatePool, CreateProvider, CreateTenant, JobCostReport, MachineList,
+    PoolList, PoolPlan, PoolView, ProviderView, ProvisionMachine, SetBudget, SetForge, StateChange,
     TenantToken, UpdatePool,
 };
 use nimbus_types::{
@@ -77,6 +77,10 @@ pub enum Noun {
         /// From this date (2026-12-01) or RFC 3339 time [default: the start of this month, UTC].
         #[arg(long)]
         since: Option<String>,
+        /// Per finished job: each job's share of the machine its runner ran on; with a job id,
+        /// only that job.
+        #[arg(long, value_name = "JOB_ID", num_args = 0..=1, default_missing_value = "")]
+        job: Option<String>,
     },
     /// Follow telemetry events as they happen.
     Events(EventsArgs),
@@ -560,20 +564,37 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
             tenant,
             pool,
             since,
+            job,
         } => {
             let mut query = Vec::new();
-            for (key, value) in [("tenant", tenant), ("pool", pool), ("since", since)] {
+            let job_id = job.clone().filter(|id| !id.is_empty());
+            for (key, value) in [
+                ("tenant", tenant),
+                ("pool", pool),
+                ("since", since),
+                ("job", job_id),
+            ] {
                 if let Some(value) = value {
                     query.push(format!("{key}={}", seg(&value)));
                 }
             }
-            let path = if query.is_empty() {
-                "/v1/costs".to_owned()
+            let base = if job.is_some() {
+                "/v1/costs/jobs"
             } else {
-                format!("/v1/costs?{}", query.join("&"))
+                "/v1/costs"
             };
-            let report: CostReport = client.get(&path).await?;
-            printer.costs(&report)
+            let path = if query.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", query.join("&"))
+            };
+            if job.is_some() {
+                let report: JobCostReport = client.get(&path).await?;
+                printer.job_costs(&report)
+            } else {
+                let report: CostReport = client.get(&path).await?;
+                printer.costs(&report)
+            }
         }
         Noun::Events(args) => events(client, printer, args).await,
         Noun::Sim(_) | Noun::Registry(_) | Noun::Completions { .. } | Noun::Manpages { .. } => {

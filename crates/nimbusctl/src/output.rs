@@ -6,8 +6,8 @@ use std::time::Duration;
 use comfy_table::{Table, presets::NOTHING};
 use nimbus_types::TenantId;
 use nimbus_types::api::{
-    BudgetView, CostReport, DecisionRecord, ForgeView, PoolPlan, PoolView, ProviderView,
-    StateChange, TenantToken,
+    BudgetView, CostReport, DecisionRecord, ForgeView, JobCostReport, PoolPlan, PoolView,
+    ProviderView, StateChange, TenantToken,
 };
 use nimbus_types::event::Event;
 use nimbus_types::{CanTerminate, Machine, Tenant};
@@ -230,6 +230,54 @@ impl Printer {
             report.total_usd,
             report.month_to_date_usd,
             report.forecast_month_end_usd
+        )?;
+        Ok(())
+    }
+
+    /// Per job: each finished job's share of its runner's machine.
+    pub fn job_costs(&self, report: &JobCostReport) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(report);
+        }
+        let mut t = table(&[
+            "TENANT",
+            "JOB",
+            "REPOSITORY",
+            "POOL",
+            "MACHINE",
+            "WAIT S",
+            "RUN S",
+            "RUN $",
+            "SHARE $",
+        ]);
+        for job in &report.jobs {
+            t.add_row(vec![
+                job.tenant.clone(),
+                job.job_id.to_string(),
+                job.repository.clone(),
+                job.pool.clone().unwrap_or_else(|| "-".to_owned()),
+                job.machine_id
+                    .map_or_else(|| "-".to_owned(), |id| id.to_string()),
+                job.wait_secs
+                    .map_or_else(|| "-".to_owned(), |secs| format!("{secs:.0}")),
+                format!("{:.0}", job.run_secs),
+                if job.unpriced {
+                    "unpriced".to_owned()
+                } else {
+                    format!("{:.4}", job.run_cost_usd)
+                },
+                format!("{:.4}", job.cost_usd),
+            ]);
+        }
+        print_table(t)?;
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "\n{} jobs finished since {}: ${:.2} (each job's share of its machine: boot, idle time \
+             and minimums included)",
+            report.jobs.len(),
+            ts(report.since),
+            report.total_usd
         )?;
         Ok(())
     }

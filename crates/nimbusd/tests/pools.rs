@@ -538,3 +538,138 @@ async fn a_tenant_budget_is_set_by_the_admin_and_read_by_the_tenant() {
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
 }
+
+#[tokio::test]
+async fn job_costs_split_each_machine_over_the_jobs_it_ran() {
+    use nimbus_types::demand::{ForgeJob, JobRecord, JobStatus, LabelSet, Source};
+
+    let api = api().await;
+    let (tenant_id, token) = api.tenant("acme").await;
+    let (_, other) = api.tenant("globex").await;
+    let body = with(
+        with(
+            pool_body("linux", &["self-hosted", "linux"]),
+            "min_idle",
+            json!(1),
+        ),
+        "hourly_cost",
+        json!(3.6),
+    );
+    let reply = create(&api, &token, body).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+    api.state
+        .fleet
+        .autoscale_once(nimbus_types::now())
+        .await
+        .unwrap();
+    let machine = loop {
+        let reply = api.admin("GET", "/v1/machines?tenant=acme", None).await;
+        let machines = reply.body["machines"].as_array().unwrap().clone();
+        if let Some(ready) = machines.iter().find(|m| m["state"] == "ready") {
+            break ready["id"].as_str().unwrap().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    // The forge's job events: jobs 1 and 2 ran on the machine's runner for 100 s and 60 s,
+    // job 3 on a runner that is not Nimbus's.
+    let tenant_id: nimbus_types::TenantId = tenant_id.parse().unwrap();
+    let now = nimbus_types::now();
+    let secs = time::Duration::seconds;
+    let runner = format!("nimbus-{machine}");
+    for (job_id, runner, queued, started, finished) in [
+        (1u64, runner.as_str(), 400, 300, 200),
+        (2, runner.as_str(), 150, 120, 60),
+        (3, "someone-elses-runner", 100, 90, 30),
+    ] {
+        for (status, at) in [
+            (JobStatus::Queued, queued),
+            (JobStatus::InProgress, started),
+            (JobStatus::Completed, finished),
+        ] {
+            let record = JobRecord {
+                job: ForgeJob {
+                    job_id,
+                    run_id: 77,
+                    repository: "acme/app".into(),
+                    labels: LabelSet::new(["self-hosted", "linux"]),
+                    status,
+                },
+                runner_name: (status != JobStatus::Queued).then(|| runner.to_owned()),
+                first_seen: now - secs(queued),
+                updated_at: now - secs(at),
+                source: Source::Webhook,
+            };
+            api.state
+                .store
+                .record_job(tenant_id, None, &record)
+                .await
+                .unwrap();
+        }
+    }
+
+    let reply = api.call("GET", "/v1/costs/jobs", Some(&token), None).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let jobs = reply.body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "{}", reply.text);
+    let job = |id: u64| jobs.iter().find(|j| j["job_id"] == id).unwrap();
+    assert_eq!(job(1)["machine_id"], machine.as_str());
+    assert_eq!(job(1)["pool"], "linux");
+    assert_eq!(job(1)["run_secs"], 100.0);
+    assert_eq!(job(1)["wait_secs"], 100.0);
+    // 100 s at $3.60 an hour.
+    assert!(
+        (job(1)["run_cost_usd"].as_f64().unwrap() - 0.1).abs() < 1e-9,
+        "{}",
+        reply.text
+    );
+    // The machine's cost so far is split 100:60 between its two jobs.
+    let (one, two) = (
+        job(1)["cost_usd"].as_f64().unwrap(),
+        job(2)["cost_usd"].as_f64().unwrap(),
+    );
+    assert!(
+        one > 0.0 && (one / two - 100.0 / 60.0).abs() < 1e-6,
+        "{}",
+        reply.text
+    );
+    assert!(job(3)["machine_id"].is_null(), "{}", reply.text);
+    assert_eq!(job(3)["unpriced"], true);
+    assert_eq!(job(3)["cost_usd"], 0.0);
+    let total = reply.body["total_usd"].as_f64().unwrap();
+    assert!((total - one - two).abs() < 1e-9, "{}", reply.text);
+
+    // One job; one pool; another tenant sees none of it; bad parameters are 4xx.
+    let reply = api
+        .admin("GET", "/v1/costs/jobs?tenant=acme&job=2", None)
+        .await;
+    assert_eq!(
+        reply.body["jobs"].as_array().unwrap().len(),
+        1,
+        "{}",
+        reply.text
+    );
+    assert_eq!(reply.body["jobs"][0]["job_id"], 2);
+    let reply = api
+        .admin("GET", "/v1/costs/jobs?tenant=acme&pool=linux", None)
+        .await;
+    assert_eq!(
+        reply.body["jobs"].as_array().unwrap().len(),
+        2,
+        "{}",
+        reply.text
+    );
+    let reply = api.call("GET", "/v1/costs/jobs", Some(&other), None).await;
+    assert_eq!(reply.body["jobs"], json!([]), "{}", reply.text);
+    let reply = api
+        .call("GET", "/v1/costs/jobs?tenant=acme", Some(&other), None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+    let reply = api.admin("GET", "/v1/costs/jobs?job=abc", None).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text);
+    let reply = api.admin("GET", "/v1/costs/jobs?since=soon", None).await;
+    assert_field(&reply, "since");
+    let reply = api
+        .admin("GET", "/v1/costs/jobs?tenant=acme&pool=nope", None)
+        .await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text);
+}
