@@ -97,11 +97,14 @@ pub(crate) struct State {
     budget_held: Mutex<HashSet<TenantId>>,
     /// Each tenant's learned demand per pool, with the hour it was learned in.
     forecasts: Mutex<HashMap<TenantId, Learned>>,
-    /// Each pool's dedicated hosts as last read (`None`: its machines use none).
-    hosts: Mutex<HashMap<PoolId, (Instant, Option<Vec<DedicatedHost>>)>>,
+    /// Each pool's dedicated hosts as last read.
+    hosts: Mutex<HashMap<PoolId, HostsRead>>,
     /// When the job history was last pruned.
     history_pruned: Mutex<Option<Instant>>,
 }
+
+/// A pool's dedicated hosts and when they were read (`None`: its machines use none).
+type HostsRead = (Instant, Option<Vec<DedicatedHost>>);
 
 /// A tenant's forecasts, learned at the start of `hour` from the pools `pools` (ids and
 /// labels: a pool added or relabelled is learned again).

@@ -251,13 +251,13 @@ impl PoolSettings {
                 "must be a number of dollars between 0 and 10000",
             ));
         }
-        if let Some(budget) = self.monthly_budget {
-            if !(budget.is_finite() && budget > 0.0) {
-                return Err(SpecError::new(
-                    "monthly_budget",
-                    "must be a positive number of dollars",
-                ));
-            }
+        if let Some(budget) = self.monthly_budget
+            && !(budget.is_finite() && budget > 0.0)
+        {
+            return Err(SpecError::new(
+                "monthly_budget",
+                "must be a positive number of dollars",
+            ));
         }
         Ok(())
     }
