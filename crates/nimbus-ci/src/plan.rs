@@ -36,8 +36,8 @@ pub struct RunPlan {
     pub jobs: Vec<PlannedJob>,
 }
 
-/// One job to run on one machine.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One job to run on one machine. Serializable, so an executor can store it with the job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedJob {
     /// Unique in the run: `build`, or `test (linux, 1)` for a matrix instance.
     pub key: String,
@@ -66,7 +66,7 @@ pub struct PlannedJob {
 
 /// One step, rendered except for `${{ secrets.NAME }}`, which [`crate::render_secrets`] fills
 /// at execution time.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlannedStep {
     /// `name`, or the first non-empty line of `run`.
     pub name: String,

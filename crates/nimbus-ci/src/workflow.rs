@@ -142,7 +142,8 @@ pub struct StepDef {
 }
 
 /// The interpreter of a step's script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Shell {
     /// `bash --noprofile --norc -eo pipefail {0}` (the default)
     #[default]
@@ -186,7 +187,8 @@ impl Shell {
 }
 
 /// When a step runs, given how the job went so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum StepIf {
     /// `success()` (the default): every earlier step succeeded.
     #[default]

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use nimbus_forge::Forge;
 use nimbus_store::Storage;
-use nimbus_types::{ForgeConfig, TenantId};
+use nimbus_types::{ForgeConfig, ForgeType, TenantId};
 use time::OffsetDateTime;
 
 /// A built client and the `updated_at` of the configuration it was built from.
@@ -27,9 +27,11 @@ impl Forges {
         }
     }
 
-    /// The tenant's forge client, or `None` when the tenant has no forge configured.
+    /// The tenant's forge client, or `None` when the tenant has no forge configured or its
+    /// forge registers no runners (Nimbus Git: `nimbusd` runs the jobs itself, see `ci`).
     pub async fn get(&self, tenant_id: TenantId) -> crate::Result<Option<Arc<dyn Forge>>> {
-        let Some(config) = self.store.get_tenant_forge_config(tenant_id).await? else {
+        let config = self.store.get_tenant_forge_config(tenant_id).await?;
+        let Some(config) = config.filter(|c| c.forge_type != ForgeType::NimbusGit) else {
             self.clients.lock().expect("forges lock").remove(&tenant_id);
             return Ok(None);
         };
@@ -63,7 +65,13 @@ impl Forges {
 
     /// Checks a configuration before it is stored: the client must build from it.
     pub fn validate(config: &ForgeConfig) -> Result<(), nimbus_types::SpecError> {
-        match nimbus_forge::build(config) {
+        let built = match config.forge_type {
+            ForgeType::NimbusGit => {
+                nimbus_forge::nimbus_git::NimbusGitConfig::from_forge_config(config).map(drop)
+            }
+            _ => nimbus_forge::build(config).map(drop),
+        };
+        match built {
             Ok(_) => Ok(()),
             Err(nimbus_forge::Error::InvalidConfig { field, message }) => {
                 Err(nimbus_types::SpecError::new(field, message))

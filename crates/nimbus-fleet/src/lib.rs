@@ -12,6 +12,7 @@
 //! This crate does not know about HTTP; `nimbusd` maps [`Error`] to status codes.
 
 pub mod autoscale;
+pub mod ci;
 pub mod costs;
 pub mod demand;
 pub mod forges;
@@ -120,6 +121,7 @@ struct Inner {
     /// eventually consistent: a new EC2 instance can be missing for a few seconds).
     missing: Mutex<HashMap<MachineId, u32>>,
     autoscale: autoscale::State,
+    ci: ci::CiRuntime,
 }
 
 /// Serializes operations on one machine and lets terminate interrupt a running setup.
@@ -148,6 +150,7 @@ impl Fleet {
                 forges: forges::Forges::new(store.clone()),
                 missing: Mutex::new(HashMap::new()),
                 autoscale: autoscale::State::default(),
+                ci: ci::CiRuntime::default(),
             }),
         }
     }

@@ -141,6 +141,10 @@ impl Fleet {
         os: nimbus_types::Os,
         arch: nimbus_types::Arch,
     ) -> Option<String> {
+        // Nimbus Git's jobs run over the machine's executor: no runner software to pin.
+        if forge_type == nimbus_types::ForgeType::NimbusGit {
+            return None;
+        }
         let software = nimbus_setup::installers::Software::from(runners::runner_kind(forge_type));
         self.inner
             .config

@@ -18,6 +18,7 @@ pub mod demand;
 pub mod github;
 pub mod gitlab;
 pub mod lifecycle;
+pub mod nimbus_git;
 pub mod webhook;
 
 use std::fmt;

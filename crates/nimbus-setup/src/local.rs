@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::exec::{Command, Error, Exec, Output, push_capped};
+use crate::exec::{Command, Error, Exec, LineSink, LineSplitter, Output, Stream, push_capped};
 
 /// The environment variable that marks a process as belonging to a local machine.
 pub const MACHINE_MARKER: &str = "NIMBUS_MACHINE_ID";
@@ -64,6 +64,89 @@ impl LocalExec {
     }
 }
 
+impl LocalExec {
+    async fn run_with(
+        &self,
+        command: &Command,
+        lines: Option<LineSink<'_>>,
+    ) -> Result<Output, Error> {
+        let mut child = self.command(command).spawn()?;
+        let mut guard = GroupGuard(child.id().map(|pid| pid as i32));
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let stdin = child.stdin.take();
+        let input = command.stdin.clone();
+
+        // Readers fill shared buffers, so that what was read survives when a background job
+        // that inherited the pipes keeps them open after the command itself exited. When the
+        // caller streams, they also pass each chunk on through a channel.
+        let out_buf = Arc::new(Mutex::new(Vec::new()));
+        let err_buf = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Stream, Vec<u8>)>();
+        let tap = |stream| lines.is_some().then(|| (stream, tx.clone()));
+        let mut readers = tokio::task::JoinSet::new();
+        readers.spawn(read_into(stdout, out_buf.clone(), tap(Stream::Stdout)));
+        readers.spawn(read_into(stderr, err_buf.clone(), tap(Stream::Stderr)));
+        drop(tx);
+        let mut out_lines = LineSplitter::default();
+        let mut err_lines = LineSplitter::default();
+        let mut hand_on = |(stream, chunk): (Stream, Vec<u8>)| {
+            if let Some(lines) = lines {
+                let splitter = match stream {
+                    Stream::Stdout => &mut out_lines,
+                    Stream::Stderr => &mut err_lines,
+                };
+                splitter.push(&chunk, |line| lines(stream, line));
+            }
+        };
+        let work = async {
+            if let (Some(mut stdin), Some(input)) = (stdin, input) {
+                // A command that exits without reading its input is not an error.
+                let _ = stdin.write_all(&input).await;
+            }
+            let wait = child.wait();
+            tokio::pin!(wait);
+            let status = loop {
+                tokio::select! {
+                    status = &mut wait => break status?,
+                    Some(chunk) = rx.recv() => hand_on(chunk),
+                }
+            };
+            let drained = async { while readers.join_next().await.is_some() {} };
+            if tokio::time::timeout(PIPE_DRAIN, drained).await.is_err() {
+                readers.abort_all();
+            }
+            while let Ok(chunk) = rx.try_recv() {
+                hand_on(chunk);
+            }
+            let take =
+                |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().expect("output lock"));
+            Ok::<_, std::io::Error>(Output {
+                exit_code: status.code().unwrap_or(-1),
+                stdout: take(&out_buf),
+                stderr: take(&err_buf),
+            })
+        };
+        let result = tokio::time::timeout(command.timeout, work).await;
+        if let Some(lines) = lines {
+            out_lines.finish(|line| lines(Stream::Stdout, line));
+            err_lines.finish(|line| lines(Stream::Stderr, line));
+        }
+        match result {
+            Ok(output) => {
+                // Background jobs the command started (services) live on with the machine; they
+                // carry its marker and die when it is terminated.
+                guard.0 = None;
+                Ok(output?)
+            }
+            Err(_) => Err(Error::Timeout(command.timeout)),
+        }
+    }
+}
+
+/// Where a streaming command's readers pass output chunks on.
+type Tap = tokio::sync::mpsc::UnboundedSender<(Stream, Vec<u8>)>;
+
 /// Kills a process group when dropped, unless disarmed: covers timeouts and cancellation.
 struct GroupGuard(Option<i32>);
 
@@ -78,47 +161,12 @@ impl Drop for GroupGuard {
 #[async_trait]
 impl Exec for LocalExec {
     async fn run(&self, command: &Command) -> Result<Output, Error> {
-        let mut child = self.command(command).spawn()?;
-        let mut guard = GroupGuard(child.id().map(|pid| pid as i32));
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let stdin = child.stdin.take();
-        let input = command.stdin.clone();
+        self.run_with(command, None).await
+    }
 
-        // Readers fill shared buffers, so that what was read survives when a background job
-        // that inherited the pipes keeps them open after the command itself exited.
-        let out_buf = Arc::new(Mutex::new(Vec::new()));
-        let err_buf = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = tokio::task::JoinSet::new();
-        readers.spawn(read_into(stdout, out_buf.clone()));
-        readers.spawn(read_into(stderr, err_buf.clone()));
-        let work = async {
-            if let (Some(mut stdin), Some(input)) = (stdin, input) {
-                // A command that exits without reading its input is not an error.
-                let _ = stdin.write_all(&input).await;
-            }
-            let status = child.wait().await?;
-            let drained = async { while readers.join_next().await.is_some() {} };
-            if tokio::time::timeout(PIPE_DRAIN, drained).await.is_err() {
-                readers.abort_all();
-            }
-            let take =
-                |buf: &Arc<Mutex<Vec<u8>>>| std::mem::take(&mut *buf.lock().expect("output lock"));
-            Ok::<_, std::io::Error>(Output {
-                exit_code: status.code().unwrap_or(-1),
-                stdout: take(&out_buf),
-                stderr: take(&err_buf),
-            })
-        };
-        match tokio::time::timeout(command.timeout, work).await {
-            Ok(output) => {
-                // Background jobs the command started (services) live on with the machine; they
-                // carry its marker and die when it is terminated.
-                guard.0 = None;
-                Ok(output?)
-            }
-            Err(_) => Err(Error::Timeout(command.timeout)),
-        }
+    /// Hands each output line to `lines` as the command prints it (CI logs are live).
+    async fn run_streaming(&self, command: &Command, lines: LineSink<'_>) -> Result<Output, Error> {
+        self.run_with(command, Some(lines)).await
     }
 
     async fn upload(&self, path: &str, contents: &[u8], mode: u32) -> Result<(), Error> {
@@ -137,13 +185,20 @@ impl Exec for LocalExec {
 /// pipes open indefinitely).
 const PIPE_DRAIN: Duration = Duration::from_millis(200);
 
-async fn read_into<R: tokio::io::AsyncRead + Unpin>(mut reader: R, out: Arc<Mutex<Vec<u8>>>) {
+async fn read_into<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: R,
+    out: Arc<Mutex<Vec<u8>>>,
+    tap: Option<(Stream, Tap)>,
+) {
     let mut buf = [0u8; 8192];
     while let Ok(n) = reader.read(&mut buf).await {
         if n == 0 {
             return;
         }
         push_capped(&mut out.lock().expect("output lock"), &buf[..n]);
+        if let Some((stream, tx)) = &tap {
+            let _ = tx.send((*stream, buf[..n].to_vec()));
+        }
     }
 }
 

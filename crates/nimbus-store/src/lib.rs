@@ -7,6 +7,7 @@
 //!
 //! This crate must not call providers, forges or the network, and must never log a credential.
 
+pub mod ci;
 mod seal;
 mod sql;
 
@@ -20,6 +21,7 @@ use nimbus_types::{
 };
 use time::OffsetDateTime;
 
+pub use ci::{CiJob, CiJobState, CiRun, CiStore};
 pub use seal::{KeyError, SealKey, Sealer};
 pub use sql::{SqlStore, StoreOptions};
 
@@ -98,7 +100,7 @@ pub struct EventFilter {
 /// The storage contract. The first four methods are the seeds' contract; the rest hold machine
 /// intent and history, tokens and the event log.
 #[async_trait]
-pub trait Storage: Send + Sync + 'static {
+pub trait Storage: CiStore + Send + Sync + 'static {
     async fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
     async fn list_tenant_providers(&self, tenant_id: TenantId) -> Result<Vec<ProviderConfig>>;
     /// A provider of the given tenant; another tenant's provider is `NotFound`.

@@ -33,6 +33,8 @@ use crate::{
     Error, EventFilter, MachineFilter, MachineRecord, PoolMachine, Result, Sealer, Storage,
 };
 
+mod ci;
+
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 

@@ -130,6 +130,7 @@ conformance!(
     demand_corrections_compare_and_swap,
     demand_prunes_finished_jobs_and_old_deliveries,
     job_history_keeps_finished_jobs_past_pruning,
+    ci_runs_and_jobs,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1770,5 +1771,119 @@ async fn tenant_budgets(db: &TestDb) {
         store.get_tenant_budget(TenantId::new()).await,
         "tenant",
         "unknown tenant",
+    );
+}
+
+fn ci_run(tenant_id: TenantId, delivery: &str, workflow: &str) -> nimbus_store::CiRun {
+    nimbus_store::CiRun {
+        id: uuid::Uuid::now_v7().to_string(),
+        tenant_id,
+        delivery_id: delivery.into(),
+        repository: "app".into(),
+        workflow: workflow.into(),
+        name: "ci".into(),
+        number: None,
+        sha: "a".repeat(40),
+        git_ref: "refs/heads/main".into(),
+        pusher: "alice".into(),
+        concurrency_group: Some("deploy-refs/heads/main".into()),
+        error: None,
+        active: true,
+        created_at: at(10),
+        updated_at: at(10),
+    }
+}
+
+fn ci_job(run: &nimbus_store::CiRun, id: u64, key: &str) -> nimbus_store::CiJob {
+    nimbus_store::CiJob {
+        id,
+        run_id: run.id.clone(),
+        tenant_id: run.tenant_id,
+        key: key.into(),
+        attempt: 1,
+        plan: serde_json::json!({"key": key, "steps": []}),
+        labels: vec!["linux".into()],
+        state: nimbus_store::CiJobState::Pending,
+        machine_id: None,
+        created_at: at(10),
+        updated_at: at(10),
+    }
+}
+
+async fn ci_runs_and_jobs(db: &TestDb) {
+    use nimbus_store::CiJobState::*;
+    let store: &dyn Storage = &db.store;
+    let (tenant, provider) = tenant_with_provider(store, "acme").await;
+    let run = ci_run(tenant, "delivery-1", ".nimbus/workflows/ci.yml");
+    let jobs = [
+        ci_job(&run, 1 << 40, "lint"),
+        ci_job(&run, (1 << 40) + 1, "test (a, 1)"),
+    ];
+    assert!(store.insert_ci_run(&run, &jobs).await.unwrap());
+    // A redelivered push writes nothing, not even its jobs.
+    let again = ci_run(tenant, "delivery-1", ".nimbus/workflows/ci.yml");
+    assert!(
+        !store
+            .insert_ci_run(&again, &[ci_job(&again, 7, "x")])
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.list_ci_jobs(&again.id).await.unwrap(), vec![]);
+
+    assert_eq!(store.get_ci_run(&run.id).await.unwrap(), run);
+    assert_eq!(store.find_ci_run(tenant, "app", 1).await.unwrap(), None);
+    store.set_ci_run_number(&run.id, 1).await.unwrap();
+    let found = store.find_ci_run(tenant, "app", 1).await.unwrap().unwrap();
+    assert_eq!(
+        (found.id.as_str(), found.number),
+        (run.id.as_str(), Some(1))
+    );
+    assert_eq!(store.list_active_ci_runs().await.unwrap().len(), 1);
+
+    // Jobs move by compare-and-swap on their state.
+    let listed = store.list_ci_jobs(&run.id).await.unwrap();
+    assert_eq!(listed, jobs.to_vec());
+    let machine = add_machine(store, tenant, provider).await;
+    let mut queued = listed[0].clone();
+    queued.state = Queued;
+    assert!(store.update_ci_job(&queued, Pending).await.unwrap());
+    assert!(
+        !store.update_ci_job(&queued, Pending).await.unwrap(),
+        "stale"
+    );
+    let mut running = queued.clone();
+    running.state = Running;
+    running.machine_id = Some(machine.id);
+    assert!(store.update_ci_job(&running, Queued).await.unwrap());
+    let in_flight = store.list_ci_jobs_in(&[Queued, Running]).await.unwrap();
+    assert_eq!(in_flight, vec![running.clone()]);
+    assert_eq!(store.list_ci_jobs_in(&[]).await.unwrap(), vec![]);
+
+    // A re-run replaces an attempt atomically.
+    let mut next = ci_job(&run, (1 << 40) + 5, "lint");
+    next.attempt = 2;
+    store.replace_ci_job(running.id, &next).await.unwrap();
+    let keys: Vec<(String, u32)> = store
+        .list_ci_jobs(&run.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.key, j.attempt))
+        .collect();
+    assert_eq!(
+        keys,
+        [("test (a, 1)".to_owned(), 1), ("lint".to_owned(), 2)]
+    );
+
+    store.set_ci_run_active(&run.id, false).await.unwrap();
+    assert!(store.list_active_ci_runs().await.unwrap().is_empty());
+    assert_not_found(store.get_ci_run("nope").await, "ci run", "unknown run");
+    // Runs go with their tenant.
+    let err = store
+        .insert_ci_run(&ci_run(TenantId::new(), "d", "w"), &[])
+        .await;
+    assert!(
+        err.is_err(),
+        "a run of an unknown tenant is refused: {err:?}"
     );
 }

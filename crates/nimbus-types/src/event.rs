@@ -53,6 +53,15 @@ pub const POOL_BUDGET_EXHAUSTED: &str = "nimbus.pool.budget_exhausted";
 /// The tenant's monthly budget holds back the scale-up of its pools.
 pub const TENANT_BUDGET_EXHAUSTED: &str = "nimbus.tenant.budget_exhausted";
 
+/// A Nimbus Git push started a CI run; `metadata.repository`, `run`, `workflow`, `jobs`.
+pub const CI_RUN_CREATED: &str = "nimbus.ci.run_created";
+/// A CI job started on a machine; `metadata.repository`, `run`, `job`.
+pub const CI_JOB_STARTED: &str = "nimbus.ci.job_started";
+/// A CI job ended; `metadata.state` (success, failure, cancelled, error).
+pub const CI_JOB_FINISHED: &str = "nimbus.ci.job_finished";
+/// Every job of a CI run ended; `metadata.conclusion`.
+pub const CI_RUN_FINISHED: &str = "nimbus.ci.run_finished";
+
 /// Every event name Nimbus emits.
 pub const ALL: &[&str] = &[
     MACHINE_PROVISION_START,
@@ -87,6 +96,10 @@ pub const ALL: &[&str] = &[
     POOL_BACKOFF,
     POOL_BUDGET_EXHAUSTED,
     TENANT_BUDGET_EXHAUSTED,
+    CI_RUN_CREATED,
+    CI_JOB_STARTED,
+    CI_JOB_FINISHED,
+    CI_RUN_FINISHED,
 ];
 
 /// Receives telemetry events: the one sink trait every crate reports through. The daemon's

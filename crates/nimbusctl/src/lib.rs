@@ -216,6 +216,9 @@ pub struct ForgeSetArgs {
     /// GitLab: a project whose pending jobs are demand (repeatable; GitLab has no group-wide list).
     #[arg(long = "project")]
     projects: Vec<u64>,
+    /// Nimbus Git: the server's base URL (e.g. http://git.example:3000).
+    #[arg(long)]
+    forge_url: Option<String>,
     /// The secret the forge signs webhook deliveries with.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
@@ -892,6 +895,9 @@ fn forge_body(args: &ForgeSetArgs) -> anyhow::Result<SetForge> {
     }
     if !args.projects.is_empty() {
         config.insert("projects".into(), Value::from(args.projects.clone()));
+    }
+    if let Some(url) = &args.forge_url {
+        config.insert("url".into(), Value::from(url.clone()));
     }
     if let Some(app_id) = args.app_id {
         config.insert("app_id".into(), Value::from(app_id));

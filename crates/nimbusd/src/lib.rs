@@ -209,6 +209,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     server.state.fleet.start_reconciler();
     server.state.fleet.start_autoscaler();
+    server.state.fleet.start_ci();
     let demand_loop = tokio::spawn(http::demand::reconcile_loop(server.state.clone()));
     tracing::info!(
         listen = %addr,

@@ -56,77 +56,90 @@ pub fn nimbusctl_bin() -> PathBuf {
 /// The `nimbusd` binary of this build (see the module docs for why it is built here).
 pub fn nimbusd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(path) = std::env::var_os("NIMBUS_E2E_NIMBUSD") {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "NIMBUS_E2E_NIMBUSD={} is not a file",
-                path.display()
-            );
-            return path;
-        }
-        let nimbusctl = nimbusctl_bin();
-        let profile_dir = nimbusctl
-            .parent()
-            .expect("nimbusctl lives in a directory")
-            .to_path_buf();
-        let target_dir = profile_dir
-            .parent()
-            .expect("the profile directory has a parent")
-            .to_path_buf();
-        let bin = profile_dir.join("nimbusd");
-        // nextest runs each test in its own process: build once per run, not once per test.
-        let run_id = std::env::var("NEXTEST_RUN_ID").ok();
-        let marker = profile_dir.join(".nimbusd-e2e-built");
-        if let Some(run_id) = &run_id
-            && bin.is_file()
-            && std::fs::read_to_string(&marker).is_ok_and(|seen| seen == *run_id)
-        {
-            return bin;
-        }
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--quiet", "-p", "nimbusd", "--bin", "nimbusd"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", &target_dir);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let shown = format!("CARGO_TARGET_DIR={} {cmd:?}", target_dir.display());
-        eprintln!("e2e: building nimbusd so the test runs the current code: {shown}");
-        let output = cmd
-            .output()
-            .unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
+    BIN.get_or_init(|| workspace_bin("nimbusd", "NIMBUS_E2E_NIMBUSD"))
+        .clone()
+}
+
+/// The `nimbus-git` binary of this build, built like `nimbusd` (`NIMBUS_E2E_NIMBUS_GIT`
+/// overrides it).
+pub fn nimbus_git_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| workspace_bin("nimbus-git", "NIMBUS_E2E_NIMBUS_GIT"))
+        .clone()
+}
+
+/// Builds the workspace binary `name` (package and binary share the name) with the cargo,
+/// target directory and profile of this test, once per test run; `override_var` names a
+/// prebuilt binary instead.
+fn workspace_bin(name: &str, override_var: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
+        let path = PathBuf::from(path);
         assert!(
-            output.status.success(),
-            "nimbusd is needed by the end-to-end tests and did not build.\ncommand: {shown}\n\
-             status: {}\nstderr:\n{}\nBuild it yourself (`cargo build -p nimbusd`) or point \
-             NIMBUS_E2E_NIMBUSD at a nimbusd binary.",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
+            path.is_file(),
+            "{override_var}={} is not a file",
+            path.display()
         );
-        assert!(
-            bin.is_file(),
-            "`{shown}` succeeded but {} does not exist (a --target build? set NIMBUS_E2E_NIMBUSD)",
-            bin.display()
-        );
-        if let Some(run_id) = run_id {
-            let _ = std::fs::write(&marker, run_id);
+        return path;
+    }
+    let nimbusctl = nimbusctl_bin();
+    let profile_dir = nimbusctl
+        .parent()
+        .expect("nimbusctl lives in a directory")
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .expect("the profile directory has a parent")
+        .to_path_buf();
+    let bin = profile_dir.join(name);
+    // nextest runs each test in its own process: build once per run, not once per test.
+    let run_id = std::env::var("NEXTEST_RUN_ID").ok();
+    let marker = profile_dir.join(format!(".{name}-e2e-built"));
+    if let Some(run_id) = &run_id
+        && bin.is_file()
+        && std::fs::read_to_string(&marker).is_ok_and(|seen| seen == *run_id)
+    {
+        return bin;
+    }
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug")
+        .to_owned();
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(["build", "--quiet", "-p", name, "--bin", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", &target_dir);
+    match profile.as_str() {
+        "debug" => {}
+        "release" => {
+            cmd.arg("--release");
         }
-        bin
-    })
-    .clone()
+        other => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let shown = format!("CARGO_TARGET_DIR={} {cmd:?}", target_dir.display());
+    eprintln!("e2e: building {name} so the test runs the current code: {shown}");
+    let output = cmd
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run `{shown}`: {err}"));
+    assert!(
+        output.status.success(),
+        "{name} is needed by the end-to-end tests and did not build.\ncommand: {shown}\n\
+         status: {}\nstderr:\n{}\nBuild it yourself (`cargo build -p {name}`) or point \
+         {override_var} at a {name} binary.",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        bin.is_file(),
+        "`{shown}` succeeded but {} does not exist (a --target build? set {override_var})",
+        bin.display()
+    );
+    if let Some(run_id) = run_id {
+        let _ = std::fs::write(&marker, run_id);
+    }
+    bin
 }
 
 /// One finished command.

@@ -17,6 +17,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use nimbus_forge::nimbus_git;
 use nimbus_forge::webhook::{Accepted, WebhookError, http_response};
 use nimbus_forge::{Forge, WebhookReceiver, WebhookVerifier};
 use nimbus_types::api::{ForgeView, SetForge};
@@ -50,7 +51,8 @@ pub fn webhook_router() -> Router<AppState> {
 pub struct ForgeResponse {
     #[serde(flatten)]
     pub forge: ForgeView,
-    /// Where the forge delivers webhooks, relative to the daemon's URL (GitHub and GitLab).
+    /// Where the forge delivers webhooks, relative to the daemon's URL (GitHub, GitLab and
+    /// Nimbus Git).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook_path: Option<String>,
 }
@@ -59,7 +61,10 @@ impl ForgeResponse {
     fn new(forge: &ForgeConfig) -> Self {
         ForgeResponse {
             forge: ForgeView::from(forge),
-            webhook_path: matches!(forge.forge_type, ForgeType::Github | ForgeType::Gitlab)
+            webhook_path: matches!(
+                forge.forge_type,
+                ForgeType::Github | ForgeType::Gitlab | ForgeType::NimbusGit
+            )
                 .then(|| nimbus_forge::github::webhook_path(forge.tenant_id)),
         }
     }
@@ -90,6 +95,8 @@ pub async fn show(
 /// `{"private_key"? | "token"?, "webhook_secret"?}`. GitLab: `config` is `{"url"? (or
 /// "api_url"), "runner_type"?, "group_id"?, "project_id"?, "projects"?}`, `credentials`
 /// `{"token", "webhook_secret"?}`.
+/// Nimbus Git: `config` is `{"url"}`, `credentials` `{"token", "webhook_secret"}` (an
+/// owner API token; `nimbusd` runs the jobs itself).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/forge", tag = "forge", security(("bearer" = [])),
     params(("tenant" = String, Path, description = "tenant name or id")),
     request_body = SetForge,
@@ -175,6 +182,9 @@ pub async fn webhook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if headers.contains_key(nimbus_git::EVENT_HEADER) {
+        return nimbus_git_webhook(&state, &tenant, &headers, &body).await;
+    }
     let receiver = match tenant.parse::<TenantId>() {
         Ok(tenant_id) => state.webhooks.receiver(&state, tenant_id).await,
         Err(_) => Ok(None),
@@ -201,6 +211,54 @@ pub async fn webhook(
     let (status, body) = http_response(&result);
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (status, Json(body)).into_response()
+}
+
+/// A Nimbus Git delivery (`X-Nimbus-Event`): pushes start CI runs, cancel and re-run requests
+/// act on them. Unknown tenants and tenants whose forge is not Nimbus Git answer like a wrong
+/// signature.
+async fn nimbus_git_webhook(
+    state: &AppState,
+    tenant: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let refuse = |error: WebhookError| {
+        let (status, body) = http_response(&Err(error));
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::UNAUTHORIZED);
+        (status, Json(body)).into_response()
+    };
+    let client = match tenant.parse::<TenantId>() {
+        Ok(tenant_id) => match state.fleet.ci_client(tenant_id).await {
+            Ok(Some(client)) => Some((tenant_id, client)),
+            Ok(None) | Err(nimbus_fleet::Error::Conflict(_)) => None,
+            Err(err) => {
+                tracing::warn!(error = %err, "nimbus-git delivery not handled: forge lookup failed");
+                return refuse(WebhookError::Unavailable(
+                    "the forge configuration cannot be read".into(),
+                ));
+            }
+        },
+        Err(_) => None,
+    };
+    let Some((tenant_id, client)) = client else {
+        let decoy = Secret::new(crate::secrets::new_token("decoy_"));
+        let error = nimbus_git::verify_delivery(&decoy, headers, body)
+            .err()
+            .unwrap_or(WebhookError::Unauthorized("signature does not match"));
+        return refuse(error);
+    };
+    let delivery = match nimbus_git::verify_delivery(&client.config().webhook_secret, headers, body)
+    {
+        Ok(delivery) => delivery,
+        Err(error) => {
+            tracing::warn!(%error, tenant.id = %tenant_id, "nimbus-git delivery refused");
+            return refuse(error);
+        }
+    };
+    match state.fleet.ci_delivery(tenant_id, delivery).await {
+        Ok(accepted) => (StatusCode::OK, Json(accepted)).into_response(),
+        Err(err) => ApiError::from(err).into_response(),
+    }
 }
 
 /// Each tenant's receiver and the forge client it was built from.
