@@ -698,3 +698,84 @@ fn webhooks_with_a_bad_signature_are_refused() {
     assert!(s.runs("app", "1").is_empty());
     let _ = Instant::now();
 }
+
+#[test]
+fn a_job_runs_on_an_ssh_machine() {
+    let sshd = nimbus_testkit::sshd::Sshd::start().unwrap_or_else(|err| panic!("{err:#}"));
+    let s = Setup::new("app", 0);
+    let host_id = format!("{}:{}", sshd.address(), sshd.port());
+    let state_dir = sshd.scratch_dir().join("state");
+    let arch = if cfg!(target_arch = "aarch64") {
+        "arm64"
+    } else {
+        "x86_64"
+    };
+    let config = s.world.write_file(
+        "ssh.json",
+        &json!({"hosts": [{
+            "address": sshd.address(), "port": sshd.port(), "user": sshd.user(),
+            "os": "linux", "arch": arch, "labels": ["byo"],
+            "state_dir": state_dir.display().to_string(),
+        }], "connect_timeout_secs": 5})
+        .to_string(),
+    );
+    let credentials = s.world.write_file(
+        "ssh-credentials.json",
+        &json!({"keys": {host_id: sshd.client_private_key()}}).to_string(),
+    );
+    s.world
+        .ctl(&[
+            "provider",
+            "add",
+            "--tenant",
+            "acme",
+            "--type",
+            "ssh",
+            "--name",
+            "byo",
+            "--config",
+            config.to_str().unwrap(),
+            "--credentials",
+            credentials.to_str().unwrap(),
+        ])
+        .ok();
+    s.world
+        .ctl(&[
+            "pool",
+            "create",
+            "--tenant",
+            "acme",
+            "--provider",
+            "byo",
+            "--name",
+            "byo",
+            "--label",
+            "byo",
+            "--os",
+            "linux",
+            "--max",
+            "1",
+        ])
+        .ok();
+    s.write(
+        ".nimbus/workflows/remote.yml",
+        "on: push\njobs:\n  remote:\n    runs-on: byo\n    steps:\n      - run: echo \"ran as $(id -un) in $PWD\"; test -f README.md\n",
+    );
+    let sha = s.commit_and_push("a job for the ssh host", "main");
+    let runs = s.wait_runs_done("app", &sha, 1);
+    let number = runs[0]["number"].as_u64().unwrap();
+    let detail = s
+        .git
+        .ok("GET", &format!("/api/v1/repos/app/runs/{number}"), None);
+    assert_eq!(
+        detail["state"],
+        "success",
+        "{detail:#}\nsshd log:\n{}",
+        sshd.log()
+    );
+    let log = s.log("app", number, "remote");
+    assert!(
+        log.contains(&format!("ran as {} in ", sshd.user())),
+        "the step ran over SSH as the host's user: {log}"
+    );
+}
