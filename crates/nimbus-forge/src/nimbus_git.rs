@@ -405,9 +405,13 @@ impl NimbusGitClient {
         #[derive(Deserialize)]
         struct Compare {
             files: Vec<String>,
+            #[serde(default)]
+            truncated: bool,
         }
         let url = self.repo_url(repo, &format!("compare/{before}...{after}"));
         match self.json::<Compare>(self.http.get(url)).await {
+            // A cut list cannot rule a path filter out: treat it as unknown.
+            Ok(compare) if compare.truncated => Ok(None),
             Ok(compare) => Ok(Some(compare.files)),
             Err(Error::NotFound(_)) => Ok(None),
             Err(other) => Err(other),
