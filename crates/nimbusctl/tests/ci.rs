@@ -610,6 +610,28 @@ jobs:
     assert_eq!(first_runs[0]["state"], "cancelled", "{:#}", first_runs[0]);
     let second_runs = s.wait_runs_done("app", &second, 1);
     assert_eq!(second_runs[0]["state"], "success", "{:#}", second_runs[0]);
+
+    // Path filters: only pushes that change a matching path run the workflow.
+    std::fs::remove_file(s.work.join(".nimbus/workflows/deploy.yml")).unwrap();
+    s.write(
+        ".nimbus/workflows/src.yml",
+        "on:\n  push:\n    paths: ['src/**']\njobs:\n  build:\n    runs-on: linux\n    steps:\n      - run: echo src changed\n",
+    );
+    s.write("src/lib.rs", "// one\n");
+    let with_src = s.commit_and_push("src workflow and src", "main");
+    s.write("docs/notes.md", "notes\n");
+    let docs_only = s.commit_and_push("docs only", "main");
+    s.write("src/lib.rs", "// two\n");
+    let src_again = s.commit_and_push("src again", "main");
+    assert_eq!(s.wait_runs_done("app", &with_src, 1)[0]["state"], "success");
+    assert_eq!(
+        s.wait_runs_done("app", &src_again, 1)[0]["state"],
+        "success"
+    );
+    assert!(
+        s.runs("app", &docs_only).is_empty(),
+        "a push that changed only docs/ ran the src/** workflow"
+    );
 }
 
 #[test]
