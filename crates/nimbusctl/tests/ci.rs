@@ -530,8 +530,26 @@ jobs:
         ".nimbus/workflows/bad.yml",
         "on: push\njobs:\n  build:\n    runs-on: linux\n    steps:\n      - uses: actions/checkout@v4\n",
     );
-    let sha = s.commit_and_push("failing and invalid workflows", "main");
-    let runs = s.wait_runs_done("app", &sha, 2);
+    // 10 MB of YAML: refused by size before anything reads it.
+    let mut huge = String::from("on: push\njobs:\n");
+    while huge.len() < 10 << 20 {
+        huge.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    s.write(".nimbus/workflows/huge.yml", &huge);
+    let sha = s.commit_and_push("failing, invalid and huge workflows", "main");
+    let runs = s.wait_runs_done("app", &sha, 3);
+    let huge_run = runs
+        .iter()
+        .find(|r| r["workflow"] == ".nimbus/workflows/huge.yml")
+        .expect("a run for the huge workflow");
+    assert_eq!(huge_run["state"], "error", "{huge_run:#}");
+    assert!(
+        huge_run["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("the limit is"),
+        "{huge_run:#}"
+    );
     let bad = runs
         .iter()
         .find(|r| r["workflow"] == ".nimbus/workflows/bad.yml")
@@ -580,6 +598,7 @@ jobs:
     // A newer push to the branch cancels the running one (concurrency, cancel-in-progress).
     std::fs::remove_file(s.work.join(".nimbus/workflows/fail.yml")).unwrap();
     std::fs::remove_file(s.work.join(".nimbus/workflows/bad.yml")).unwrap();
+    std::fs::remove_file(s.work.join(".nimbus/workflows/huge.yml")).unwrap();
     let slow = |seconds: u32| {
         format!(
             r#"on: push
