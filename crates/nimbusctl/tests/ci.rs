@@ -209,7 +209,7 @@ impl Setup {
                 "nimbus-git",
                 "--org",
                 "owner",
-                "--url",
+                "--forge-url",
                 &git.url,
                 "--token-file",
                 token_file.to_str().unwrap(),
