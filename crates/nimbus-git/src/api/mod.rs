@@ -2,6 +2,7 @@
 //! One module per resource; errors are `{"error":{"code","message"}}`.
 
 pub mod collaborators;
+pub mod compare;
 pub mod contents;
 pub mod repos;
 pub mod runs;
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .merge(users::router())
         .merge(webhooks::router())
         .merge(contents::router())
+        .merge(compare::router())
         .merge(statuses::router())
         .merge(runs::router())
         .merge(secrets::router())
@@ -47,7 +49,7 @@ pub fn router() -> Router<AppState> {
         tokens::list, tokens::create, tokens::delete,
         users::me, users::list, users::create, users::delete,
         webhooks::list, webhooks::create, webhooks::show, webhooks::delete, webhooks::deliveries,
-        contents::root, contents::show,
+        contents::root, contents::show, compare::compare,
         statuses::create, statuses::list,
         runs::create, runs::list, runs::show, runs::update_job, runs::update_step,
         runs::append_log, runs::read_log, runs::cancel, runs::rerun, runs::token,
