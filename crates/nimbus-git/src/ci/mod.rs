@@ -251,21 +251,27 @@ pub fn check_text(
     Ok(())
 }
 
-/// A job key: what nimbusd calls a job in URLs (`build`, `test-linux-1`). 1 to 100 bytes, no
-/// `/`, whitespace or control characters.
+/// A job key: what nimbusd calls a job in URLs (`build`, `test (linux, 1)` for a matrix
+/// instance). 1 to 255 bytes; spaces inside, but no leading or trailing space, no `/`, no other
+/// whitespace and no control characters.
 pub fn check_job_key(field: &str, key: &str) -> Result<(), String> {
-    if key.is_empty() || key.len() > 100 {
+    if key.is_empty() || key.len() > 255 {
         return Err(format!(
-            "{field}: '{key}' must be 1 to 100 bytes (got {})",
+            "{field}: '{key}' must be 1 to 255 bytes (got {})",
             key.len()
+        ));
+    }
+    if key.starts_with(' ') || key.ends_with(' ') {
+        return Err(format!(
+            "{field}: '{key}' must not start or end with a space"
         ));
     }
     if let Some(c) = key
         .chars()
-        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+        .find(|c| *c == '/' || (c.is_whitespace() && *c != ' ') || c.is_control())
     {
         return Err(format!(
-            "{field}: '{key}' must not contain {c:?} (no '/', whitespace or control characters)"
+            "{field}: '{key}' must not contain {c:?} (no '/', tabs, newlines or control characters)"
         ));
     }
     Ok(())
@@ -411,7 +417,11 @@ mod tests {
             assert!(check_secret_name(bad).is_err(), "{bad}");
         }
         assert!(check_job_key("key", "test-linux-1.80").is_ok());
-        for bad in ["", "a/b", "a b", "a\u{7}"] {
+        assert!(
+            check_job_key("key", "test (linux, 1)").is_ok(),
+            "matrix keys"
+        );
+        for bad in ["", "a/b", " a", "a ", "a\tb", "a\u{7}"] {
             assert!(check_job_key("key", bad).is_err(), "{bad:?}");
         }
         assert_eq!(full_sha(&"A".repeat(40)), Some("a".repeat(40)));
