@@ -1239,7 +1239,29 @@ impl Fleet {
         let mut mask: Vec<String> = secrets.values().cloned().collect();
         mask.push(token.expose().to_owned());
 
-        let root = format!("{WORK_ROOT}/{}", job.id);
+        // Paths are absolute from here: arguments are data, never expanded by a shell.
+        let home = match exec
+            .run(
+                &Command::new(r#"printf '%s' "$HOME""#)
+                    .timeout(Duration::from_secs(60))
+                    .label("ci-home"),
+            )
+            .await
+        {
+            Ok(out) if out.success() && out.stdout.starts_with(b"/") => {
+                String::from_utf8_lossy(&out.stdout)
+                    .trim_end_matches('/')
+                    .to_owned()
+            }
+            Ok(out) => {
+                return error(format!(
+                    "the machine has no usable $HOME (exit {})",
+                    out.exit_code
+                ));
+            }
+            Err(err) => return error(format!("cannot reach the machine: {err}")),
+        };
+        let root = format!("{home}/{WORK_ROOT}/{}", job.id);
         let base_env = ci_env(run, job, number, &root);
         let log = LogTarget {
             client,
@@ -1356,7 +1378,7 @@ impl Fleet {
                 Some(dir) => format!("{root}/src/{dir}"),
                 None => format!("{root}/src"),
             };
-            let mut command = Command::new(r#"cd "$HOME/$1" || exit 1; shift; exec "$@""#)
+            let mut command = Command::new(r#"cd "$1" || exit 1; shift; exec "$@""#)
                 .arg(cwd)
                 .timeout(
                     planned
@@ -1366,7 +1388,7 @@ impl Fleet {
                         .min(remaining),
                 )
                 .label("ci-step");
-            for arg in planned.shell.command(&format!("$HOME/{steps_dir}/{file}")) {
+            for arg in planned.shell.command(&format!("{steps_dir}/{file}")) {
                 command = command.arg(arg);
             }
             let workflow_env = plan.env.iter().chain(planned.env.iter());
@@ -1411,7 +1433,7 @@ impl Fleet {
             }
         }
 
-        let cleanup = Command::new(r#"rm -rf "$HOME/$1""#)
+        let cleanup = Command::new(r#"rm -rf "$1""#)
             .arg(root.clone())
             .timeout(CLEANUP_TIMEOUT)
             .label("ci-cleanup");
@@ -1448,10 +1470,10 @@ impl Fleet {
     }
 }
 
-/// The checkout: `$1` directory (under `$HOME`), `$2` clone URL, `$3` commit, `$4` ref. The
+/// The checkout: `$1` directory, `$2` clone URL, `$3` commit, `$4` ref. The
 /// token arrives in the environment (`GIT_CONFIG_*`), never on a command line.
 const CHECKOUT_SCRIPT: &str = r#"set -e
-dir="$HOME/$1"
+dir="$1"
 rm -rf "$dir"
 mkdir -p "$dir"
 cd "$dir"

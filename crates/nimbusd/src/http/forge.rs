@@ -65,7 +65,7 @@ impl ForgeResponse {
                 forge.forge_type,
                 ForgeType::Github | ForgeType::Gitlab | ForgeType::NimbusGit
             )
-                .then(|| nimbus_forge::github::webhook_path(forge.tenant_id)),
+            .then(|| nimbus_forge::github::webhook_path(forge.tenant_id)),
         }
     }
 }
@@ -241,7 +241,7 @@ async fn nimbus_git_webhook(
         Err(_) => None,
     };
     let Some((tenant_id, client)) = client else {
-        let decoy = Secret::new(crate::secrets::new_token("decoy_"));
+        let decoy = crate::secrets::new_token("decoy_");
         let error = nimbus_git::verify_delivery(&decoy, headers, body)
             .err()
             .unwrap_or(WebhookError::Unauthorized("signature does not match"));
