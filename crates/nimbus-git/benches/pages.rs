@@ -195,13 +195,14 @@ fn main() {
         String::from_utf8_lossy(&out.stderr)
     );
     let started = Instant::now();
+    // One file, not a split chain: a chain in a `--shared` clone would name the source's graph
+    // files, which live in the other object directory.
     git(
         &entry.path,
         &[
             "commit-graph",
             "write",
             "--reachable",
-            "--split",
             "--changed-paths",
             "--no-progress",
         ],
