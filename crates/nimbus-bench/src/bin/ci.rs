@@ -141,7 +141,14 @@ fn main() -> anyhow::Result<()> {
             "events": ["CommitPushed", "RunCancelRequested", "RunRerunRequested"],
         })),
     )?;
-    wait_ready(&daemon.url, &admin, 2)?;
+    if let Err(err) = wait_ready(&daemon.url, &admin, 2) {
+        let log = std::fs::read_to_string(root.join("nimbusd.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        bail!(
+            "{err:#}\nnimbusd log (last lines, newest first):\n{}",
+            tail.join("\n")
+        );
+    }
 
     let work = root.join("work");
     std::fs::create_dir_all(&work)?;
@@ -332,11 +339,11 @@ fn wait_run(auth: &[String], git: &str, sha: &str) -> anyhow::Result<u64> {
 }
 
 fn wait_ready(url: &str, admin: &str, n: usize) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let auth = ["-H".to_owned(), format!("Authorization: Bearer {admin}")];
     loop {
         let list = call(&auth, "GET", &format!("{url}/v1/machines"), None)?;
-        let ready = list
+        let ready = list["machines"]
             .as_array()
             .map(|a| a.iter().filter(|m| m["state"] == "ready").count())
             .unwrap_or(0);
@@ -344,7 +351,7 @@ fn wait_ready(url: &str, admin: &str, n: usize) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("only {ready} machines ready");
+            bail!("only {ready} machines ready: {list}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
