@@ -35,18 +35,12 @@ pub struct Prism {
 }
 
 /// Where the vendor API descriptions live (`forgejo.json`, `gitea.json`, `gitlab-v4.yaml`,
-/// `hetzner-cloud.json`): `$NIMBUS_VENDOR_SPECS`, else the first `shared/specs` found beside
-/// the repository or one of its parent directories.
+/// `hetzner-cloud.json`): `$NIMBUS_VENDOR_SPECS`, else the copies in this crate's `specs/`
+/// (checked in, with their provenance in `specs/README.md`, so a clone anywhere runs the tests).
 pub fn vendor_spec(name: &str) -> anyhow::Result<PathBuf> {
     let dir = match std::env::var_os("NIMBUS_VENDOR_SPECS").filter(|v| !v.is_empty()) {
         Some(dir) => PathBuf::from(dir),
-        None => {
-            let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-            repo.ancestors()
-                .map(|dir| dir.join("shared/specs"))
-                .find(|dir| dir.join(name).is_file())
-                .unwrap_or_else(|| repo.join("../shared/specs"))
-        }
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("specs"),
     };
     let path = dir.join(name);
     if !path.is_file() {
