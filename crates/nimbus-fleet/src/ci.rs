@@ -139,12 +139,7 @@ impl Fleet {
                 }
             }
             // Shutdown: running jobs are cancelled and reported, machines returned.
-            let running: Vec<CancellationToken> = fleet
-                .inner
-                .ci
-                .running
-                .lock()
-                .expect("ci lock")
+            let running: Vec<CancellationToken> = fleet.ci_running()
                 .values()
                 .map(|r| r.cancel.clone())
                 .collect();
@@ -154,6 +149,11 @@ impl Fleet {
         });
     }
 
+    /// The jobs running in this process, by job id.
+    fn ci_running(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Running>> {
+        self.inner.ci.running.lock().expect("ci lock")
+    }
+
     /// Runs the CI pass soon.
     pub fn ci_wake(&self) {
         self.inner.ci.wake.notify_one();
@@ -161,13 +161,7 @@ impl Fleet {
 
     /// Whether a CI job runs on the machine in this process.
     pub fn ci_busy(&self, machine: MachineId) -> bool {
-        self.inner
-            .ci
-            .running
-            .lock()
-            .expect("ci lock")
-            .values()
-            .any(|r| r.machine == machine)
+        self.ci_running().values().any(|r| r.machine == machine)
     }
 
     /// The tenant's Nimbus Git client, `None` when the tenant's forge is something else.
@@ -443,9 +437,7 @@ impl Fleet {
         for job in self.inner.store.list_ci_jobs(&run.id).await? {
             match job.state {
                 CiJobState::Running => {
-                    if let Some(running) =
-                        self.inner.ci.running.lock().expect("ci lock").get(&job.id)
-                    {
+                    if let Some(running) = self.ci_running().get(&job.id) {
                         running.cancel.cancel();
                     }
                 }
@@ -481,7 +473,7 @@ impl Fleet {
         reason: &str,
     ) -> Result<()> {
         if job.state == CiJobState::Running {
-            if let Some(running) = self.inner.ci.running.lock().expect("ci lock").get(&job.id) {
+            if let Some(running) = self.ci_running().get(&job.id) {
                 running.cancel.cancel();
             }
             return Ok(());
@@ -561,14 +553,7 @@ impl Fleet {
             .list_ci_jobs_in(&[CiJobState::Running])
             .await?;
         for job in orphans {
-            if self
-                .inner
-                .ci
-                .running
-                .lock()
-                .expect("ci lock")
-                .contains_key(&job.id)
-            {
+            if self.ci_running().contains_key(&job.id) {
                 continue;
             }
             let run = self.inner.store.get_ci_run(&job.run_id).await?;
@@ -876,16 +861,7 @@ impl Fleet {
         if queued.is_empty() {
             return Ok(());
         }
-        let claimed: HashSet<MachineId> = self
-            .inner
-            .ci
-            .running
-            .lock()
-            .expect("ci lock")
-            .values()
-            .map(|r| r.machine)
-            .collect();
-        let mut taken = claimed;
+        let mut taken: HashSet<MachineId> = self.ci_running().values().map(|r| r.machine).collect();
         let mut tenants: HashMap<
             TenantId,
             (Vec<nimbus_types::Pool>, Vec<nimbus_store::PoolMachine>),
@@ -894,14 +870,7 @@ impl Fleet {
             let Some(run) = live.get(&job.run_id) else {
                 continue;
             };
-            if self
-                .inner
-                .ci
-                .running
-                .lock()
-                .expect("ci lock")
-                .contains_key(&job.id)
-            {
+            if self.ci_running().contains_key(&job.id) {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(entry) = tenants.entry(job.tenant_id) {
@@ -933,7 +902,7 @@ impl Fleet {
             };
             taken.insert(machine.id);
             let cancel = CancellationToken::new();
-            self.inner.ci.running.lock().expect("ci lock").insert(
+            self.ci_running().insert(
                 job.id,
                 Running {
                     machine: machine.id,
@@ -969,12 +938,7 @@ impl Fleet {
             }
         }
         self.release_slot(machine_id, slot);
-        self.inner
-            .ci
-            .running
-            .lock()
-            .expect("ci lock")
-            .remove(&job.id);
+        self.ci_running().remove(&job.id);
         self.ci_wake();
     }
 
@@ -1031,14 +995,7 @@ impl Fleet {
         }
         self.ci_demand(run, &job, JobStatus::InProgress, Some(machine_id))
             .await;
-        self.emit(
-            Event::new(event::CI_JOB_STARTED)
-                .tenant(run.tenant_id)
-                .machine(machine_id)
-                .meta("repository", run.repository.as_str())
-                .meta("run", run.number.unwrap_or(0))
-                .meta("job", job.key.as_str()),
-        );
+        self.emit(job_event(event::CI_JOB_STARTED, run, &job, machine_id));
         let outcome = match self.ci_client(run.tenant_id).await {
             Ok(Some(client)) => self.ci_execute(&client, run, &job, &machine, cancel).await,
             Ok(None) => Outcome {
@@ -1065,12 +1022,7 @@ impl Fleet {
         self.ci_release_machine(run.tenant_id, machine_id, true)
             .await;
         self.emit(
-            Event::new(event::CI_JOB_FINISHED)
-                .tenant(run.tenant_id)
-                .machine(machine_id)
-                .meta("repository", run.repository.as_str())
-                .meta("run", run.number.unwrap_or(0))
-                .meta("job", job.key.as_str())
+            job_event(event::CI_JOB_FINISHED, run, &job, machine_id)
                 .meta("state", outcome.state.as_str()),
         );
         Ok(())
@@ -1617,6 +1569,16 @@ async fn run_step(
             error: Some(err.to_string()),
         },
     }
+}
+
+/// A job's telemetry event: tenant, machine, repository, run number and job key.
+fn job_event(name: &str, run: &CiRun, job: &CiJob, machine: MachineId) -> Event {
+    Event::new(name)
+        .tenant(run.tenant_id)
+        .machine(machine)
+        .meta("repository", run.repository.as_str())
+        .meta("run", run.number.unwrap_or(0))
+        .meta("job", job.key.as_str())
 }
 
 fn plan_of(job: &CiJob) -> Result<PlannedJob> {
