@@ -10,6 +10,12 @@
 //!
 //! Commits pushed since the last maintenance are not in the graph yet; they are read from the
 //! object database and treated as "maybe changed", which is slower and never wrong.
+//!
+//! Answers are also kept on disk (`disk`): maintenance writes them for the branch heads after a
+//! push, and a walk that reaches a commit with a kept answer at a point where every remaining
+//! path goes through it (the walk's queue holds that commit alone, as it does on any linear
+//! stretch) takes the rest from that answer. So the page for a new push costs a walk over the
+//! pushed commits, not over all of history.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,6 +26,8 @@ use gix::bstr::{BString, ByteSlice};
 
 use crate::bloom::{BloomKey, Blooms};
 use crate::error::Error;
+
+mod disk;
 
 /// What a tree page shows about the commit that last touched an entry.
 #[derive(Debug, Clone)]
@@ -33,6 +41,8 @@ pub struct CommitInfo {
 /// Last commits of one directory's entries, in the order asked.
 #[derive(Debug)]
 pub struct LastCommits {
+    /// The entry names asked for; `entries` follows their order.
+    pub names: Vec<BString>,
     pub entries: Vec<Option<Arc<CommitInfo>>>,
     /// False when the walk stopped at its deadline; missing entries are then unknown.
     pub complete: bool,
@@ -50,11 +60,18 @@ pub struct GraphData {
 /// Directories whose answers are kept per repository.
 const RESULT_CACHE: usize = 512;
 
+/// Walks that took at least this long have their answers kept on disk.
+const PERSIST_AFTER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Branch heads whose root answers maintenance keeps on disk (the most recently committed).
+const INDEXED_HEADS: usize = 16;
+
 /// Per-repository cache of graph data and answers.
 pub struct Cache {
     graph: Mutex<Option<Arc<GraphData>>>,
     results: Mutex<Lru<(ObjectId, BString), Arc<LastCommits>>>,
     trees: Mutex<Lru<ObjectId, Arc<Vec<TreeEntry>>>>,
+    disk: Option<disk::Disk>,
 }
 
 impl Default for Cache {
@@ -63,6 +80,7 @@ impl Default for Cache {
             graph: Mutex::new(None),
             results: Mutex::new(Lru::new(RESULT_CACHE)),
             trees: Mutex::new(Lru::new(RESULT_CACHE)),
+            disk: None,
         }
     }
 }
@@ -87,6 +105,14 @@ pub struct TreeEntry {
 }
 
 impl Cache {
+    /// A cache that also keeps answers on disk inside the bare repository at `repo`.
+    pub fn with_disk(repo: &std::path::Path) -> Cache {
+        Cache {
+            disk: Some(disk::Disk::new(repo)),
+            ..Cache::default()
+        }
+    }
+
     /// The graph data for `repo`, re-read when maintenance wrote new commit-graph files.
     pub fn graph(&self, repo: &gix::Repository) -> Arc<GraphData> {
         let objects = repo.objects.store_ref().path().to_owned();
@@ -106,8 +132,8 @@ impl Cache {
         data
     }
 
-    /// Answers for the entries `names` of directory `dir` at `commit`, from the cache or by a
-    /// walk that stops at `deadline`. Incomplete answers are not cached.
+    /// Answers for the entries `names` of directory `dir` at `commit`, from memory, from disk
+    /// or by a walk that stops at `deadline`. Incomplete answers are not cached.
     pub fn last_commits(
         &self,
         repo: &gix::Repository,
@@ -116,19 +142,136 @@ impl Cache {
         names: &[BString],
         deadline: Instant,
     ) -> Result<Arc<LastCommits>, Error> {
-        let key = (commit, BString::from(dir));
-        if let Some(hit) = self.results.lock().expect("results lock").get(&key) {
-            return Ok(hit);
+        self.answer(repo, commit, dir, names, deadline, false)
+    }
+
+    fn answer(
+        &self,
+        repo: &gix::Repository,
+        commit: ObjectId,
+        dir: &str,
+        names: &[BString],
+        deadline: Instant,
+        persist: bool,
+    ) -> Result<Arc<LastCommits>, Error> {
+        if let Some(known) = self.known(commit, dir)
+            && let Some(answer) = known.for_names(names)
+        {
+            return Ok(answer);
         }
         let graph = self.graph(repo);
-        let answer = Arc::new(walk(repo, &graph, commit, dir, names, deadline)?);
+        let mut candidates: HashSet<ObjectId> = self
+            .results
+            .lock()
+            .expect("results lock")
+            .keys()
+            .filter(|(_, d)| d == dir)
+            .map(|(c, _)| *c)
+            .collect();
+        if let Some(disk) = &self.disk {
+            candidates.extend(disk.commits_for(dir));
+        }
+        let started = Instant::now();
+        let walked = walk(
+            repo,
+            &graph,
+            commit,
+            dir,
+            names,
+            deadline,
+            &Known {
+                cache: self,
+                candidates,
+            },
+        )?;
+        let answer = Arc::new(walked);
         if answer.complete {
-            self.results
-                .lock()
-                .expect("results lock")
-                .insert(key, answer.clone(), 1);
+            if let Some(disk) = &self.disk
+                && (persist || started.elapsed() >= PERSIST_AFTER)
+                && let Err(err) = disk.write(commit, dir, &answer)
+            {
+                tracing::warn!(%commit, dir, error = %err, "could not keep a last-commit answer");
+            }
+            self.results.lock().expect("results lock").insert(
+                (commit, BString::from(dir)),
+                answer.clone(),
+                1,
+            );
         }
         Ok(answer)
+    }
+
+    /// A complete answer for `dir` at `commit` from memory or disk.
+    fn known(&self, commit: ObjectId, dir: &str) -> Option<Arc<LastCommits>> {
+        let key = (commit, BString::from(dir));
+        if let Some(hit) = self.results.lock().expect("results lock").get(&key) {
+            return Some(hit);
+        }
+        let stored = Arc::new(self.disk.as_ref()?.read(commit, dir)?);
+        self.results
+            .lock()
+            .expect("results lock")
+            .insert(key, stored.clone(), 1);
+        Some(stored)
+    }
+
+    /// What maintenance does after a push: the root answers for the most recent branch heads,
+    /// computed (from the previous heads' answers where history allows) and kept on disk, then
+    /// old files pruned. Returns how many heads were indexed.
+    pub fn index_heads(&self, repo: &gix::Repository, deadline: Instant) -> Result<usize, Error> {
+        if self.disk.is_none() {
+            return Ok(0);
+        }
+        let mut heads: Vec<(i64, ObjectId)> = Vec::new();
+        let refs = repo.references().map_err(Error::git)?;
+        for reference in refs.local_branches().map_err(Error::git)? {
+            let Ok(mut reference) = reference else {
+                continue;
+            };
+            let Ok(id) = reference.peel_to_id() else {
+                continue;
+            };
+            let Ok(commit) = repo.find_commit(id.detach()) else {
+                continue;
+            };
+            let time = commit.time().map(|t| t.seconds).unwrap_or(0);
+            heads.push((time, id.detach()));
+        }
+        heads.sort();
+        heads.dedup_by_key(|(_, id)| *id);
+        let recent: Vec<ObjectId> = heads
+            .iter()
+            .rev()
+            .take(INDEXED_HEADS)
+            .map(|(_, id)| *id)
+            .collect();
+        let mut indexed = 0;
+        // Oldest first, so a newer head's walk can stop at an older head's answer.
+        for head in recent.into_iter().rev() {
+            if Instant::now() > deadline {
+                break;
+            }
+            let tree = repo
+                .find_commit(head)
+                .map_err(Error::git)?
+                .tree_id()
+                .map_err(Error::git)?
+                .detach();
+            let entries = self.entries(repo, tree)?;
+            let names: Vec<BString> = entries.iter().map(|e| e.name.clone()).collect();
+            if self
+                .answer(repo, head, "", &names, deadline, true)?
+                .complete
+            {
+                indexed += 1;
+            }
+        }
+        if let Some(disk) = &self.disk
+            && let Err(err) = disk.prune(disk::KEEP_FILES)
+        {
+            tracing::warn!(error = %err, "could not prune last-commit answers");
+        }
+        Ok(indexed)
     }
 
     /// The entries of tree `id`, directories first, then by name, with blob sizes; cached.
@@ -180,12 +323,56 @@ impl Cache {
         Ok(entries)
     }
 
-    /// Forget cached answers (tests and benchmarks measure cold walks this way).
+    /// Forget what is held in memory, as a restarted server would (answers on disk stay).
     pub fn clear(&self) {
         *self.results.lock().expect("results lock") = Lru::new(RESULT_CACHE);
         *self.graph.lock().expect("graph lock") = None;
         *self.trees.lock().expect("trees lock") = Lru::new(RESULT_CACHE);
     }
+
+    /// Forget the answer for `dir` at `commit` on disk, and every answer held in memory.
+    pub fn forget(&self, commit: ObjectId, dir: &str) {
+        *self.results.lock().expect("results lock") = Lru::new(RESULT_CACHE);
+        if let Some(disk) = &self.disk {
+            disk.remove(commit, dir);
+        }
+    }
+
+    /// Forget everything, answers on disk included (benchmarks measure walks from nothing).
+    pub fn clear_all(&self) {
+        self.clear();
+        if let Some(disk) = &self.disk {
+            let _ = disk.prune(0);
+        }
+    }
+}
+
+impl LastCommits {
+    /// This answer arranged for `names`, when it covers them all.
+    fn for_names(self: &Arc<Self>, names: &[BString]) -> Option<Arc<LastCommits>> {
+        if self.names == names {
+            return Some(self.clone());
+        }
+        let by_name: HashMap<&BString, &Option<Arc<CommitInfo>>> =
+            self.names.iter().zip(&self.entries).collect();
+        let entries = names
+            .iter()
+            .map(|n| by_name.get(n).map(|e| (*e).clone()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Arc::new(LastCommits {
+            names: names.to_vec(),
+            entries,
+            complete: self.complete,
+            commits_walked: 0,
+            trees_read: 0,
+        }))
+    }
+}
+
+/// Where a walk may stop early: commits with a known answer for the same directory.
+struct Known<'a> {
+    cache: &'a Cache,
+    candidates: HashSet<ObjectId>,
 }
 
 fn stamp_of(files: &[std::path::PathBuf]) -> u64 {
@@ -221,6 +408,9 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Lru<K, V> {
     }
     pub fn get(&self, key: &K) -> Option<V> {
         self.map.get(key).map(|(v, _)| v.clone())
+    }
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.map.keys()
     }
     pub fn insert(&mut self, key: K, value: V, weight: usize) {
         match self.map.insert(key.clone(), (value, weight)) {
@@ -339,6 +529,12 @@ fn parse(data: &[u8], id: ObjectId) -> Result<gix::objs::TreeRef<'_>, Error> {
     gix::objs::TreeRef::from_bytes(data, id.kind()).map_err(Error::git)
 }
 
+/// The version of `target` in `tree`.
+fn lookup(tree: &gix::objs::TreeRef<'_>, target: &Target) -> Option<ObjectId> {
+    tree.bisect_entry(target.name.as_bstr(), target.is_dir)
+        .map(|e| e.oid.to_owned())
+}
+
 struct Target {
     key: BloomKey,
     name: BString,
@@ -357,6 +553,7 @@ fn walk(
     dir: &str,
     names: &[BString],
     deadline: Instant,
+    known: &Known<'_>,
 ) -> Result<LastCommits, Error> {
     let mut walker = Walker {
         repo,
@@ -420,6 +617,7 @@ fn walk(
     let mut walked = 0usize;
     let mut complete = true;
     let mut maybe: Vec<usize> = Vec::new();
+    let mut reused: HashMap<ObjectId, Arc<CommitInfo>> = HashMap::new();
     while open > 0 {
         let Some((_, current)) = queue.pop() else {
             break;
@@ -438,6 +636,35 @@ fn walk(
                 .map(|g| g.id_at(gix::commitgraph::Position(pos)).to_owned())
                 .unwrap_or(start),
         };
+        // Every remaining path goes through this commit: a kept answer here settles the open
+        // entries whose version is the one shown (the rest of history is its history).
+        if queue.is_empty()
+            && id != start
+            && known.candidates.contains(&id)
+            && let Some(answer) = known.cache.known(id, dir)
+            && let Some(here) = walker.dir_tree(node.tree, &components)?
+        {
+            let here_data = walker.raw(here)?;
+            let here_tree = parse(&here_data, here)?;
+            let by_name: HashMap<&BString, &Option<Arc<CommitInfo>>> =
+                answer.names.iter().zip(&answer.entries).collect();
+            for target in targets.iter_mut() {
+                if target.found.is_some()
+                    || target.want.is_none()
+                    || lookup(&here_tree, target) != target.want
+                {
+                    continue;
+                }
+                if let Some(Some(info)) = by_name.get(&target.name) {
+                    target.found = Some(info.id);
+                    reused.insert(info.id, info.clone());
+                    open -= 1;
+                }
+            }
+            if open == 0 {
+                break;
+            }
+        }
         let mut parent_nodes = Vec::with_capacity(node.parents.len());
         for parent in &node.parents {
             let (time, parent_node) = walker.node(*parent)?;
@@ -485,10 +712,6 @@ fn walk(
             .iter()
             .map(|(data, id)| parse(data, *id))
             .collect::<Result<Vec<_>, _>>()?;
-        let lookup = |tree: &gix::objs::TreeRef<'_>, target: &Target| {
-            tree.bisect_entry(target.name.as_bstr(), target.is_dir)
-                .map(|e| e.oid.to_owned())
-        };
         for &idx in &maybe {
             let target = &mut targets[idx];
             if lookup(&here_tree, target) != target.want {
@@ -503,7 +726,7 @@ fn walk(
             }
         }
     }
-    let mut infos: HashMap<ObjectId, Arc<CommitInfo>> = HashMap::new();
+    let mut infos = reused;
     let mut entries = Vec::with_capacity(targets.len());
     for target in &targets {
         let info = match target.found {
@@ -520,6 +743,7 @@ fn walk(
         entries.push(info);
     }
     Ok(LastCommits {
+        names: names.to_vec(),
         entries,
         complete,
         commits_walked: walked,

@@ -1,6 +1,7 @@
 //! Debounced repository maintenance after pushes: pack-refs, a geometric repack that writes a
 //! multi-pack index with bitmaps, and a split commit-graph with changed-path Bloom filters
-//! (the tree pages' last-commit column and `git log -- PATH` read them). One run at a time per repository
+//! (the tree pages' last-commit column and `git log -- PATH` read them), then the branch heads'
+//! last-commit answers kept on disk (`crate::lastcommit`). One run at a time per repository
 //! and one at a time overall, so maintenance never competes much with serving.
 
 use std::path::Path;
@@ -55,8 +56,12 @@ impl Maintainer {
             }
             let _running = entry.maintenance.running.lock().await;
             let _slot = this.global.acquire().await.expect("semaphore never closed");
-            let path = entry.path.clone();
-            let result = tokio::task::spawn_blocking(move || maintain(&path)).await;
+            let target = entry.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                maintain(&target.path)?;
+                index_last_commits(&target)
+            })
+            .await;
             match result {
                 Ok(Ok(())) => {
                     tracing::info!(repo.name = %entry.name, "maintenance done");
@@ -73,6 +78,22 @@ impl Maintainer {
             entry.maintenance.runs.fetch_add(1, Ordering::AcqRel);
         });
     }
+}
+
+/// How long maintenance may spend on the branch heads' last-commit answers per run.
+const INDEX_BUDGET: Duration = Duration::from_secs(30);
+
+/// Keep the root page's last-commit answers for the branch heads on disk, so the first view
+/// after a push (or after a restart) is a file read, not a walk over history.
+fn index_last_commits(entry: &RepoEntry) -> Result<(), String> {
+    let repo = entry.gix().map_err(|e| format!("open: {e}"))?;
+    let deadline = std::time::Instant::now() + INDEX_BUDGET;
+    let indexed = entry
+        .history
+        .index_heads(&repo, deadline)
+        .map_err(|e| format!("last-commit index: {e}"))?;
+    tracing::debug!(repo.name = %entry.name, heads = indexed, "last-commit answers kept");
+    Ok(())
 }
 
 fn maintain(path: &Path) -> Result<(), String> {

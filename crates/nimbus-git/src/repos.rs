@@ -260,7 +260,7 @@ impl Registry {
             push_lock: Arc::new(tokio::sync::Mutex::new(())),
             pack_slots: Arc::new(Semaphore::new(self.per_repo_slots)),
             maintenance: MaintenanceState::default(),
-            history: crate::lastcommit::Cache::default(),
+            history: crate::lastcommit::Cache::with_disk(&self.path_for(&row.name)),
         });
         self.map
             .write()

@@ -279,6 +279,19 @@ fn last_commits_match_git_log_with_and_without_bloom_filters() {
     );
     check_last_commits(&server, &work, "hist");
 
+    // Maintenance after the push keeps the branch heads' root answers on disk.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let kept = entry.path.join("nimbus/last-commits");
+    while entry.maintenance.runs() == 0 || std::fs::read_dir(&kept).map_or(0, |d| d.count()) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "maintenance kept no answers ({} runs, {} failures)",
+            entry.maintenance.runs(),
+            entry.maintenance.failures()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // The tree page shows the answer: subject per entry, sizes, no raw modes.
     let (status, body) = server.request("GET", "/hist/tree/main/src", None, None, &[]);
     assert_eq!(status, 200, "{body}");
@@ -296,6 +309,153 @@ fn last_commits_match_git_log_with_and_without_bloom_filters() {
         body.contains("href=\"/hist/tree/main/src/deep\""),
         "directory link:\n{body}"
     );
+}
+
+/// Root (or `dir`) answers of `cache` at `commit`, checked entry by entry against `git log`.
+fn checked_answer(
+    server: &Server,
+    work: &Path,
+    cache: &nimbus_git::lastcommit::Cache,
+    commit: &str,
+    dir: &str,
+) -> std::sync::Arc<nimbus_git::lastcommit::LastCommits> {
+    let repo = gix::open(work).expect("gix open");
+    let id: gix::ObjectId = commit.parse().unwrap();
+    let spec = format!("{commit}:{dir}");
+    let tree: gix::ObjectId = server
+        .git(work, &["rev-parse", &spec])
+        .trim()
+        .parse()
+        .unwrap();
+    let entries = cache.entries(&repo, tree).unwrap();
+    let names: Vec<BString> = entries.iter().map(|e| e.name.clone()).collect();
+    let answer = cache
+        .last_commits(
+            &repo,
+            id,
+            dir,
+            &names,
+            Instant::now() + Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(answer.complete, "{dir}: walk complete");
+    for (name, last) in names.iter().zip(&answer.entries) {
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        let expected = server
+            .git(work, &["log", "-1", "--format=%H", commit, "--", &path])
+            .trim()
+            .to_owned();
+        let got = last.as_ref().map(|l| l.id.to_string()).unwrap_or_default();
+        assert_eq!(got, expected, "last commit of {path:?} at {commit}");
+    }
+    answer
+}
+
+#[test]
+fn kept_answers_survive_a_restart_and_shorten_the_walk_after_a_push() {
+    use nimbus_git::lastcommit::Cache;
+    let server = Server::start();
+    let work = server.scratch("kept-work");
+    server.git(&work, &["init", "-q", "-b", "main"]);
+    build_history(&server, &work);
+    server.git(
+        &work,
+        &[
+            "commit-graph",
+            "write",
+            "--reachable",
+            "--changed-paths",
+            "--no-progress",
+        ],
+    );
+    let git_dir = work.join(".git");
+    let repo = gix::open(&work).unwrap();
+    let old_head = head_of(&server, &work, "main");
+
+    // What maintenance does after a push: both branch heads' root answers on disk.
+    let indexer = Cache::with_disk(&git_dir);
+    let far = Instant::now() + Duration::from_secs(30);
+    assert_eq!(
+        indexer.index_heads(&repo, far).unwrap(),
+        2,
+        "main and side indexed"
+    );
+    let kept = std::fs::read_dir(git_dir.join("nimbus/last-commits"))
+        .unwrap()
+        .count();
+    assert_eq!(kept, 2, "one file per head");
+
+    // A restarted server reads the answer instead of walking.
+    let restarted = Cache::with_disk(&git_dir);
+    let answer = checked_answer(&server, &work, &restarted, &old_head, "");
+    assert_eq!(answer.commits_walked, 0, "answered from disk");
+
+    // A push on top: a side branch merged back, then a linear commit; not in the graph yet.
+    server.git(&work, &["checkout", "-q", "-b", "side2"]);
+    step(
+        &server,
+        &work,
+        301,
+        &[("docs/x.md", "x3\n")],
+        "side2 changes docs",
+    );
+    server.git(&work, &["checkout", "-q", "main"]);
+    step(&server, &work, 302, &[("new.txt", "n\n")], "main adds new");
+    let date = format!("{} +0000", 1_700_000_000 + 303 * 60);
+    let out = server
+        .git_cmd(
+            &work,
+            &["merge", "-q", "--no-ff", "-m", "merge side2", "side2"],
+        )
+        .env("GIT_AUTHOR_DATE", &date)
+        .env("GIT_COMMITTER_DATE", &date)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    step(
+        &server,
+        &work,
+        304,
+        &[("src/a.rs", "a4\n")],
+        "main changes a again",
+    );
+    let new_head = head_of(&server, &work, "main");
+
+    let from_kept = checked_answer(&server, &work, &Cache::with_disk(&git_dir), &new_head, "");
+    let from_nothing = checked_answer(&server, &work, &Cache::default(), &new_head, "");
+    assert!(
+        from_kept.commits_walked <= 5,
+        "the walk stops at the old head's answer: {} commits",
+        from_kept.commits_walked
+    );
+    assert!(
+        from_kept.commits_walked < from_nothing.commits_walked,
+        "{} walked with kept answers, {} without",
+        from_kept.commits_walked,
+        from_nothing.commits_walked
+    );
+    // Directories nobody indexed are walked as before, and still right.
+    checked_answer(
+        &server,
+        &work,
+        &Cache::with_disk(&git_dir),
+        &new_head,
+        "src",
+    );
+
+    // A damaged file is ignored and the answer recomputed.
+    for file in std::fs::read_dir(git_dir.join("nimbus/last-commits")).unwrap() {
+        std::fs::write(file.unwrap().path(), b"nimbus-last-commits 1\n9:truncated").unwrap();
+    }
+    checked_answer(&server, &work, &Cache::with_disk(&git_dir), &old_head, "");
 }
 
 #[test]
