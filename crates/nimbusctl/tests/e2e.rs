@@ -1283,3 +1283,78 @@ fn pool_commands_create_show_plan_update_and_delete() {
     w.ctl(&["pool", "show", "--tenant", "acme", "linux"])
         .fails_with("pool not found");
 }
+
+/// A black-box canary: a daemon logging at `trace` drives EC2 (moto) with planted access keys;
+/// neither key appears anywhere in its log, although the AWS SDK's own debug lines print the
+/// access key id (so those targets are held at `info`).
+#[test]
+fn a_trace_log_never_shows_the_provider_credentials() {
+    const KEY_ID: &str = "AKIACANARY7Q2W9X4K1Z";
+    const SECRET: &str = "canary-secret-9f8e7d6c5b4a";
+    let moto = nimbus_testkit::moto::MotoServer::start().unwrap_or_else(|err| panic!("{err:#}"));
+    let mut w = World::empty();
+    w.start_daemon_env(&[], &[("NIMBUS_LOG", "trace")]);
+    w.ctl(&["tenant", "create", "acme"]).ok();
+    let config = w.write_file(
+        "aws.toml",
+        &format!(
+            r#"region = "us-east-1"
+availability_zones = ["us-east-1a"]
+endpoint_url = "{}"
+ssh_public_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG7/PuKk21/JWvuzCILsUiT7OuXa9IfIqp4ar6UW/ssc nimbus-test"
+linux_instance_type = "t3.micro"
+orphan_grace_secs = 0
+access_key_id = "{KEY_ID}"
+secret_access_key = "{SECRET}"
+[image_ids]
+linux_x86_64 = "{}"
+"#,
+            moto.endpoint(),
+            nimbus_testkit::moto::AMI_LINUX_X86_64
+        ),
+    );
+    w.ctl(&[
+        "provider",
+        "add",
+        "--tenant",
+        "acme",
+        "--type",
+        "aws",
+        "--name",
+        "ec2",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .ok();
+    let id = provision_ready(
+        &w,
+        &[
+            "--tenant",
+            "acme",
+            "--provider",
+            "ec2",
+            "--os",
+            "linux",
+            "--arch",
+            "x86_64",
+            "--no-setup",
+        ],
+        &[],
+    );
+    w.ctl(&["machine", "terminate", &id, "--wait"]).ok();
+    let log = w.daemon().stderr();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "the daemon logged at debug level:\n{log}"
+    );
+    for canary in [KEY_ID, SECRET] {
+        assert!(
+            !log.contains(canary),
+            "{canary} leaked into the log:\n{log}"
+        );
+    }
+    let stdout = w.daemon().stdout();
+    for canary in [KEY_ID, SECRET] {
+        assert!(!stdout.contains(canary), "{canary} leaked to stdout");
+    }
+}

@@ -46,16 +46,52 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Third-party targets (prefixes) that print credentials at debug or trace level: the AWS SDK's
+/// endpoint resolution and request signing print the access key id, HTTP clients and SSH print
+/// headers and authentication exchanges. They stay at `info` whatever `NIMBUS_LOG` asks for,
+/// because a debug log is what people paste into bug reports.
+pub const CREDENTIAL_TARGETS: &[&str] = &[
+    "aws_",
+    "hyper",
+    "h2",
+    "reqwest",
+    "rustls",
+    "russh",
+    "tower_http",
+];
+
+/// The level every target in [`CREDENTIAL_TARGETS`] is held to.
+fn credential_cap() -> tracing_subscriber::filter::Targets {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_targets(CREDENTIAL_TARGETS.iter().map(|t| (*t, LevelFilter::INFO)))
+}
+
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_env("NIMBUS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(credential_cap());
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
 }
 

@@ -12,7 +12,10 @@
 //! that built this test (`cargo build -p nimbusd`), and takes it from next to `nimbusctl`. It
 //! always asks cargo rather than only when the file is missing, because a stale `nimbusd` from an
 //! earlier build would silently test old code; cargo's up-to-date check costs well under a
-//! second. `NIMBUS_E2E_NIMBUSD=/path/to/nimbusd` skips the build and uses that binary.
+//! second. `NIMBUS_E2E_NIMBUSD=/path/to/nimbusd` skips the build and uses that binary; the
+//! README's test command sets it (and `NIMBUS_E2E_NIMBUS_GIT`) to the binaries its
+//! `cargo nextest run --workspace` has just built, because `cargo build -p nimbusd` resolves
+//! features for one package and would compile much of the dependency graph a second time.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
@@ -400,6 +403,11 @@ impl World {
 
     /// Starts `nimbusd server --listen 127.0.0.1:0 EXTRA…` and waits for its address line.
     pub fn start_daemon(&mut self, extra: &[&str]) {
+        self.start_daemon_env(extra, &[]);
+    }
+
+    /// [`World::start_daemon`] with extra environment variables (`NIMBUS_LOG`, say).
+    pub fn start_daemon_env(&mut self, extra: &[&str], vars: &[(&str, &str)]) {
         if let Some(old) = self.daemon.take() {
             self.stopped.push(old);
         }
@@ -407,6 +415,9 @@ impl World {
         let mut cmd = Command::new(&bin);
         cmd.args(["server", "--listen", "127.0.0.1:0"]).args(extra);
         self.env(&mut cmd);
+        for (key, value) in vars {
+            cmd.env(key, value);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
