@@ -7,6 +7,8 @@
 //! are asynchronous on real hardware, so [`Bmc::power`] only asks; [`power_and_wait`] asks and
 //! polls [`Bmc::power_state`] until the machine gets there or a deadline passes.
 //!
+//! [`ops`] is the same calls as data, for a BMC that only `nimbusd agent` reaches.
+//!
 //! [`registry`] is the schema of the provider registry (one TOML file per hardware owner).
 //!
 //! This crate does no store access and keeps BMC passwords in [`Secret`]s: they are redacted
@@ -15,6 +17,7 @@
 
 pub mod inventory;
 pub mod ipmi;
+pub mod ops;
 pub mod redfish;
 pub mod registry;
 

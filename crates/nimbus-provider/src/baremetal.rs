@@ -17,6 +17,14 @@
 //! (`address:port` of the SSH login): `{"keys": {…}, "default": "…", "bmc_passwords":
 //! {"10.0.1.5:22": "…"}, "bmc_default_password": "…"}`.
 //!
+//! A BMC that only an agent on the rack reaches (a management network the control plane cannot
+//! see) is named through that agent instead: `"bmc": {"agent": "rack-a", "name": "node-5"}`.
+//! The agent (`nimbusd agent run`, enrolled for the same tenant) holds that BMC's address and
+//! password in its own configuration; every power and boot call becomes an operation the agent
+//! pulls, runs with its driver and answers ([`AgentRelay`]). While the agent is lost (no
+//! heartbeat within the control plane's window) its hosts answer no power state, so provision
+//! passes them over and nothing is claimed on them. Direct and agent-routed hosts mix freely.
+//!
 //! The claim lives on the host's disk (`<state_dir>/claim`), so the fleet is recovered from the
 //! hosts after any loss of local state: a host that is off holds no machine (terminate drops
 //! the claim before powering off); a host that is on is asked over SSH, and a listing fails
@@ -27,6 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use nimbus_baremetal::ops::{Op, Outcome};
 use nimbus_baremetal::{Bmc, BmcConfig, BmcKind, BootTarget, PowerAction, PowerState};
 use nimbus_setup::exec::{Command, Exec};
 use nimbus_types::{
@@ -52,6 +61,99 @@ pub struct HostBmc {
     pub timeout_secs: Option<u64>,
     #[serde(default)]
     pub insecure_tls: bool,
+}
+
+/// A host's BMC reached through an enrolled agent (`{"agent": …, "name": …}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentBmcRef {
+    /// The agent's name (as enrolled, in the provider's tenant).
+    pub agent: String,
+    /// The BMC's name in the agent's configuration.
+    pub name: String,
+    /// What the agent drives it with; only shown in messages (redfish when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<BmcKind>,
+}
+
+/// How the control plane reaches one host's BMC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BmcRoute {
+    Direct(BmcConfig),
+    Agent(AgentBmcRef),
+}
+
+/// Carries BMC operations to enrolled agents and brings their outcomes back (implemented by
+/// `nimbusd` over its store; the provider never sees the store).
+#[async_trait]
+pub trait AgentRelay: Send + Sync {
+    /// Runs `op` on the BMC `bmc` of the tenant's agent `agent` and waits for the agent's
+    /// answer. A lost or unknown agent, or one that does not answer in time, is an error
+    /// (`Unreachable` when waiting may help, `Refused` when it cannot).
+    async fn run(
+        &self,
+        tenant_id: TenantId,
+        agent: &str,
+        bmc: &str,
+        op: &Op,
+    ) -> nimbus_baremetal::Result<Outcome>;
+}
+
+/// A BMC behind an agent: each call is one operation through the relay.
+struct AgentBmc {
+    relay: Arc<dyn AgentRelay>,
+    tenant_id: TenantId,
+    target: AgentBmcRef,
+    endpoint: String,
+}
+
+impl AgentBmc {
+    async fn call(&self, op: Op) -> nimbus_baremetal::Result<Option<PowerState>> {
+        self.relay
+            .run(self.tenant_id, &self.target.agent, &self.target.name, &op)
+            .await?
+            .into_result(&self.endpoint)
+    }
+}
+
+#[async_trait]
+impl Bmc for AgentBmc {
+    fn kind(&self) -> BmcKind {
+        self.target.kind.unwrap_or(BmcKind::Redfish)
+    }
+
+    fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    async fn power_state(&self) -> nimbus_baremetal::Result<PowerState> {
+        self.call(Op::PowerState)
+            .await?
+            .ok_or_else(|| nimbus_baremetal::Error::Malformed {
+                bmc: self.endpoint.clone(),
+                message: "the agent answered without a power state".into(),
+            })
+    }
+
+    async fn power(&self, action: PowerAction) -> nimbus_baremetal::Result<()> {
+        self.call(Op::Power { action }).await.map(drop)
+    }
+
+    async fn boot_once(&self, target: BootTarget) -> nimbus_baremetal::Result<()> {
+        self.call(Op::BootOnce { target }).await.map(drop)
+    }
+
+    async fn insert_media(&self, image_url: &str) -> nimbus_baremetal::Result<()> {
+        self.call(Op::InsertMedia {
+            image_url: image_url.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn eject_media(&self) -> nimbus_baremetal::Result<()> {
+        self.call(Op::EjectMedia).await.map(drop)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,7 +218,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Error {
 /// A validated record: the `ssh` provider's record for the hosts, the BMCs and the settings.
 pub struct BaremetalConfig {
     pub ssh: ProviderConfig,
-    pub bmcs: Vec<BmcConfig>,
+    pub bmcs: Vec<BmcRoute>,
     pub settings: BaremetalSettings,
 }
 
@@ -168,9 +270,28 @@ impl BaremetalConfig {
                 .ok_or_else(|| {
                     invalid(format!("config.hosts[{idx}].bmc"), "every host needs a bmc")
                 })?;
-            let bmc: HostBmc = serde_json::from_value(bmc)
-                .map_err(|err| invalid(format!("config.hosts[{idx}].bmc"), err.to_string()))?;
-            host_bmcs.push(bmc);
+            let field = format!("config.hosts[{idx}].bmc");
+            let route = if bmc.get("agent").is_some() {
+                let target: AgentBmcRef = serde_json::from_value(bmc)
+                    .map_err(|err| invalid(field.clone(), err.to_string()))?;
+                for (key, value) in [("agent", &target.agent), ("name", &target.name)] {
+                    if value.is_empty()
+                        || value.len() > 128
+                        || value.chars().any(|c| c.is_control() || c == '/')
+                    {
+                        return Err(invalid(
+                            format!("{field}.{key}"),
+                            "must be 1-128 characters without '/' or control characters",
+                        ));
+                    }
+                }
+                Err(target)
+            } else {
+                let bmc: HostBmc =
+                    serde_json::from_value(bmc).map_err(|err| invalid(field, err.to_string()))?;
+                Ok(bmc)
+            };
+            host_bmcs.push(route);
         }
         let credentials = provider.credentials.as_ref().ok_or_else(|| {
             invalid(
@@ -199,6 +320,13 @@ impl BaremetalConfig {
         let (parsed, _) = SshConfig::from_provider(&ssh)?;
         let mut bmcs = Vec::new();
         for (idx, (host, bmc)) in parsed.hosts.iter().zip(host_bmcs).enumerate() {
+            let bmc = match bmc {
+                Ok(bmc) => bmc,
+                Err(target) => {
+                    bmcs.push(BmcRoute::Agent(target));
+                    continue;
+                }
+            };
             let password = credentials
                 .bmc_passwords
                 .get(&host.host_id())
@@ -239,7 +367,7 @@ impl BaremetalConfig {
                     }
                     other => invalid(format!("config.hosts[{idx}].bmc"), other.to_string()),
                 })?;
-            bmcs.push(config);
+            bmcs.push(BmcRoute::Direct(config));
         }
         Ok(BaremetalConfig {
             ssh,
@@ -264,13 +392,36 @@ fn bmc_error(err: nimbus_baremetal::Error) -> Error {
 }
 
 impl BaremetalProvider {
-    pub fn from_provider(provider: &ProviderConfig, pool: Arc<SshPool>) -> Result<Self> {
+    /// The provider for a stored record; `agents` carries operations for hosts whose BMC is
+    /// reached through an agent (none configured: such hosts are an invalid configuration).
+    pub fn from_provider(
+        provider: &ProviderConfig,
+        pool: Arc<SshPool>,
+        agents: Option<Arc<dyn AgentRelay>>,
+    ) -> Result<Self> {
         let config = BaremetalConfig::from_provider(provider)?;
         let ssh = SshProvider::from_provider(&config.ssh, pool)?;
         let bmcs = config
             .bmcs
             .iter()
-            .map(|bmc| nimbus_baremetal::connect(bmc).map_err(bmc_error))
+            .enumerate()
+            .map(|(idx, route)| match route {
+                BmcRoute::Direct(bmc) => nimbus_baremetal::connect(bmc).map_err(bmc_error),
+                BmcRoute::Agent(target) => {
+                    let relay = agents.clone().ok_or_else(|| {
+                        invalid(
+                            format!("config.hosts[{idx}].bmc.agent"),
+                            "this process carries no agent operations (only `nimbusd server` does)",
+                        )
+                    })?;
+                    Ok(Box::new(AgentBmc {
+                        relay,
+                        tenant_id: provider.tenant_id,
+                        endpoint: format!("agent {}: {}", target.agent, target.name),
+                        target: target.clone(),
+                    }) as Box<dyn Bmc>)
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(BaremetalProvider {
             ssh,

@@ -175,6 +175,9 @@ pub struct ProviderEnv {
     pub host_keys: Option<HostKeysFor>,
     /// Where SSH connection and command events go; `None` drops them.
     pub events: Option<Arc<dyn nimbus_types::event::EventSink>>,
+    /// Carries BMC operations to enrolled agents (`nimbusd server`); `None`: bare-metal hosts
+    /// whose BMC is reached through an agent cannot be driven.
+    pub agents: Option<Arc<dyn baremetal::AgentRelay>>,
 }
 
 impl ProviderEnv {
@@ -184,6 +187,7 @@ impl ProviderEnv {
             local_machines_dir: local_machines_dir.into(),
             host_keys: None,
             events: None,
+            agents: None,
         }
     }
 }
@@ -232,7 +236,9 @@ pub fn build(env: &ProviderEnv, config: &ProviderConfig) -> Result<Arc<dyn Provi
                 None => ssh::SshPool::shared(config.id),
             };
             Ok(Arc::new(baremetal::BaremetalProvider::from_provider(
-                config, pool,
+                config,
+                pool,
+                env.agents.clone(),
             )?))
         }
         ProviderType::Hetzner => {

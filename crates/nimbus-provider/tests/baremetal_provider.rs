@@ -129,7 +129,7 @@ fn provider(config: &ProviderConfig) -> BaremetalProvider {
         Events::none(),
         SshOptions::default(),
     );
-    BaremetalProvider::from_provider(config, pool).unwrap()
+    BaremetalProvider::from_provider(config, pool, None).unwrap()
 }
 
 fn request(config: &ProviderConfig, label: &str) -> ProvisionRequest {

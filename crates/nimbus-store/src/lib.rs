@@ -1,5 +1,6 @@
 //! Nimbus storage: what was asked and when (tenants, providers, forge configuration, machine
-//! intent and state history), sealed credentials, tenant tokens and the event log.
+//! intent and state history), sealed credentials, tenant tokens, bare-metal agents and the event
+//! log.
 //!
 //! The store holds intent and history, not the truth about what exists: providers are the
 //! source of truth for machines (DESIGN.md, "Lean state"). One [`Storage`] trait, implemented by
@@ -7,6 +8,7 @@
 //!
 //! This crate must not call providers, forges or the network, and must never log a credential.
 
+pub mod agents;
 pub mod ci;
 mod seal;
 mod sql;
@@ -21,6 +23,9 @@ use nimbus_types::{
 };
 use time::OffsetDateTime;
 
+pub use agents::{
+    AgentOpState, AgentOperation, AgentRecord, AgentStore, Enrolment, EnrolmentToken,
+};
 pub use ci::{CiJob, CiJobState, CiRun, CiStore};
 pub use seal::{KeyError, SealKey, Sealer};
 pub use sql::{SqlStore, StoreOptions};
@@ -100,7 +105,7 @@ pub struct EventFilter {
 /// The storage contract. The first four methods are the seeds' contract; the rest hold machine
 /// intent and history, tokens and the event log.
 #[async_trait]
-pub trait Storage: CiStore + Send + Sync + 'static {
+pub trait Storage: CiStore + AgentStore + Send + Sync + 'static {
     async fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
     async fn list_tenant_providers(&self, tenant_id: TenantId) -> Result<Vec<ProviderConfig>>;
     /// A provider of the given tenant; another tenant's provider is `NotFound`.

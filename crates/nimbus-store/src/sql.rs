@@ -33,6 +33,7 @@ use crate::{
     Error, EventFilter, MachineFilter, MachineRecord, PoolMachine, Result, Sealer, Storage,
 };
 
+mod agents;
 mod ci;
 
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");

@@ -131,6 +131,7 @@ conformance!(
     demand_prunes_finished_jobs_and_old_deliveries,
     job_history_keeps_finished_jobs_past_pruning,
     ci_runs_and_jobs,
+    agents_enrol_once_and_take_operations,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1886,4 +1887,242 @@ async fn ci_runs_and_jobs(db: &TestDb) {
         err.is_err(),
         "a run of an unknown tenant is refused: {err:?}"
     );
+}
+
+fn enrolment_token(
+    tenant_id: TenantId,
+    name: &str,
+    expires_in: i64,
+) -> nimbus_store::EnrolmentToken {
+    let now = nimbus_types::now();
+    nimbus_store::EnrolmentToken {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id,
+        agent_name: name.into(),
+        created_at: now,
+        expires_at: now + time::Duration::seconds(expires_in),
+        used_at: None,
+    }
+}
+
+fn agent_op(agent_id: &str, bmc: &str, seconds: i64) -> nimbus_store::AgentOperation {
+    nimbus_store::AgentOperation {
+        id: uuid::Uuid::new_v4().to_string(),
+        agent_id: agent_id.into(),
+        bmc: bmc.into(),
+        op: serde_json::json!({"op": "power_state"}),
+        state: nimbus_store::AgentOpState::Pending,
+        outcome: None,
+        created_at: at(seconds),
+        updated_at: at(seconds),
+    }
+}
+
+async fn agents_enrol_once_and_take_operations(db: &TestDb) {
+    use nimbus_store::{AgentOpState, Enrolment};
+    let store: &dyn Storage = &db.store;
+    let acme = store.create_tenant("acme").await.unwrap();
+    let beta = store.create_tenant("beta").await.unwrap();
+    let now = nimbus_types::now();
+    store
+        .create_enrolment_token(&enrolment_token(acme.id, "rack-a", 3600), &[1u8; 32])
+        .await
+        .unwrap();
+    store
+        .create_enrolment_token(&enrolment_token(acme.id, "rack-b", -1), &[2u8; 32])
+        .await
+        .unwrap();
+    store
+        .create_enrolment_token(&enrolment_token(beta.id, "rack-a", 3600), &[3u8; 32])
+        .await
+        .unwrap();
+    assert_conflict(
+        store
+            .create_enrolment_token(&enrolment_token(beta.id, "x", 60), &[3u8; 32])
+            .await,
+        "reused token hash",
+    );
+    assert_not_found(
+        store
+            .create_enrolment_token(&enrolment_token(TenantId::new(), "x", 60), &[4u8; 32])
+            .await,
+        "tenant",
+        "token of an unknown tenant",
+    );
+
+    // A token enrols once; a replay, an expired or an unknown token enrol nobody.
+    let agent = match store
+        .enrol_agent(&[1u8; 32], "agent-1", &[11u8; 32], now)
+        .await
+        .unwrap()
+    {
+        Enrolment::Enrolled(agent) => agent,
+        other => panic!("first use must enrol: {other:?}"),
+    };
+    assert_eq!((agent.name.as_str(), agent.tenant_id), ("rack-a", acme.id));
+    assert_eq!(
+        store
+            .enrol_agent(&[1u8; 32], "agent-2", &[12u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::Used
+    );
+    assert_eq!(
+        store
+            .enrol_agent(&[2u8; 32], "agent-3", &[13u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::Expired
+    );
+    assert_eq!(
+        store
+            .enrol_agent(&[9u8; 32], "agent-4", &[14u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::UnknownToken
+    );
+    // Same name in another tenant is fine; a second token for a taken name is not used up.
+    assert!(matches!(
+        store
+            .enrol_agent(&[3u8; 32], "agent-5", &[15u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::Enrolled(_)
+    ));
+    store
+        .create_enrolment_token(&enrolment_token(acme.id, "rack-a", 3600), &[5u8; 32])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .enrol_agent(&[5u8; 32], "agent-6", &[16u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::NameTaken
+    );
+
+    // The credential finds the agent; heartbeats record last-seen and the report.
+    assert_eq!(
+        store.agent_for_credential(&[11u8; 32]).await.unwrap(),
+        Some(agent.clone())
+    );
+    assert_eq!(store.agent_for_credential(&[12u8; 32]).await.unwrap(), None);
+    let report = serde_json::json!({"health": "ok", "bmcs": [{"name": "node-1"}]});
+    store
+        .record_agent_heartbeat("agent-1", at(100), &report)
+        .await
+        .unwrap();
+    let seen = store.get_agent_by_name(acme.id, "rack-a").await.unwrap();
+    assert_eq!(seen.last_seen_at, Some(at(100)));
+    assert_eq!(seen.report, Some(report));
+    assert_not_found(
+        store.get_agent_by_name(beta.id, "rack-b").await,
+        "agent",
+        "unknown name",
+    );
+    assert_eq!(store.list_agents(Some(acme.id)).await.unwrap().len(), 1);
+    assert_eq!(store.list_agents(None).await.unwrap().len(), 2);
+
+    // Operations are handed out once, oldest first, and answered once.
+    let first = agent_op("agent-1", "node-1", 1);
+    let second = agent_op("agent-1", "node-2", 2);
+    store.enqueue_agent_operation(&second).await.unwrap();
+    store.enqueue_agent_operation(&first).await.unwrap();
+    assert_not_found(
+        store
+            .enqueue_agent_operation(&agent_op("no-agent", "x", 3))
+            .await,
+        "agent",
+        "operation for an unknown agent",
+    );
+    let claimed = store
+        .claim_agent_operations("agent-1", at(10), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, first.id);
+    assert_eq!(claimed[0].state, AgentOpState::Running);
+    let rest = store
+        .claim_agent_operations("agent-1", at(11), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
+        vec![second.id.clone()]
+    );
+    assert!(
+        store
+            .claim_agent_operations("agent-1", at(12), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let outcome = serde_json::json!({"result": "done", "power_state": "off"});
+    assert!(
+        !store
+            .finish_agent_operation("agent-5", &first.id, &outcome, at(13))
+            .await
+            .unwrap(),
+        "another agent cannot answer"
+    );
+    assert!(
+        store
+            .finish_agent_operation("agent-1", &first.id, &outcome, at(13))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_agent_operation("agent-1", &first.id, &outcome, at(14))
+            .await
+            .unwrap(),
+        "answered once"
+    );
+    let done = store.get_agent_operation(&first.id).await.unwrap();
+    assert_eq!(
+        (done.state, done.outcome),
+        (AgentOpState::Done, Some(outcome.clone()))
+    );
+    assert!(
+        store
+            .abandon_agent_operation(&second.id, at(15))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .abandon_agent_operation(&first.id, at(15))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .finish_agent_operation("agent-1", &second.id, &outcome, at(16))
+            .await
+            .unwrap(),
+        "an abandoned operation takes no answer"
+    );
+    assert_eq!(store.prune_agent_operations(at(15)).await.unwrap(), 1);
+    assert_not_found(
+        store.get_agent_operation(&first.id).await,
+        "agent operation",
+        "pruned",
+    );
+
+    // Deleting an agent ends its credential; only its own tenant can.
+    assert_not_found(
+        store.delete_agent(beta.id, "agent-1").await,
+        "agent",
+        "another tenant's agent",
+    );
+    store.delete_agent(acme.id, "agent-1").await.unwrap();
+    assert_eq!(store.agent_for_credential(&[11u8; 32]).await.unwrap(), None);
+    // The token of the taken name enrols now.
+    assert!(matches!(
+        store
+            .enrol_agent(&[5u8; 32], "agent-6", &[16u8; 32], now)
+            .await
+            .unwrap(),
+        Enrolment::Enrolled(_)
+    ));
 }

@@ -82,6 +82,10 @@ pub enum Noun {
         #[arg(long, value_name = "JOB_ID", num_args = 0..=1, default_missing_value = "")]
         job: Option<String>,
     },
+    /// Bare-metal agents (`nimbusd agent run` on a rack): enrolment tokens, status, BMC
+    /// operations.
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Follow telemetry events as they happen.
     Events(EventsArgs),
     /// Replay a CI job trace against simulated providers: what a pool configuration costs and
@@ -98,6 +102,59 @@ pub enum Noun {
     },
     /// Write man pages (nimbusctl.1 and one per subcommand) into a directory.
     Manpages { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// One-time enrolment tokens.
+    #[command(subcommand)]
+    Token(AgentTokenCmd),
+    /// Agents with their status (online, lost, enrolled) and last heartbeat.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Delete an agent: its credential stops working (enrol it again with a new token).
+    Delete {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Power a BMC the agent drives: on, off, reset or status (asks the BMC; power lands later).
+    Power {
+        /// The agent's name.
+        name: String,
+        /// The BMC's name in the agent's configuration.
+        #[arg(long)]
+        bmc: String,
+        #[arg(value_parser = ["on", "off", "reset", "status"])]
+        action: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Boot a BMC's machine once from disk, pxe or cd on its next boot.
+    Boot {
+        name: String,
+        #[arg(long)]
+        bmc: String,
+        #[arg(value_parser = ["disk", "pxe", "cd"])]
+        target: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCmd {
+    /// Create a one-time token for the agent NAME; it is shown once.
+    Create {
+        name: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How long the token stays valid, e.g. `1h` (at most 7 days).
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -600,10 +657,98 @@ async fn dispatch(client: &Client, printer: &Printer, command: Noun) -> anyhow::
             }
         }
         Noun::Events(args) => events(client, printer, args).await,
+        Noun::Agent(cmd) => agent(client, printer, cmd).await,
         Noun::Sim(_) | Noun::Registry(_) | Noun::Completions { .. } | Noun::Manpages { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
+}
+
+fn tenant_query(tenant: &Option<String>) -> String {
+    tenant
+        .as_ref()
+        .map(|t| format!("?tenant={}", seg(t)))
+        .unwrap_or_default()
+}
+
+async fn agent(client: &Client, printer: &Printer, cmd: AgentCmd) -> anyhow::Result<()> {
+    match cmd {
+        AgentCmd::Token(AgentTokenCmd::Create { name, tenant, ttl }) => {
+            let created: serde_json::Value = client
+                .post(
+                    "/v1/agents/enrolment-tokens",
+                    &serde_json::json!({"name": name, "tenant": tenant, "ttl_secs": ttl.as_secs()}),
+                )
+                .await?;
+            printer.enrolment_token(&created)
+        }
+        AgentCmd::List { tenant } => {
+            let agents: Vec<serde_json::Value> = client
+                .get(&format!("/v1/agents{}", tenant_query(&tenant)))
+                .await?;
+            printer.agents(&agents)
+        }
+        AgentCmd::Delete { name, tenant } => {
+            client
+                .delete_empty(&format!(
+                    "/v1/agents/{}{}",
+                    seg(&name),
+                    tenant_query(&tenant)
+                ))
+                .await?;
+            printer.done(&format!("agent {name} deleted"))
+        }
+        AgentCmd::Power {
+            name,
+            bmc,
+            action,
+            tenant,
+        } => {
+            let op = match action.as_str() {
+                "status" => serde_json::json!({"op": "power_state"}),
+                action => serde_json::json!({"op": "power", "action": action}),
+            };
+            agent_op(client, printer, &name, &bmc, op, &tenant).await
+        }
+        AgentCmd::Boot {
+            name,
+            bmc,
+            target,
+            tenant,
+        } => {
+            let op = serde_json::json!({"op": "boot_once", "target": target});
+            agent_op(client, printer, &name, &bmc, op, &tenant).await
+        }
+    }
+}
+
+async fn agent_op(
+    client: &Client,
+    printer: &Printer,
+    name: &str,
+    bmc: &str,
+    op: serde_json::Value,
+    tenant: &Option<String>,
+) -> anyhow::Result<()> {
+    let result: serde_json::Value = client
+        .post(
+            &format!(
+                "/v1/agents/{}/operations{}",
+                seg(name),
+                tenant_query(tenant)
+            ),
+            &serde_json::json!({"bmc": bmc, "op": op}),
+        )
+        .await?;
+    let outcome = &result["outcome"];
+    if outcome["result"] == "failed" {
+        bail!(
+            "agent {name}: bmc {bmc}: {} ({})",
+            outcome["message"].as_str().unwrap_or("failed"),
+            outcome["kind"].as_str().unwrap_or("refused")
+        );
+    }
+    printer.agent_op(&result)
 }
 
 async fn tenant(client: &Client, printer: &Printer, cmd: TenantCmd) -> anyhow::Result<()> {

@@ -119,6 +119,78 @@ impl Printer {
         print_table(t)
     }
 
+    pub fn enrolment_token(&self, created: &serde_json::Value) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(created);
+        }
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", created["token"].as_str().unwrap_or_default())?;
+        eprintln!(
+            "(shown once, valid until {}: give it to `nimbusd agent run --enrolment-token-file …` on the agent's host)",
+            created["expires_at"].as_str().unwrap_or("?")
+        );
+        Ok(())
+    }
+
+    pub fn agents(&self, agents: &[serde_json::Value]) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(agents);
+        }
+        let mut t = table(&["NAME", "STATUS", "LAST SEEN", "HEALTH", "BMCS", "ID"]);
+        for agent in agents {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+            let report = &agent["report"];
+            let bmcs = report["bmcs"]
+                .as_array()
+                .map(|bmcs| {
+                    bmcs.iter()
+                        .map(|b| {
+                            format!(
+                                "{}={}",
+                                b["name"].as_str().unwrap_or("?"),
+                                b["power_state"].as_str().unwrap_or("unreachable")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            t.add_row(vec![
+                text(&agent["name"]),
+                text(&agent["status"]),
+                agent["last_seen_secs_ago"]
+                    .as_i64()
+                    .map(|s| format!("{s}s ago"))
+                    .unwrap_or_else(|| "never".into()),
+                text(&report["health"]),
+                bmcs,
+                text(&agent["id"]),
+            ]);
+        }
+        print_table(t)
+    }
+
+    pub fn agent_op(&self, result: &serde_json::Value) -> anyhow::Result<()> {
+        if self.json {
+            return self.json(result);
+        }
+        let mut out = std::io::stdout().lock();
+        match result["outcome"]["power_state"].as_str() {
+            Some(state) => writeln!(
+                out,
+                "{}: power {state}",
+                result["bmc"].as_str().unwrap_or("?")
+            )?,
+            None => writeln!(
+                out,
+                "{}: {} accepted",
+                result["bmc"].as_str().unwrap_or("?"),
+                result["op"].as_str().unwrap_or("operation")
+            )?,
+        }
+        Ok(())
+    }
+
     pub fn token(&self, token: &TenantToken) -> anyhow::Result<()> {
         if self.json {
             return self.json(token);

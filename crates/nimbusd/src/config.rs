@@ -45,6 +45,43 @@ pub enum Command {
 pub enum AgentCommand {
     /// Print this machine's hardware inventory as JSON (CPU, memory, disks, NICs, OS, arch).
     Inventory,
+    /// Run the agent: enrol once, heartbeat, carry out BMC operations, serve /metrics.
+    Run(AgentRunArgs),
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct AgentRunArgs {
+    /// The control plane's URL, e.g. `https://nimbus.example:8720`.
+    #[arg(long, env = "NIMBUS_AGENT_SERVER")]
+    pub server: String,
+    /// The one-time enrolment token (`nimbusctl agent token create`); only needed until the
+    /// agent has enrolled. Prefer --enrolment-token-file.
+    #[arg(long, env = "NIMBUS_ENROLMENT_TOKEN", hide_env_values = true)]
+    pub enrolment_token: Option<String>,
+    /// A file holding the one-time enrolment token.
+    #[arg(
+        long,
+        env = "NIMBUS_ENROLMENT_TOKEN_FILE",
+        conflicts_with = "enrolment_token"
+    )]
+    pub enrolment_token_file: Option<PathBuf>,
+    /// Where the agent keeps its credential (`agent-credential.json`, mode 0600)
+    /// [default: $XDG_DATA_HOME/nimbus/agent].
+    #[arg(long, env = "NIMBUS_AGENT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The agent's TOML file: the BMCs it drives (`[[bmcs]]` with name, kind, address,
+    /// username, password_file).
+    #[arg(long, env = "NIMBUS_AGENT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where `/metrics` answers (keep it on loopback).
+    #[arg(long, env = "NIMBUS_AGENT_METRICS_LISTEN", default_value = crate::agent::DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: SocketAddr,
+    /// Time between heartbeats, e.g. `15s`.
+    #[arg(long, env = "NIMBUS_AGENT_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration, default_value = "15s")]
+    pub heartbeat_interval: Duration,
+    /// How long one poll for operations waits at the control plane (at most 30s).
+    #[arg(long, env = "NIMBUS_AGENT_POLL_WAIT", value_parser = humantime::parse_duration, default_value = "20s")]
+    pub poll_wait: Duration,
 }
 
 #[derive(Clone, Debug, Default, Args)]
@@ -85,6 +122,13 @@ pub struct ServerArgs {
     /// How long shutdown waits for in-flight operations, e.g. `30s`.
     #[arg(long, env = "NIMBUS_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// A bare-metal agent without a heartbeat for this long is lost and its hosts are not
+    /// handed out, e.g. `60s`.
+    #[arg(long, env = "NIMBUS_AGENT_LOST_AFTER", value_parser = humantime::parse_duration)]
+    pub agent_lost_after: Option<Duration>,
+    /// Longest a BMC operation waits for its agent's answer, e.g. `60s`.
+    #[arg(long, env = "NIMBUS_AGENT_OP_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub agent_op_timeout: Option<Duration>,
 }
 
 /// The TOML file: the same settings as the flags, with the same names in snake_case.
@@ -111,6 +155,10 @@ struct FileConfig {
     request_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    agent_lost_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    agent_op_timeout: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -142,6 +190,7 @@ pub struct Settings {
     pub prices: nimbus_types::cost::PriceTable,
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub agents: crate::agents::AgentSettings,
 }
 
 #[derive(Clone)]
@@ -188,6 +237,20 @@ impl Settings {
         {
             anyhow::bail!("--database-url must start with sqlite:, postgres:// or postgresql://");
         }
+        for (name, value) in [
+            (
+                "--agent-lost-after",
+                args.agent_lost_after.or(file.agent_lost_after),
+            ),
+            (
+                "--agent-op-timeout",
+                args.agent_op_timeout.or(file.agent_op_timeout),
+            ),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                anyhow::bail!("{name} must be more than 0s");
+            }
+        }
         Ok(Settings {
             listen: args
                 .listen
@@ -222,6 +285,16 @@ impl Settings {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .unwrap_or(Duration::from_secs(30)),
+            agents: crate::agents::AgentSettings {
+                lost_after: args
+                    .agent_lost_after
+                    .or(file.agent_lost_after)
+                    .unwrap_or(Duration::from_secs(60)),
+                op_timeout: args
+                    .agent_op_timeout
+                    .or(file.agent_op_timeout)
+                    .unwrap_or(Duration::from_secs(60)),
+            },
         })
     }
 }

@@ -1,9 +1,11 @@
 //! `nimbusd`: the Nimbus daemon. `nimbusd server` runs the control plane; `nimbusd migrate`
-//! applies the store's migrations.
+//! applies the store's migrations; `nimbusd agent run` is the bare-metal agent on a rack.
 //!
 //! Only this crate knows about HTTP and process start-up (signals, directories, the admin token,
 //! the secret key). The lifecycle lives in `nimbus-fleet`; this crate wires it to the network.
 
+mod agent;
+pub mod agents;
 pub mod config;
 pub mod http;
 mod secrets;
@@ -43,6 +45,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&inventory)?);
             Ok(())
         }),
+        Command::Agent(AgentCommand::Run(args)) => runtime.block_on(agent::run(args)),
     }
 }
 
@@ -178,6 +181,7 @@ impl Server {
         let forge_metrics = http::ops::ForgeMetrics::register(&mut registry);
         let cost_metrics = http::ops::CostMetrics::register(&mut registry);
         let events: Arc<dyn EventSink> = Arc::new(telemetry.clone());
+        let agents = Arc::new(agents::AgentHub::new(dyn_store.clone(), settings.agents));
         let key_store = dyn_store.clone();
         let providers = provider_registry(
             ProviderEnv {
@@ -189,6 +193,7 @@ impl Server {
                     )) as Arc<dyn nimbus_setup::ssh::HostKeyStore>
                 })),
                 events: Some(events.clone()),
+                agents: Some(agents.clone() as Arc<dyn nimbus_provider::baremetal::AgentRelay>),
             },
             events,
         );
@@ -232,6 +237,7 @@ impl Server {
             webhooks: Arc::new(http::forge::WebhookReceivers::default()),
             forge_metrics,
             cost_metrics,
+            agents,
         };
         Ok(Server { state, store })
     }
@@ -247,6 +253,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     server.state.fleet.start_autoscaler();
     server.state.fleet.start_ci();
     let demand_loop = tokio::spawn(http::demand::reconcile_loop(server.state.clone()));
+    let prune_loop = tokio::spawn(prune_agent_operations(
+        server.state.store.clone(),
+        server.state.shutdown.clone(),
+    ));
     tracing::info!(
         listen = %addr,
         store = server.store.backend(),
@@ -269,10 +279,25 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("server error")?;
     server.state.shutdown.cancel();
     let _ = demand_loop.await;
+    let _ = prune_loop.await;
     server.state.fleet.shutdown().await;
     server.store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Forgets answered and abandoned agent operations a day after they ended, hourly.
+async fn prune_agent_operations(store: Arc<dyn Storage>, shutdown: CancellationToken) {
+    loop {
+        let before = nimbus_types::now() - std::time::Duration::from_secs(24 * 3600);
+        if let Err(err) = store.prune_agent_operations(before).await {
+            tracing::warn!(error = %err, "cannot prune agent operations");
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! The REST API: `fn app(state) -> Router`, built apart from serving so tests drive it with
 //! `tower::ServiceExt::oneshot`. One module per resource; the middleware stack is here.
 
+pub mod agents;
 pub mod auth;
 pub mod costs;
 pub mod demand;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub webhooks: Arc<forge::WebhookReceivers>,
     pub forge_metrics: ops::ForgeMetrics,
     pub cost_metrics: ops::CostMetrics,
+    /// Hands BMC operations to bare-metal agents and judges their heartbeats.
+    pub agents: Arc<crate::agents::AgentHub>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,12 +119,15 @@ pub fn app(state: AppState) -> Router {
         .merge(costs::router())
         .merge(openapi::router())
         .merge(ops::router())
+        .merge(agents::router())
+        .merge(agents::enrol_router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             state.request_timeout,
         ));
-    // The event stream is long-lived: no request timeout, but it ends on shutdown.
-    let streams = events::router();
+    // The event stream and the agents' long-poll are long-lived: no request timeout, but they
+    // end on shutdown.
+    let streams = events::router().merge(agents::poll_router());
     let limited = Router::new()
         .merge(api)
         .merge(streams)

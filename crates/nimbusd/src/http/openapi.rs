@@ -6,7 +6,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::AppState;
-use crate::http::{costs, demand, events, forge, machines, ops, pools, providers, tenants};
+use crate::http::{agents, costs, demand, events, forge, machines, ops, pools, providers, tenants};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,8 @@ use crate::http::{costs, demand, events, forge, machines, ops, pools, providers,
         costs::costs, costs::jobs,
         events::stream,
         ops::healthz, ops::readyz, ops::metrics,
+        agents::create_token, agents::enrol, agents::list, agents::remove, agents::operate,
+        agents::heartbeat, agents::poll, agents::report,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -32,6 +34,7 @@ use crate::http::{costs, demand, events, forge, machines, ops, pools, providers,
         (name = "pools", description = "Pools that scale runner machines with job demand"),
         (name = "events", description = "Telemetry events"),
         (name = "ops", description = "Health and metrics"),
+        (name = "agents", description = "Bare-metal agents: enrolment, heartbeats, BMC operations"),
     )
 )]
 pub struct ApiDoc;
