@@ -183,6 +183,10 @@ pub struct BaremetalSettings {
     pub wipe_script: Option<String>,
     #[serde(default)]
     pub after_terminate: AfterTerminate,
+    /// The provider registry entry this rack is offered under (checked against the registry
+    /// `nimbusd` syncs when the provider is created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_entry: Option<String>,
 }
 
 fn default_boot() -> BootTarget {

@@ -505,3 +505,156 @@ fn an_agent_enrols_heartbeats_and_powers_a_bmc_the_control_plane_cannot_reach() 
     );
     assert_eq!(status, 401);
 }
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn registry_entry(name: &str, count: u32) -> String {
+    format!(
+        "schema = 1\nname = \"{name}\"\nowner = \"Acme\"\ncontact = \"ops@acme.example\"\n\
+         location = \"Berlin, DE\"\nagent = \"https://rack1.acme.example:9443\"\nbmc = \"redfish\"\n\n\
+         [[classes]]\nname = \"m2-mini\"\ncount = {count}\nos = \"macos\"\narch = \"arm64\"\n\
+         cpu = \"Apple M2\"\ncores = 8\nmemory_gb = 16\ndisk_gb = 256\nprice_per_hour = 0.12\n\n\
+         [[classes]]\nname = \"epyc\"\ncount = 2\nos = \"linux\"\narch = \"x86_64\"\n\
+         cpu = \"AMD EPYC\"\ncores = 32\nmemory_gb = 128\ndisk_gb = 1000\nprice_per_hour = 0.9\n"
+    )
+}
+
+#[test]
+fn the_server_syncs_a_registry_from_git_and_offers_its_entries() {
+    let mut world = World::empty();
+    let repo = world.root.path().join("registry");
+    std::fs::create_dir_all(repo.join("providers")).unwrap();
+    git(&repo, &["init", "--quiet", "--initial-branch", "main"]);
+    std::fs::write(
+        repo.join("providers/acme-berlin.toml"),
+        registry_entry("acme-berlin", 12),
+    )
+    .unwrap();
+    // A file with a mistake is left out and reported, not fatal.
+    std::fs::write(
+        repo.join("providers/broken.toml"),
+        registry_entry("broken", 0),
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "--quiet", "-m", "first"]);
+    let url = format!("file://{}", repo.display());
+    world.start_daemon(&["--registry-url", &url, "--registry-interval", "1s"]);
+    let token = std::fs::read_to_string(world.admin_token_path()).unwrap();
+    let token = token.trim();
+
+    let registry = world.wait_for("the first sync", Duration::from_secs(30), || {
+        let (status, body) = http_get(&world.url(), "/v1/registry", Some(token));
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == 200 && body["commit"].is_string() {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    });
+    assert_eq!(registry["url"], url.as_str());
+    assert_eq!(registry["last_error"], Value::Null);
+    let entries = registry["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{registry}");
+    assert_eq!(entries[0]["name"], "acme-berlin");
+    let diagnostics = registry["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), 1, "{registry}");
+    assert_eq!(diagnostics[0]["key"], "classes[0].count");
+    assert!(
+        diagnostics[0]["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("broken.toml")
+    );
+
+    // Filters as in `registry search`; a bad filter is a 422 naming it.
+    let (status, body) = http_get(
+        &world.url(),
+        "/v1/registry?os=linux&min_cores=16",
+        Some(token),
+    );
+    assert_eq!(status, 200);
+    let body: Value = serde_json::from_str(&body).unwrap();
+    let classes = body["entries"][0]["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 1);
+    assert_eq!(classes[0]["name"], "epyc");
+    let (status, body) = http_get(&world.url(), "/v1/registry?os=beos", Some(token));
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"field\":\"os\""), "{body}");
+    let (status, _) = http_get(&world.url(), "/v1/registry", None);
+    assert_eq!(status, 401);
+
+    // A new commit is picked up on the next interval.
+    std::fs::write(
+        repo.join("providers/beta-paris.toml"),
+        registry_entry("beta-paris", 3),
+    )
+    .unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "--quiet", "-m", "second"]);
+    let first_commit = registry["commit"].as_str().unwrap().to_owned();
+    world.wait_for("the second commit", Duration::from_secs(30), || {
+        let (_, body) = http_get(&world.url(), "/v1/registry", Some(token));
+        let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if body["commit"] != first_commit.as_str()
+            && body["entries"].as_array().map(Vec::len) == Some(2)
+        {
+            Ok(())
+        } else {
+            Err(body.to_string())
+        }
+    });
+
+    // A baremetal provider offered under a registry entry: the entry must exist and offer the
+    // hosts' os/arch.
+    world.ctl(&["tenant", "create", "acme"]).ok();
+    let provider = |entry: &str, arch: &str| {
+        let config = world.root.path().join(format!("rack-{entry}-{arch}.json"));
+        std::fs::write(
+            &config,
+            json!({
+                "registry_entry": entry,
+                "hosts": [{"address": "127.0.0.1", "user": "ci", "os": "linux", "arch": arch,
+                           "bmc": {"agent": "rack-a", "name": "node-0"}}],
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let credentials = private_file(
+            &world.root.path().join("rack-credentials.json"),
+            &json!({"default": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n"}).to_string(),
+        );
+        world.ctl(&[
+            "provider",
+            "add",
+            "--tenant",
+            "acme",
+            "--type",
+            "baremetal",
+            "--name",
+            &format!("rack-{entry}-{arch}"),
+            "--config",
+            config.to_str().unwrap(),
+            "--credentials",
+            credentials.to_str().unwrap(),
+        ])
+    };
+    provider("nope", "x86_64").fails_with("config.registry_entry");
+    provider("acme-berlin", "arm64").fails_with("config.hosts[0]");
+}

@@ -129,6 +129,12 @@ pub struct ServerArgs {
     /// Longest a BMC operation waits for its agent's answer, e.g. `60s`.
     #[arg(long, env = "NIMBUS_AGENT_OP_TIMEOUT", value_parser = humantime::parse_duration)]
     pub agent_op_timeout: Option<Duration>,
+    /// A Git URL of the provider registry to sync (`GET /v1/registry`).
+    #[arg(long, env = "NIMBUS_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+    /// How often the registry is fetched, e.g. `5m`.
+    #[arg(long, env = "NIMBUS_REGISTRY_INTERVAL", value_parser = humantime::parse_duration)]
+    pub registry_interval: Option<Duration>,
 }
 
 /// The TOML file: the same settings as the flags, with the same names in snake_case.
@@ -159,6 +165,9 @@ struct FileConfig {
     agent_lost_after: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     agent_op_timeout: Option<Duration>,
+    registry_url: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    registry_interval: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -191,6 +200,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub agents: crate::agents::AgentSettings,
+    pub registry_url: Option<String>,
+    pub registry_interval: Duration,
 }
 
 #[derive(Clone)]
@@ -237,6 +248,13 @@ impl Settings {
         {
             anyhow::bail!("--database-url must start with sqlite:, postgres:// or postgresql://");
         }
+        let registry_url = args.registry_url.clone().or(file.registry_url);
+        if registry_url
+            .as_deref()
+            .is_some_and(|url| url.is_empty() || url.starts_with('-'))
+        {
+            anyhow::bail!("--registry-url must be a Git URL");
+        }
         for (name, value) in [
             (
                 "--agent-lost-after",
@@ -245,6 +263,10 @@ impl Settings {
             (
                 "--agent-op-timeout",
                 args.agent_op_timeout.or(file.agent_op_timeout),
+            ),
+            (
+                "--registry-interval",
+                args.registry_interval.or(file.registry_interval),
             ),
         ] {
             if value.is_some_and(|d| d.is_zero()) {
@@ -295,6 +317,11 @@ impl Settings {
                     .or(file.agent_op_timeout)
                     .unwrap_or(Duration::from_secs(60)),
             },
+            registry_url,
+            registry_interval: args
+                .registry_interval
+                .or(file.registry_interval)
+                .unwrap_or(Duration::from_secs(300)),
         })
     }
 }

@@ -8,6 +8,7 @@ mod agent;
 pub mod agents;
 pub mod config;
 pub mod http;
+pub mod registry_sync;
 mod secrets;
 
 use std::sync::Arc;
@@ -238,6 +239,16 @@ impl Server {
             forge_metrics,
             cost_metrics,
             agents,
+            registry: Arc::new(registry_sync::RegistryState::new(
+                settings
+                    .registry_url
+                    .clone()
+                    .map(|url| registry_sync::RegistrySource {
+                        url,
+                        interval: settings.registry_interval,
+                        dir: settings.state_dir.join("registry"),
+                    }),
+            )),
         };
         Ok(Server { state, store })
     }
@@ -253,6 +264,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     server.state.fleet.start_autoscaler();
     server.state.fleet.start_ci();
     let demand_loop = tokio::spawn(http::demand::reconcile_loop(server.state.clone()));
+    let registry = server.state.registry.clone();
+    let registry_loop = tokio::spawn({
+        let shutdown = server.state.shutdown.clone();
+        async move { registry.run(shutdown).await }
+    });
     let prune_loop = tokio::spawn(prune_agent_operations(
         server.state.store.clone(),
         server.state.shutdown.clone(),
@@ -279,6 +295,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .context("server error")?;
     server.state.shutdown.cancel();
     let _ = demand_loop.await;
+    let _ = registry_loop.await;
     let _ = prune_loop.await;
     server.state.fleet.shutdown().await;
     server.store.close().await;

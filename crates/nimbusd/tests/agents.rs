@@ -291,9 +291,14 @@ async fn agents_enrol_once_heartbeat_and_take_operations() {
         "/v1/agents/enrol",
         "/v1/agent/heartbeat",
         "/v1/agent/operations",
+        "/v1/registry",
     ] {
         assert!(doc.body["paths"][path].is_object(), "openapi lacks {path}");
     }
+    // Without --registry-url there is no registry to show.
+    let reply = api.admin("GET", "/v1/registry", None).await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+
     // Deleting the agent ends its credential.
     let reply = api
         .call("DELETE", "/v1/agents/rack-a", Some(&acme_token), None)

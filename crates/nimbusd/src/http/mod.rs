@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod pools;
 mod providers;
+pub mod registry;
 mod tenants;
 
 use std::sync::Arc;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub cost_metrics: ops::CostMetrics,
     /// Hands BMC operations to bare-metal agents and judges their heartbeats.
     pub agents: Arc<crate::agents::AgentHub>,
+    /// The provider registry synced from Git, when one is configured.
+    pub registry: Arc<crate::registry_sync::RegistryState>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +124,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router())
         .merge(agents::router())
         .merge(agents::enrol_router())
+        .merge(registry::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             state.request_timeout,

@@ -6,7 +6,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::http::AppState;
-use crate::http::{agents, costs, demand, events, forge, machines, ops, pools, providers, tenants};
+use crate::http::{
+    agents, costs, demand, events, forge, machines, ops, pools, providers, registry, tenants,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +26,7 @@ use crate::http::{agents, costs, demand, events, forge, machines, ops, pools, pr
         ops::healthz, ops::readyz, ops::metrics,
         agents::create_token, agents::enrol, agents::list, agents::remove, agents::operate,
         agents::heartbeat, agents::poll, agents::report,
+        registry::show,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -35,6 +38,7 @@ use crate::http::{agents, costs, demand, events, forge, machines, ops, pools, pr
         (name = "events", description = "Telemetry events"),
         (name = "ops", description = "Health and metrics"),
         (name = "agents", description = "Bare-metal agents: enrolment, heartbeats, BMC operations"),
+        (name = "registry", description = "The provider registry synced from Git"),
     )
 )]
 pub struct ApiDoc;

@@ -57,6 +57,7 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateProvider>,
 ) -> Result<(StatusCode, Json<ProviderView>), ApiError> {
     let tenant = caller.tenant(&state, &tenant).await?;
+    crate::http::registry::check_provider(&state, body.provider_type, body.config.as_ref())?;
     let provider = state
         .fleet
         .create_provider(
