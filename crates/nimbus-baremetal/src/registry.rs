@@ -10,7 +10,7 @@
 //! owner = "Acme Hosting GmbH"
 //! contact = "ops@acme.example"                # an e-mail address or an https URL
 //! location = "Berlin, DE"
-//! agent = "https://rack1.acme.example:9443"   # where `nimbusd agent` answers
+//! agent = "https://rack1.acme.example:9443"   # the owner's agent endpoint, for people
 //! bmc = "redfish"                             # redfish | ipmi | none
 //!
 //! [[classes]]
