@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use nimbus_forge::lifecycle::{self, Outcome, Subject};
-use nimbus_forge::{Forge, JitRequest};
+use nimbus_forge::{Forge, JitKind, JitRequest};
 use nimbus_setup::installers::RunnerKind;
 use nimbus_setup::pipeline::{
     RegistrationError, RegistrationInfo, RegistrationRequest, RunnerCredential, RunnerRegistration,
@@ -40,9 +40,18 @@ pub fn runner_kind(forge_type: ForgeType) -> RunnerKind {
     }
 }
 
-/// Where a runner registers: the organization's (or repository's) web URL; for GitLab the
-/// instance's base URL.
+/// Where a runner registers: the organization's (or repository's) web URL; for GitLab and
+/// Forgejo the instance's base URL.
 pub fn registration_url(config: &ForgeConfig) -> String {
+    if config.forge_type == ForgeType::Forgejo {
+        return config
+            .config
+            .get("url")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned();
+    }
     if config.forge_type == ForgeType::Gitlab {
         return config
             .config
@@ -105,18 +114,28 @@ impl RunnerRegistration for ForgeRegistration {
             }
         })?;
         // GitHub's JIT config is the runner's whole configuration; GitLab's is the runner's
-        // authentication token (`glrt-…`) for `gitlab-runner register --token`.
-        let credential = match self.forge.forge_type() {
-            ForgeType::Gitlab | ForgeType::Forgejo => {
-                RunnerCredential::Token(jit.encoded_jit_config)
-            }
-            ForgeType::Github | ForgeType::NimbusGit => {
-                RunnerCredential::JitConfig(jit.encoded_jit_config)
-            }
+        // authentication token (`glrt-…`) for `gitlab-runner register --token`; Forgejo's is
+        // the created runner (uuid and token) or, on older servers, a registration token.
+        // Forgejo's server sets no labels: the runner declares them, tenant marker included.
+        let (credential, labels) = match jit.kind {
+            JitKind::JitConfig => (RunnerCredential::JitConfig(jit.encoded_jit_config), vec![]),
+            JitKind::RunnerToken => (RunnerCredential::Token(jit.encoded_jit_config), vec![]),
+            JitKind::RegistrationToken => (
+                RunnerCredential::Token(jit.encoded_jit_config),
+                jit.runner.labels,
+            ),
+            JitKind::RunnerIdentity { uuid } => (
+                RunnerCredential::RunnerIdentity {
+                    uuid,
+                    token: jit.encoded_jit_config,
+                },
+                jit.runner.labels,
+            ),
         };
         Ok(RegistrationInfo {
             url: self.url.clone(),
             credential,
+            labels,
         })
     }
 }

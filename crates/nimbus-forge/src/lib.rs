@@ -4,7 +4,8 @@
 //! just-in-time (ephemeral) runner configs, the runner list, one runner's status, removal, runner
 //! groups and the jobs that wait for runners ([`Forge::demand`]), plus a [`WebhookVerifier`] for
 //! the forge's signed deliveries. [`github`] implements it for GitHub and GitHub Enterprise
-//! Server, [`gitlab`] for gitlab.com and self-managed GitLab. Every call has a timeout and honours the forge's rate limits.
+//! Server, [`gitlab`] for gitlab.com and self-managed GitLab, [`forgejo`] for Forgejo (and, where
+//! the APIs agree, Gitea). Every call has a timeout and honours the forge's rate limits.
 //!
 //! Around the trait: [`lifecycle`] registers and safely deregisters runners (a busy runner is
 //! never removed out from under its job), [`webhook`] verifies and records deliveries, and
@@ -15,6 +16,7 @@
 //! and persists what it needs. It never logs a credential.
 
 pub mod demand;
+pub mod forgejo;
 pub mod github;
 pub mod gitlab;
 pub mod lifecycle;
@@ -153,6 +155,24 @@ pub struct JitConfig {
     pub encoded_jit_config: Secret,
     /// The label only this runner carries (see [`unique_label`]).
     pub unique_label: String,
+    /// What `encoded_jit_config` is, so the machine knows what to do with it.
+    pub kind: JitKind,
+}
+
+/// What the credential of a [`JitConfig`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JitKind {
+    /// GitHub: the runner's whole configuration (`run.sh --jitconfig`).
+    JitConfig,
+    /// GitLab: the created runner's authentication token (`glrt-…`).
+    RunnerToken,
+    /// Forgejo 15+: the created runner's token; the runner is `uuid`. The server sets no labels:
+    /// the machine declares [`Runner::labels`] itself (`forgejo-runner one-job --label`).
+    RunnerIdentity { uuid: String },
+    /// Older Forgejo and Gitea: a registration token; the machine registers the runner itself
+    /// (`forgejo-runner register`) with [`Runner::labels`], so no runner exists yet and
+    /// [`Runner::id`] is 0.
+    RegistrationToken,
 }
 
 /// A forge API budget as the forge last reported it: the daemon exports `remaining` as the
@@ -178,6 +198,9 @@ pub fn build(config: &ForgeConfig) -> Result<Arc<dyn Forge>> {
         )?)),
         ForgeType::Gitlab => Ok(Arc::new(gitlab::GitlabForge::new(
             gitlab::GitlabConfig::from_forge_config(config)?,
+        )?)),
+        ForgeType::Forgejo => Ok(Arc::new(forgejo::ForgejoForge::new(
+            forgejo::ForgejoConfig::from_forge_config(config)?,
         )?)),
         other => Err(Error::Permanent(format!(
             "forge type {other} is not available in this build"
@@ -223,6 +246,12 @@ pub trait Forge: Send + Sync {
     /// Jobs that are queued, waiting or in progress right now, read from the forge's API. The
     /// demand reconcile ([`demand::reconcile_demand`]) corrects the webhook-fed book with it.
     async fn demand(&self) -> Result<Vec<ForgeJob>>;
+
+    /// How often the demand reconcile re-reads [`Forge::demand`] when all is well. Forges
+    /// without job webhooks (Forgejo) are polled more often than those that push.
+    fn demand_poll_period(&self) -> std::time::Duration {
+        demand::DEFAULT_RECONCILE_PERIOD
+    }
 
     /// The API budget as the forge last reported it; `None` before the first call.
     fn rate_limit(&self) -> Option<RateLimit> {

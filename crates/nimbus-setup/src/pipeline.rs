@@ -109,6 +109,10 @@ pub enum RunnerCredential {
     /// GitHub's just-in-time runner configuration (base64) for an ephemeral runner; the
     /// runner needs no configure step.
     JitConfig(Secret),
+    /// A Forgejo runner the forge created (Forgejo 15+): its `uuid` and token. The machine
+    /// keeps them (the token in a 0600 file) and runs `forgejo-runner one-job`, which declares
+    /// the labels: the server sets none.
+    RunnerIdentity { uuid: String, token: Secret },
 }
 
 /// What the forge returned.
@@ -118,6 +122,9 @@ pub struct RegistrationInfo {
     /// instance URL.
     pub url: String,
     pub credential: RunnerCredential,
+    /// Labels the runner declares besides the machine's (Forgejo: the tenant's marker and the
+    /// runner's unique label, which its server cannot set); empty where the forge sets them.
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -600,7 +607,7 @@ const CONFIGURED_SCRIPT: &str = r#"cd -- "$1" || exit 1
 case $2 in
   github-actions) [ -f .runner ] || [ -s .jitconfig ] ;;
   gitlab-runner) [ -f config.toml ] && grep -q '^\[\[runners\]\]' config.toml ;;
-  forgejo-runner) [ -f .runner ] ;;
+  forgejo-runner) [ -f .runner ] || [ -s .runner-token ] ;;
   *) false ;;
 esac && echo configured"#;
 
@@ -634,6 +641,22 @@ cd -- "$1"
 token=$(cat)
 [ -n "$token" ] || { echo "the registration token is empty" >&2; exit 2; }
 ./forgejo-runner register --no-interactive --instance "$2" --token "$token" --name "$3" --labels "$4""#;
+
+/// Keeps a Forgejo runner the forge created in `$1`: URL `$2`, uuid `$3`, the labels to declare
+/// after them; the token is on stdin and goes to a 0600 file (written last: its presence means
+/// configured), which `forgejo-runner one-job --token-url file:…` reads, so it is in no argv.
+const FORGEJO_IDENTITY_SCRIPT: &str = r#"set -eu
+cd -- "$1"
+umask 077
+cat > .runner-token.tmp
+[ -s .runner-token.tmp ] || { rm -f .runner-token.tmp; echo "the runner token is empty" >&2; exit 2; }
+printf '%s\n' "$2" > .runner-url
+printf '%s\n' "$3" > .runner-uuid
+shift 3
+: > .runner-labels.tmp
+for label in "$@"; do printf '%s\n' "$label" >> .runner-labels.tmp; done
+mv -f .runner-labels.tmp .runner-labels
+mv -f .runner-token.tmp .runner-token"#;
 
 async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
     let plan = ctx.plan;
@@ -688,6 +711,13 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
                 message: format!("the forge refused a runner registration: {err}"),
             })?;
         let labels = plan.labels.join(",");
+        // The machine's labels, then those the forge asks for (Forgejo declares its own).
+        let mut declared = plan.labels.clone();
+        for label in &info.labels {
+            if !declared.contains(label) {
+                declared.push(label.clone());
+            }
+        }
         let command = match (&runner.kind, &info.credential) {
             (RunnerKind::GithubActions, RunnerCredential::Token(token)) => Command::new(GITHUB_CONFIG_SCRIPT)
                 .arg(&dir)
@@ -707,8 +737,24 @@ async fn register_runner(ctx: &Ctx<'_>) -> Result<StepResult, StepError> {
                 .arg(&dir)
                 .arg(&info.url)
                 .arg(&runner.name)
-                .arg(&labels)
+                .arg(declared.join(","))
                 .stdin(token.expose()),
+            (RunnerKind::ForgejoRunner, RunnerCredential::RunnerIdentity { uuid, token }) => {
+                declared.iter().fold(
+                    Command::new(FORGEJO_IDENTITY_SCRIPT)
+                        .arg(&dir)
+                        .arg(&info.url)
+                        .arg(uuid),
+                    |command, label| command.arg(label),
+                )
+                .stdin(token.expose())
+            }
+            (other, RunnerCredential::RunnerIdentity { .. }) => {
+                return Err(StepError::from(format!(
+                    "a Forgejo runner identity was returned, but only the Forgejo runner takes one, not {}",
+                    kind_name(*other)
+                )));
+            }
             (other, RunnerCredential::JitConfig(_)) => {
                 return Err(StepError::from(format!(
                     "a JIT config was returned, but only the GitHub Actions runner takes one, not {}",
@@ -769,7 +815,15 @@ case $kind in
       set -- ./run.sh
     fi ;;
   gitlab-runner) set -- ./gitlab-runner run --config "$dir/config.toml" --working-directory "$dir/builds" ;;
-  forgejo-runner) set -- ./forgejo-runner daemon ;;
+  forgejo-runner)
+    if [ -s .runner-token ]; then
+      # A runner the forge created: one job, then it exits (the server removes it).
+      set -- /bin/sh -c 'set -- ./forgejo-runner one-job --url "$(cat .runner-url)" --uuid "$(cat .runner-uuid)" --token-url "file:$PWD/.runner-token" --wait
+while IFS= read -r label; do set -- "$@" --label "$label"; done < .runner-labels
+exec "$@"'
+    else
+      set -- ./forgejo-runner daemon
+    fi ;;
   *) echo "unknown runner kind $kind" >&2; exit 2 ;;
 esac
 if command -v setsid >/dev/null 2>&1; then

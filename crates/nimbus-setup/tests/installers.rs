@@ -190,6 +190,70 @@ async fn forgejo_runner_is_registered_and_started() {
 }
 
 #[tokio::test]
+async fn a_forgejo_runner_created_by_the_forge_runs_one_job_with_its_labels() {
+    let s = setup();
+    let mut plan = s.plan(Os::Linux, host());
+    plan.labels = vec!["docker".into(), "linux-amd64".into()];
+    s.serve(
+        &mut plan,
+        Software::ForgejoRunner,
+        "forgejo-runner",
+        FAKE_FORGEJO_RUNNER.as_bytes().to_vec(),
+        Format::Binary,
+    );
+    let forge = FakeForge::identity(
+        "https://code.example.org",
+        "d4637a60-7fea-4075-a81c-7e4ae01bdf0d",
+        "e1f3d26e'$(id)",
+        &["nimbus-fj-2", "docker"],
+    );
+    plan.runner = Some(RunnerPlan {
+        kind: RunnerKind::ForgejoRunner,
+        name: "fj-2".into(),
+        registration: forge.clone(),
+    });
+    s.run(&plan).await;
+    let dir = s.runner_dir();
+    assert!(!dir.join("register-args").exists(), "nothing is registered");
+    for _ in 0..100 {
+        if dir.join("token-seen").exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let token_file = dir.join(".runner-token");
+    assert_eq!(
+        nul_args(&dir.join("one-job-args")),
+        [
+            "--url",
+            "https://code.example.org",
+            "--uuid",
+            "d4637a60-7fea-4075-a81c-7e4ae01bdf0d",
+            "--token-url",
+            &format!("file:{}", token_file.display()),
+            "--wait",
+            "--label",
+            "docker",
+            "--label",
+            "linux-amd64",
+            "--label",
+            "nimbus-fj-2",
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("token-seen")).unwrap(),
+        "e1f3d26e'$(id)"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "the token is readable by others: {mode:o}");
+    assert!(s.runner_alive());
+    // Set up again (a resumed setup): the runner is configured, the forge is not asked again.
+    s.run(&plan).await;
+    assert_eq!(forge.calls(), 1);
+}
+
+#[tokio::test]
 async fn a_github_jit_config_skips_configure_and_reaches_the_runner_by_environment() {
     let s = setup();
     let mut plan = s.plan(Os::Linux, host());

@@ -18,6 +18,8 @@ pub mod fault;
 
 pub mod gitlab;
 
+pub mod forgejo;
+
 pub mod hetzner;
 
 use std::net::{TcpListener, TcpStream};

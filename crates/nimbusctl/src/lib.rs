@@ -258,7 +258,8 @@ pub struct ForgeSetArgs {
     #[arg(long, conflicts_with_all = ["app_id", "installation_id"])]
     token_file: Option<PathBuf>,
     /// API base URL, e.g. https://HOST/api/v3 for GitHub Enterprise Server; for GitLab the
-    /// instance's URL (https://gitlab.example.com).
+    /// instance's URL (https://gitlab.example.com); for Forgejo only when the API is not at
+    /// --forge-url's /api/v1.
     #[arg(long)]
     api_url: Option<String>,
     /// GitLab: create group runners in this group (numeric id).
@@ -273,9 +274,14 @@ pub struct ForgeSetArgs {
     /// GitLab: a project whose pending jobs are demand (repeatable; GitLab has no group-wide list).
     #[arg(long = "project")]
     projects: Vec<u64>,
-    /// Nimbus Git: the server's base URL (e.g. http://git.example:3000).
+    /// Nimbus Git: the server's base URL (e.g. http://git.example:3000); Forgejo: the
+    /// instance's URL, where runners connect (e.g. https://code.example.org).
     #[arg(long)]
     forge_url: Option<String>,
+    /// Forgejo: how runners are registered: auto (created directly, Forgejo 15+, else a
+    /// registration token), direct or token.
+    #[arg(long)]
+    registration: Option<String>,
     /// The secret the forge signs webhook deliveries with.
     #[arg(long)]
     webhook_secret_file: Option<PathBuf>,
@@ -1044,6 +1050,9 @@ fn forge_body(args: &ForgeSetArgs) -> anyhow::Result<SetForge> {
     if let Some(url) = &args.forge_url {
         config.insert("url".into(), Value::from(url.clone()));
     }
+    if let Some(registration) = &args.registration {
+        config.insert("registration".into(), Value::from(registration.clone()));
+    }
     if let Some(app_id) = args.app_id {
         config.insert("app_id".into(), Value::from(app_id));
     }
@@ -1519,6 +1528,43 @@ mod tests {
             serde_json::json!({"api_url": "https://gitlab.example.com", "group_id": 42, "projects": [7, 8]})
         );
         assert_eq!(body.credentials.unwrap()["token"], "glpat-abc");
+    }
+
+    #[test]
+    fn forge_set_takes_forgejo_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("forgejo.txt");
+        std::fs::write(&token, "0123abcd\n").unwrap();
+        let mut argv = vec![
+            "nimbusctl",
+            "forge",
+            "set",
+            "--tenant",
+            "acme",
+            "--type",
+            "forgejo",
+            "--org",
+            "acme-corp",
+            "--forge-url",
+            "https://code.example.org",
+            "--repo",
+            "app",
+            "--registration",
+            "token",
+            "--token-file",
+        ];
+        argv.push(token.to_str().unwrap());
+        let args = match Cli::try_parse_from(argv).unwrap().command {
+            Noun::Forge(ForgeCmd::Set(args)) => *args,
+            other => panic!("parsed as {other:?}"),
+        };
+        let body = forge_body(&args).unwrap();
+        assert_eq!(body.forge_type, ForgeType::Forgejo);
+        assert_eq!(
+            body.config.unwrap(),
+            serde_json::json!({"url": "https://code.example.org", "repo": "app", "registration": "token"})
+        );
+        assert_eq!(body.credentials.unwrap()["token"], "0123abcd");
     }
 
     #[test]

@@ -27,8 +27,8 @@ use self::transport::{Budget, Response, Transport};
 pub use self::webhook::GithubWebhooks;
 use crate::demand::{ForgeJob, JobStatus, LabelSet};
 use crate::{
-    Error, Forge, JitConfig, JitRequest, MAX_PAGES, RateLimit, RegistrationToken, Result, Runner,
-    RunnerGroup, RunnerId, RunnerStatus, WebhookVerifier, unique_label,
+    Error, Forge, JitConfig, JitKind, JitRequest, MAX_PAGES, RateLimit, RegistrationToken, Result,
+    Runner, RunnerGroup, RunnerId, RunnerStatus, WebhookVerifier, unique_label,
 };
 
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
@@ -723,6 +723,7 @@ impl Forge for GithubForge {
             runner: jit.runner.into(),
             encoded_jit_config: Secret::new(jit.encoded_jit_config),
             unique_label,
+            kind: JitKind::JitConfig,
         })
     }
 

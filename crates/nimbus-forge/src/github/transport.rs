@@ -80,8 +80,11 @@ pub(crate) enum Budget {
 pub(crate) struct Dialect {
     /// For messages: `GitHub`, `GitLab`.
     pub name: &'static str,
-    /// `None`: `Authorization: Bearer <token>`; `Some(header)`: the token alone in `header`.
+    /// `None`: `Authorization: <auth_scheme> <token>`; `Some(header)`: the token alone in
+    /// `header`.
     pub token_header: Option<&'static str>,
+    /// `Bearer` (GitHub) or `token` (Forgejo's documented scheme).
+    pub auth_scheme: &'static str,
     pub accept: &'static str,
     /// Sent with every request.
     pub extra_headers: &'static [(&'static str, &'static str)],
@@ -95,6 +98,7 @@ impl Dialect {
     pub const GITHUB: Dialect = Dialect {
         name: "GitHub",
         token_header: None,
+        auth_scheme: "Bearer",
         accept: ACCEPT_VALUE,
         extra_headers: &[("x-github-api-version", API_VERSION)],
         rate_prefix: "x-ratelimit-",
@@ -104,9 +108,22 @@ impl Dialect {
     pub const GITLAB: Dialect = Dialect {
         name: "GitLab",
         token_header: Some("private-token"),
+        auth_scheme: "Bearer",
         accept: "application/json",
         extra_headers: &[],
         rate_prefix: "ratelimit-",
+        resource_header: None,
+    };
+
+    /// Forgejo (and Gitea): `Authorization: token <token>`; no rate-limit headers unless a
+    /// proxy adds GitHub-style ones.
+    pub const FORGEJO: Dialect = Dialect {
+        name: "Forgejo",
+        token_header: None,
+        auth_scheme: "token",
+        accept: "application/json",
+        extra_headers: &[],
+        rate_prefix: "x-ratelimit-",
         resource_header: None,
     };
 }
@@ -253,7 +270,7 @@ impl Transport {
             let (auth_name, auth_value) = match self.dialect.token_header {
                 None => (
                     AUTHORIZATION.as_str(),
-                    format!("Bearer {}", bearer.expose()),
+                    format!("{} {}", self.dialect.auth_scheme, bearer.expose()),
                 ),
                 Some(header) => (header, bearer.expose().to_owned()),
             };

@@ -26,7 +26,7 @@ pub use self::webhook::{
 pub use crate::github::RetryPolicy;
 use crate::github::transport::{Budget, Dialect, Repeat, Transport};
 use crate::{
-    Error, Forge, ForgeJob, JitConfig, JitRequest, LabelSet, MAX_PAGES, RateLimit,
+    Error, Forge, ForgeJob, JitConfig, JitKind, JitRequest, LabelSet, MAX_PAGES, RateLimit,
     RegistrationToken, Result, Runner, RunnerGroup, RunnerId, RunnerStatus, WebhookVerifier,
     unique_label,
 };
@@ -516,6 +516,7 @@ impl Forge for GitlabForge {
             },
             encoded_jit_config: Secret::new(created.token),
             unique_label: unique,
+            kind: JitKind::RunnerToken,
         })
     }
 

@@ -150,11 +150,21 @@ esac
 "#;
 
 /// A fake `forgejo-runner` binary: `register` records its arguments and writes `.runner`;
-/// `daemon` stays up.
+/// `daemon` stays up; `one-job` records its arguments and the token it reads from
+/// `--token-url file:…`, then stays up (waiting for its job).
 pub const FAKE_FORGEJO_RUNNER: &str = r#"#!/bin/sh
 case "$1" in
   register) shift; printf '%s\0' "$@" > register-args; echo '{"id": 1}' > .runner ;;
   daemon) exec sleep 300 ;;
+  one-job)
+    shift; printf '%s\0' "$@" > one-job-args
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --token-url) cat "${2#file:}" > token-seen; shift 2 ;;
+        *) shift ;;
+      esac
+    done
+    exec sleep 300 ;;
   *) echo "unknown command $1" >&2; exit 2 ;;
 esac
 "#;
@@ -179,6 +189,7 @@ fn write_exec(path: &Path, text: &str) {
 pub struct FakeForge {
     pub url: String,
     pub credential: RunnerCredential,
+    pub labels: Vec<String>,
     pub calls: AtomicUsize,
     pub requests: Mutex<Vec<RegistrationRequest>>,
 }
@@ -188,6 +199,7 @@ impl FakeForge {
         Arc::new(FakeForge {
             url: url.to_owned(),
             credential: RunnerCredential::Token(Secret::new(token)),
+            labels: Vec::new(),
             calls: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         })
@@ -197,6 +209,21 @@ impl FakeForge {
         Arc::new(FakeForge {
             url: url.to_owned(),
             credential: RunnerCredential::JitConfig(Secret::new(config)),
+            labels: Vec::new(),
+            calls: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A Forgejo runner the forge created, with the labels it must declare.
+    pub fn identity(url: &str, uuid: &str, token: &str, labels: &[&str]) -> Arc<FakeForge> {
+        Arc::new(FakeForge {
+            url: url.to_owned(),
+            credential: RunnerCredential::RunnerIdentity {
+                uuid: uuid.to_owned(),
+                token: Secret::new(token),
+            },
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
             calls: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
         })
@@ -218,6 +245,7 @@ impl RunnerRegistration for FakeForge {
         Ok(RegistrationInfo {
             url: self.url.clone(),
             credential: self.credential.clone(),
+            labels: self.labels.clone(),
         })
     }
 }

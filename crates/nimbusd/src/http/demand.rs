@@ -2,9 +2,11 @@
 //! and [`reconcile_loop`] keeps the book honest against each forge's own job list.
 //!
 //! Webhook deliveries (see `forge.rs`) fill the book as jobs are queued, started and finished.
-//! A forge never redelivers a webhook it failed to send, so the loop re-reads every GitHub
-//! tenant's open jobs at start and then every [`DEFAULT_RECONCILE_PERIOD`]; a failed read is
-//! retried after [`requeue_after`] and leaves the book untouched.
+//! A forge never redelivers a webhook it failed to send, so the loop re-reads every GitHub and
+//! Forgejo tenant's open jobs at start and then every [`Forge::demand_poll_period`] ([`DEFAULT_RECONCILE_PERIOD`]
+//! for forges that push webhooks; Forgejo, which sends none, is polled every 15 s by default); a
+//! failed read is retried after [`requeue_after`], doubled per consecutive failure up to
+//! [`MAX_BACKOFF`], and leaves the book untouched.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use nimbus_forge::Forge;
-use nimbus_forge::demand::{DEFAULT_RECONCILE_PERIOD, reconcile_demand, requeue_after};
+#[cfg(doc)]
+use nimbus_forge::demand::DEFAULT_RECONCILE_PERIOD;
+use nimbus_forge::demand::{reconcile_demand, requeue_after};
 use nimbus_types::{ForgeType, TenantId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -95,16 +99,21 @@ const TICK: Duration = Duration::from_secs(5);
 /// Tenants reconciled at the same time.
 const CONCURRENCY: usize = 4;
 
+/// Longest wait after consecutive failed reads.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
 /// When a tenant's demand is next re-read, and from which forge client (a new client, after a
 /// configuration change, is read at once).
 struct Due {
     forge: Arc<dyn Forge>,
     at: Instant,
+    /// Reads that failed in a row.
+    failures: u32,
 }
 
-/// Re-reads every GitHub tenant's open jobs into the demand book until `state.shutdown` is
-/// cancelled: at start, then every [`DEFAULT_RECONCILE_PERIOD`], sooner after a configuration
-/// change, later after an error (as [`requeue_after`] says).
+/// Re-reads every GitHub and Forgejo tenant's open jobs into the demand book until `state.shutdown` is
+/// cancelled: at start, then every [`Forge::demand_poll_period`], sooner after a configuration
+/// change, later after an error (see [`backoff`]).
 pub async fn reconcile_loop(state: AppState) {
     let mut due: HashMap<TenantId, Due> = HashMap::new();
     loop {
@@ -140,7 +149,9 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
     for tenant in tenants {
         seen.push(tenant.id);
         let forge = match state.fleet.forges().get(tenant.id).await {
-            Ok(Some(forge)) if forge.forge_type() == ForgeType::Github => forge,
+            // GitLab's job list covers only the configured projects, while its group hooks
+            // report every project's jobs: a reconcile would close jobs it cannot see.
+            Ok(Some(forge)) if forge.forge_type() != ForgeType::Gitlab => forge,
             Ok(_) => {
                 due.remove(&tenant.id);
                 continue;
@@ -151,24 +162,30 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
                 continue;
             }
         };
-        let is_due = match due.get(&tenant.id) {
-            Some(entry) => {
-                entry.at <= now
-                    || !std::ptr::addr_eq(Arc::as_ptr(&entry.forge), Arc::as_ptr(&forge))
+        let (is_due, failures) = match due.get(&tenant.id) {
+            Some(entry) if std::ptr::addr_eq(Arc::as_ptr(&entry.forge), Arc::as_ptr(&forge)) => {
+                (entry.at <= now, entry.failures)
             }
-            None => true,
+            // A new client (changed configuration) starts afresh.
+            Some(_) | None => (true, 0),
         };
         if is_due {
-            work.push((tenant.id, forge));
+            work.push((tenant.id, forge, failures));
         }
     }
     due.retain(|tenant_id, _| seen.contains(tenant_id));
     // Owned tasks (not borrowed futures): the loop runs on a spawned task.
-    let mut results: Vec<(TenantId, Arc<dyn Forge>, Duration)> = Vec::with_capacity(work.len());
+    let mut results: Vec<(TenantId, Arc<dyn Forge>, Duration, u32)> =
+        Vec::with_capacity(work.len());
     for chunk in work.chunks(CONCURRENCY) {
         let mut tasks = tokio::task::JoinSet::new();
-        for (tenant_id, forge) in chunk {
-            tasks.spawn(reconcile_one(state.clone(), *tenant_id, forge.clone()));
+        for (tenant_id, forge, failures) in chunk {
+            tasks.spawn(reconcile_one(
+                state.clone(),
+                *tenant_id,
+                forge.clone(),
+                *failures,
+            ));
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
@@ -178,15 +195,27 @@ async fn reconcile_due(state: &AppState, due: &mut HashMap<TenantId, Due>) {
         }
     }
     let finished = Instant::now();
-    for (tenant_id, forge, wait) in results {
+    for (tenant_id, forge, wait, failures) in results {
         due.insert(
             tenant_id,
             Due {
                 forge,
                 at: finished + wait,
+                failures,
             },
         );
     }
+}
+
+/// The wait after the `failures`-th failed read in a row: what [`requeue_after`] says, doubled
+/// per earlier failure up to [`MAX_BACKOFF`]; a rate limit's reset is kept as the forge said.
+pub fn backoff(error: &nimbus_forge::Error, failures: u32) -> Duration {
+    let base = requeue_after(error);
+    if matches!(error, nimbus_forge::Error::RateLimited { .. }) {
+        return base;
+    }
+    let doubled = base.saturating_mul(1u32 << failures.saturating_sub(1).min(8));
+    doubled.min(MAX_BACKOFF).max(base.min(MAX_BACKOFF))
 }
 
 /// Reconciles one tenant and says when to do it again.
@@ -194,24 +223,47 @@ async fn reconcile_one(
     state: AppState,
     tenant_id: TenantId,
     forge: Arc<dyn Forge>,
-) -> (TenantId, Arc<dyn Forge>, Duration) {
-    let wait = match reconcile_demand(&*forge, &*state.demand, tenant_id).await {
+    failures: u32,
+) -> (TenantId, Arc<dyn Forge>, Duration, u32) {
+    let (wait, failures) = match reconcile_demand(&*forge, &*state.demand, tenant_id).await {
         Ok(report) => {
             if report != Default::default() {
                 state.fleet.demand_changed(tenant_id);
             }
-            DEFAULT_RECONCILE_PERIOD
+            (forge.demand_poll_period(), 0)
         }
         Err(err) => {
-            let wait = requeue_after(&err);
+            let failures = failures.saturating_add(1);
+            let wait = backoff(&err, failures);
             tracing::warn!(
                 tenant.id = %tenant_id,
                 error = %err,
                 retry_in_secs = wait.as_secs(),
                 "demand reconcile failed; the book is left as it was"
             );
-            wait
+            (wait, failures)
         }
     };
-    (tenant_id, forge, wait)
+    (tenant_id, forge, wait, failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_reads_back_off_up_to_a_bound() {
+        let transient = nimbus_forge::Error::Retryable("502".into());
+        assert_eq!(backoff(&transient, 1), Duration::from_secs(30));
+        assert_eq!(backoff(&transient, 2), Duration::from_secs(60));
+        assert_eq!(backoff(&transient, 3), Duration::from_secs(120));
+        assert_eq!(backoff(&transient, 50), MAX_BACKOFF);
+        let reset = nimbus_types::now() + time::Duration::seconds(90);
+        let limited = nimbus_forge::Error::RateLimited { reset };
+        let wait = backoff(&limited, 6);
+        assert!(
+            wait <= Duration::from_secs(90) && wait >= Duration::from_secs(88),
+            "{wait:?}"
+        );
+    }
 }

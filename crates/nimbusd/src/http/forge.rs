@@ -94,7 +94,9 @@ pub async fn show(
 /// GitHub: `config` is `{"api_url"?, "repo"?, "app_id"?, "installation_id"?}`, `credentials`
 /// `{"private_key"? | "token"?, "webhook_secret"?}`. GitLab: `config` is `{"url"? (or
 /// "api_url"), "runner_type"?, "group_id"?, "project_id"?, "projects"?}`, `credentials`
-/// `{"token", "webhook_secret"?}`.
+/// `{"token", "webhook_secret"?}`. Forgejo: `org` the organization (or the repository's owner),
+/// `config` `{"url", "api_url"?, "repo"?, "registration"? (auto|direct|token),
+/// "poll_interval_secs"?}`, `credentials` `{"token"}` (no webhook: demand is polled).
 /// Nimbus Git: `config` is `{"url"}`, `credentials` `{"token", "webhook_secret"}` (an
 /// owner API token; `nimbusd` runs the jobs itself).
 #[utoipa::path(put, path = "/v1/tenants/{tenant}/forge", tag = "forge", security(("bearer" = [])),
