@@ -70,17 +70,14 @@ struct Inner {
 
 /// A running fake; stops when dropped.
 pub struct FakeForgejo {
-    port: u16,
     inner: Arc<Mutex<Inner>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::served::Served,
 }
 
 impl FakeForgejo {
     /// Starts the fake on 127.0.0.1 with `token` as the only valid access token.
     pub fn start(token: &str) -> anyhow::Result<FakeForgejo> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let inner = Arc::new(Mutex::new(Inner {
             token: token.to_owned(),
@@ -93,7 +90,6 @@ impl FakeForgejo {
             requests: Vec::new(),
             take_on_delete: BTreeMap::new(),
         }));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route(
                 "/orgs/{org}/actions/runners",
@@ -123,34 +119,13 @@ impl FakeForgejo {
             )
             .fallback(not_found)
             .with_state(inner.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-forgejo".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the fake Forgejo API");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("hand the listener to tokio");
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })?;
-        Ok(FakeForgejo {
-            port,
-            inner,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = crate::served::Served::start("fake-forgejo", listener, app)?;
+        Ok(FakeForgejo { inner, server })
     }
 
     /// `http://127.0.0.1:PORT` (the upstream to give Prism).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -291,17 +266,6 @@ impl FakeForgejo {
     /// Registers a runner directly, as another tool (or another tenant) would have.
     pub fn add_runner(&self, scope: &str, name: &str, description: &str) -> u64 {
         self.lock().add_runner(scope, name, description, false)
-    }
-}
-
-impl Drop for FakeForgejo {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -44,18 +44,14 @@ struct Inner {
 
 /// A running fake; stops when dropped.
 pub struct FakeGithub {
-    port: u16,
     inner: Arc<Mutex<Inner>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::served::Served,
 }
 
 impl FakeGithub {
     /// Starts the fake on 127.0.0.1 with `token` as the only valid bearer token.
     pub fn start(token: &str) -> anyhow::Result<FakeGithub> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
         let inner = Arc::new(Mutex::new(Inner {
             token: token.to_owned(),
             next_id: 10,
@@ -64,7 +60,6 @@ impl FakeGithub {
             requests: Vec::new(),
             busy_on_delete: Vec::new(),
         }));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route(
                 "/orgs/{org}/actions/runners/generate-jitconfig",
@@ -77,34 +72,13 @@ impl FakeGithub {
             )
             .fallback(not_found)
             .with_state(inner.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-github".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the fake GitHub API");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("hand the listener to tokio");
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })?;
-        Ok(FakeGithub {
-            port,
-            inner,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = crate::served::Served::start("fake-github", listener, app)?;
+        Ok(FakeGithub { inner, server })
     }
 
     /// `http://127.0.0.1:PORT` (the upstream to give Prism).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -150,17 +124,6 @@ impl FakeGithub {
     /// Every request so far, as `METHOD /path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
-    }
-}
-
-impl Drop for FakeGithub {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -106,10 +106,8 @@ struct Inner {
 
 /// A running fake; stops when dropped.
 pub struct FakeGitlab {
-    port: u16,
     inner: Arc<Mutex<Inner>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::served::Served,
 }
 
 fn now() -> String {
@@ -124,8 +122,6 @@ impl FakeGitlab {
     /// Starts the fake on 127.0.0.1 with `token` as the only valid `PRIVATE-TOKEN`.
     pub fn start(token: &str) -> anyhow::Result<FakeGitlab> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
         let inner = Arc::new(Mutex::new(Inner {
             token: token.to_owned(),
             next_id: 100,
@@ -137,7 +133,6 @@ impl FakeGitlab {
             rate_limit: 2000,
             rate_remaining: 2000,
         }));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/api/v4/user/runners", post(create_runner))
             .route("/api/v4/runners", get(list_runners))
@@ -145,34 +140,13 @@ impl FakeGitlab {
             .route("/api/v4/projects/{id}/jobs", get(project_jobs))
             .fallback(not_found)
             .with_state(inner.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-gitlab".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the fake GitLab API");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("hand the listener to tokio");
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })?;
-        Ok(FakeGitlab {
-            port,
-            inner,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = crate::served::Served::start("fake-gitlab", listener, app)?;
+        Ok(FakeGitlab { inner, server })
     }
 
     /// `http://127.0.0.1:PORT` (the upstream to give Prism).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -270,17 +244,6 @@ impl FakeGitlab {
             },
         );
         id
-    }
-}
-
-impl Drop for FakeGitlab {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

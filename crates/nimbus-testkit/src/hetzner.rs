@@ -90,10 +90,8 @@ pub type ServerRow = (i64, String, BTreeMap<String, String>, String, String);
 
 /// A running fake; the server stops when this is dropped.
 pub struct FakeHetzner {
-    port: u16,
     inner: Arc<Mutex<Inner>>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    server: crate::served::Served,
 }
 
 /// Server types the fake sells (name, architecture, hourly net price in EUR).
@@ -124,8 +122,6 @@ impl FakeHetzner {
     /// `server_ip` as their public IPv4 address (point it at an sshd to log in).
     pub fn start(token: &str, server_ip: &str) -> anyhow::Result<FakeHetzner> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let port = listener.local_addr()?.port();
         let inner = Arc::new(Mutex::new(Inner {
             token: token.to_owned(),
             next_id: 1000,
@@ -141,7 +137,6 @@ impl FakeHetzner {
             rate_reset: None,
             requests: Vec::new(),
         }));
-        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let app = Router::new()
             .route("/servers", get(list_servers).post(create_server))
             .route("/servers/{id}", get(get_server).delete(delete_server))
@@ -150,34 +145,13 @@ impl FakeHetzner {
             .route("/server_types", get(list_server_types))
             .fallback(not_found)
             .with_state(inner.clone());
-        let thread = std::thread::Builder::new()
-            .name("fake-hetzner".into())
-            .spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime for the fake Hetzner API");
-                runtime.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener)
-                        .expect("hand the listener to tokio");
-                    let _ = axum::serve(listener, app)
-                        .with_graceful_shutdown(async {
-                            let _ = stopped.await;
-                        })
-                        .await;
-                });
-            })?;
-        Ok(FakeHetzner {
-            port,
-            inner,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
+        let server = crate::served::Served::start("fake-hetzner", listener, app)?;
+        Ok(FakeHetzner { inner, server })
     }
 
     /// `http://127.0.0.1:PORT` (the upstream to give Prism).
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -282,17 +256,6 @@ impl FakeHetzner {
         };
         inner.servers.insert(id, server);
         id
-    }
-}
-
-impl Drop for FakeHetzner {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

@@ -18,6 +18,8 @@ pub mod fault;
 
 pub mod gitlab;
 
+pub mod served;
+
 pub mod github;
 
 pub mod forgejo;
